@@ -1,5 +1,8 @@
 //! hanul's API schema. The types are generated from `hanul/v1/*.proto`; serde impls follow the
 //! proto3 JSON mapping (camelCase fields), which is also the manifest format.
+//!
+//! Beside the generated code: [`resource`] (the kinds and generic access to any object) and
+//! [`manifest`] (YAML/JSON manifests to objects and back).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
@@ -9,3 +12,8 @@ pub mod v1 {
     /// The encoded file descriptor set, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hanul_descriptor");
 }
+
+pub mod manifest;
+pub mod resource;
+
+pub use resource::Kind;

@@ -1,0 +1,275 @@
+//! The kinds hanul serves and generic access to any object's metadata, spec and status.
+//!
+//! The store and the generic object service handle every kind the same way, so each kind
+//! registers here once: its manifest name, plural and short names (for the CLI), and how to
+//! reach its parts inside the [`Object`] envelope. Adding a kind is one line in `kinds!`.
+
+use crate::v1::{Object, ObjectMeta, object::Resource};
+use prost::Message;
+
+macro_rules! kinds {
+    ($( $variant:ident { plural: $plural:literal, short: [$($short:literal),*], status: $has_status:tt } ),* $(,)?) => {
+        /// A kind of object, as named in manifests (`kind: Instance`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind { $($variant),* }
+
+        impl Kind {
+            /// Every kind, in a stable order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant),*];
+
+            /// The manifest name: `Instance`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Kind::$variant => stringify!($variant)),* }
+            }
+
+            /// The lowercase plural: `instances`.
+            pub fn plural(self) -> &'static str {
+                match self { $(Kind::$variant => $plural),* }
+            }
+
+            /// Short names the CLI accepts: `i`.
+            pub fn short_names(self) -> &'static [&'static str] {
+                match self { $(Kind::$variant => &[$($short),*]),* }
+            }
+
+            /// Whether objects of this kind have a status written by controllers or agents.
+            pub fn has_status(self) -> bool {
+                match self { $(Kind::$variant => $has_status),* }
+            }
+        }
+
+        impl Object {
+            /// The object's kind; `None` for an empty envelope.
+            pub fn kind(&self) -> Option<Kind> {
+                match &self.resource { $(Some(Resource::$variant(_)) => Some(Kind::$variant),)* None => None }
+            }
+
+            /// The object's metadata, if the envelope is set and the metadata present.
+            pub fn metadata(&self) -> Option<&ObjectMeta> {
+                match &self.resource { $(Some(Resource::$variant(o)) => o.metadata.as_ref(),)* None => None }
+            }
+
+            /// The object's metadata, created empty when absent. Panics on an empty envelope,
+            /// which the server refuses before any caller gets here.
+            pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                match &mut self.resource {
+                    $(Some(Resource::$variant(o)) => o.metadata.get_or_insert_with(Default::default),)*
+                    None => panic!("metadata_mut on an empty Object envelope"),
+                }
+            }
+
+            /// The encoded spec: what a change of bumps `generation`.
+            pub fn spec_bytes(&self) -> Vec<u8> {
+                match &self.resource { $(Some(Resource::$variant(o)) => spec_of!(o, $has_status),)* None => Vec::new() }
+            }
+
+            /// The encoded status.
+            pub fn status_bytes(&self) -> Vec<u8> {
+                match &self.resource { $(Some(Resource::$variant(o)) => status_of!(o, $has_status),)* None => Vec::new() }
+            }
+
+            /// Replaces this object's status with `from`'s (same kind), leaving spec and metadata.
+            pub fn set_status_from(&mut self, from: &Object) {
+                match (&mut self.resource, &from.resource) {
+                    $((Some(Resource::$variant(to)), Some(Resource::$variant(from))) => copy_status!(to, from, $has_status),)*
+                    _ => {}
+                }
+            }
+
+            /// Replaces this object's spec with `from`'s (same kind), leaving status and metadata.
+            pub fn set_spec_from(&mut self, from: &Object) {
+                match (&mut self.resource, &from.resource) {
+                    $((Some(Resource::$variant(to)), Some(Resource::$variant(from))) => copy_spec!(to, from, $has_status),)*
+                    _ => {}
+                }
+            }
+
+            /// Clears the status (what a user's create or apply may not set).
+            pub fn clear_status(&mut self) {
+                match &mut self.resource {
+                    $(Some(Resource::$variant(o)) => clear_status!(o, $has_status),)*
+                    None => {}
+                }
+            }
+        }
+    };
+}
+
+macro_rules! spec_of {
+    ($o:ident, true) => {
+        $o.spec
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default()
+    };
+    // Kinds without spec/status (Event): everything but metadata is the "spec".
+    ($o:ident, false) => {{
+        let mut c = $o.clone();
+        c.metadata = None;
+        c.encode_to_vec()
+    }};
+}
+macro_rules! status_of {
+    ($o:ident, true) => {
+        $o.status
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default()
+    };
+    ($o:ident, false) => {{
+        let _ = $o;
+        Vec::new()
+    }};
+}
+macro_rules! copy_status {
+    ($to:ident, $from:ident, true) => {
+        $to.status = $from.status.clone()
+    };
+    ($to:ident, $from:ident, false) => {{
+        let _ = ($to, $from);
+    }};
+}
+macro_rules! copy_spec {
+    ($to:ident, $from:ident, true) => {
+        $to.spec = $from.spec.clone()
+    };
+    ($to:ident, $from:ident, false) => {{
+        let meta = $to.metadata.take();
+        *$to = $from.clone();
+        $to.metadata = meta;
+    }};
+}
+macro_rules! clear_status {
+    ($o:ident, true) => {
+        $o.status = None
+    };
+    ($o:ident, false) => {{
+        let _ = $o;
+    }};
+}
+
+kinds! {
+    Node { plural: "nodes", short: ["no"], status: true },
+    InstanceType { plural: "instancetypes", short: ["it", "instance-types"], status: true },
+    Image { plural: "images", short: ["img", "ami"], status: true },
+    Instance { plural: "instances", short: ["i", "inst", "ec2"], status: true },
+    Volume { plural: "volumes", short: ["vol", "ebs"], status: true },
+    Event { plural: "events", short: ["ev"], status: false },
+}
+
+impl Kind {
+    /// Finds a kind by manifest name, plural, singular lowercase or short name, as kubectl does.
+    pub fn lookup(name: &str) -> Option<Kind> {
+        let lower = name.to_ascii_lowercase();
+        Kind::ALL.iter().copied().find(|k| {
+            k.as_str() == name
+                || k.as_str().to_ascii_lowercase() == lower
+                || k.plural() == lower
+                || k.short_names().contains(&lower.as_str())
+        })
+    }
+
+    /// Every name the CLI accepts for a kind, for error messages.
+    pub fn known_names() -> String {
+        Kind::ALL
+            .iter()
+            .map(|k| k.plural())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::lookup(s).ok_or_else(|| format!("unknown kind {s:?}; known: {}", Kind::known_names()))
+    }
+}
+
+impl Object {
+    /// The object's name, or "" when unset.
+    pub fn name(&self) -> &str {
+        self.metadata().map(|m| m.name.as_str()).unwrap_or("")
+    }
+
+    /// `Kind/name`, as the CLI prints it.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.kind().map(Kind::as_str).unwrap_or("?"),
+            self.name()
+        )
+    }
+
+    /// The store revision of the object's last write.
+    pub fn resource_version(&self) -> u64 {
+        self.metadata().map(|m| m.resource_version).unwrap_or(0)
+    }
+}
+
+/// Wraps a typed object into the envelope: `Object::from(instance)`.
+macro_rules! into_object {
+    ($($variant:ident),*) => {$(
+        impl From<crate::v1::$variant> for Object {
+            fn from(o: crate::v1::$variant) -> Self { Object { resource: Some(Resource::$variant(o)) } }
+        }
+    )*};
+}
+into_object!(Node, InstanceType, Image, Instance, Volume, Event);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Instance, InstanceSpec, InstanceStatus};
+
+    #[test]
+    fn kinds_are_found_by_every_name_kubectl_users_type() {
+        assert_eq!(Kind::lookup("Instance"), Some(Kind::Instance));
+        assert_eq!(Kind::lookup("instances"), Some(Kind::Instance));
+        assert_eq!(Kind::lookup("instance"), Some(Kind::Instance));
+        assert_eq!(Kind::lookup("i"), Some(Kind::Instance));
+        assert_eq!(Kind::lookup("instancetypes"), Some(Kind::InstanceType));
+        assert_eq!(Kind::lookup("nope"), None);
+    }
+
+    #[test]
+    fn spec_and_status_are_copied_independently() {
+        let mut a: Object = Instance {
+            metadata: Some(ObjectMeta {
+                name: "a".into(),
+                ..Default::default()
+            }),
+            spec: Some(InstanceSpec {
+                image: "one".into(),
+                ..Default::default()
+            }),
+            status: Some(InstanceStatus {
+                state: "running".into(),
+                ..Default::default()
+            }),
+        }
+        .into();
+        let b: Object = Instance {
+            metadata: None,
+            spec: Some(InstanceSpec {
+                image: "two".into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into();
+        let before = a.status_bytes();
+        a.set_spec_from(&b);
+        assert_eq!(a.spec_bytes(), b.spec_bytes());
+        assert_eq!(a.status_bytes(), before);
+        a.set_status_from(&b);
+        assert!(a.status_bytes().is_empty());
+        assert_eq!(a.name(), "a");
+    }
+}
