@@ -13,7 +13,11 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hanul_descriptor");
 }
 
+pub mod client;
 pub mod manifest;
 pub mod resource;
+pub mod selector;
 
+pub use client::Client;
 pub use resource::Kind;
+pub use selector::Selector;
