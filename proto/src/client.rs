@@ -324,6 +324,7 @@ impl Client {
 
 /// What [`Client::list_watch`] yields.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Moved once per event; boxing would add an allocation each.
 pub enum WatchUpdate {
     /// A full list: the complete set of matching objects at `revision`.
     Listed { items: Vec<Object>, revision: u64 },

@@ -22,13 +22,16 @@ pub const WARNING: &str = "Warning";
 /// How long a repeated event is folded into the previous one.
 const AGGREGATE_WINDOW: Duration = Duration::from_secs(600);
 
+/// Recently emitted events: (kind, name, reason, message) → (event name, count, first seen).
+type Recent = HashMap<(String, String, String, String), (String, u32, SystemTime)>;
+
 /// Emits events on behalf of one component (`scheduler`, `agent/node-1`). Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     source: String,
     /// (kind, name, reason, message) → (event name, count, when first recorded here).
-    recent: Arc<Mutex<HashMap<(String, String, String, String), (String, u32, SystemTime)>>>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {

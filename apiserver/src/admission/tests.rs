@@ -1,0 +1,138 @@
+use super::*;
+use hanul_proto::manifest;
+
+fn ctx() -> Context {
+    let mut instance_types: Vec<String> = builtin_catalog()
+        .into_iter()
+        .map(|t| t.metadata.unwrap().name)
+        .collect();
+    instance_types.sort();
+    Context { instance_types }
+}
+
+fn obj(yaml: &str) -> Object {
+    manifest::parse("t", yaml).unwrap().remove(0).object
+}
+
+fn admit(o: &mut Object, old: Option<&Object>) -> Result<()> {
+    default(o);
+    validate(o, old, &ctx())
+}
+
+fn message(r: Result<()>) -> String {
+    match r {
+        Err(Error::Invalid(v)) => v.join("; "),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_instance_gets_ec2_defaults() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web, ports: [{name: http}]}\n",
+    );
+    admit(&mut o, None).unwrap();
+    let Some(Resource::Instance(i)) = &o.resource else {
+        panic!()
+    };
+    let s = i.spec.as_ref().unwrap();
+    assert_eq!(
+        (s.instance_type.as_str(), s.state.as_str()),
+        ("t3.micro", "running")
+    );
+    assert_eq!(
+        (s.shutdown_behavior.as_str(), s.market.as_str()),
+        ("stop", "on-demand")
+    );
+    assert_eq!(s.ports[0].protocol, "tcp");
+}
+
+#[test]
+fn an_unknown_instance_type_is_named_with_the_known_ones() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web, instanceType: t3.micr}\n",
+    );
+    let m = message(admit(&mut o, None));
+    assert!(
+        m.contains(
+            "spec.instanceType: unknown instance type \"t3.micr\"; known: c5.large, m5.2xlarge"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn every_error_of_an_object_is_reported_at_once() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: Bad_Name}\nspec: {state: paused, ports: [{name: http}, {name: http}]}\n",
+    );
+    let m = message(admit(&mut o, None));
+    for want in [
+        "metadata.name",
+        "spec.image: required",
+        "spec.state: \"paused\" is not allowed; use one of: running, stopped",
+        "spec.ports[1].name: \"http\" is used twice",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn a_running_instance_keeps_its_image_and_type() {
+    let mut old = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web}\nstatus: {state: running}\n",
+    );
+    admit(&mut old, None).unwrap();
+    let mut new = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web2, instanceType: t3.large}\n",
+    );
+    let m = message(admit(&mut new, Some(&old)));
+    assert!(m.contains("spec.image: is immutable"), "{m}");
+    assert!(
+        m.contains("spec.instanceType: can change only while the instance is stopped"),
+        "{m}"
+    );
+}
+
+#[test]
+fn builtin_instance_types_cannot_be_changed() {
+    let old: Object = builtin_catalog().remove(0).into();
+    let mut new = old.clone();
+    let Some(Resource::InstanceType(t)) = &mut new.resource else {
+        panic!()
+    };
+    t.spec.as_mut().unwrap().vcpu = 64;
+    let m = message(admit(&mut new, Some(&old)));
+    assert!(
+        m.contains("built-in instance types cannot be changed"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_volume_only_grows_and_keeps_its_zone() {
+    let mut old = obj(
+        "apiVersion: hanul/v1\nkind: Volume\nmetadata: {name: v}\nspec: {sizeGib: 10, zone: az-a}\n",
+    );
+    admit(&mut old, None).unwrap();
+    let mut new = obj(
+        "apiVersion: hanul/v1\nkind: Volume\nmetadata: {name: v}\nspec: {sizeGib: 5, zone: az-b}\n",
+    );
+    let m = message(admit(&mut new, Some(&old)));
+    assert!(m.contains("spec.sizeGib: can only grow"), "{m}");
+    assert!(m.contains("spec.zone: is immutable"), "{m}");
+}
+
+#[test]
+fn labels_and_images_are_checked() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: Image\nmetadata: {name: i, labels: {'bad key!': x}}\nspec: {files: relative/dir}\n",
+    );
+    let m = message(admit(&mut o, None));
+    assert!(
+        m.contains("metadata.labels[\"bad key!\"]: invalid key"),
+        "{m}"
+    );
+    assert!(m.contains("spec.command: required"), "{m}");
+    assert!(m.contains("spec.files"), "{m}");
+}

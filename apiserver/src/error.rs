@@ -1,0 +1,88 @@
+//! The API server's errors, and the one place they become gRPC statuses.
+
+use crate::store;
+use tonic::{Code, Status};
+
+/// An error from the object layer or the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Admission refused the object; each entry is `field.path: what is wrong`.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// A `resourceVersion` precondition failed: someone else wrote the object first.
+    #[error(
+        "{kind} {name:?} was modified: you sent resourceVersion {sent}, it is now {current}; get it again and reapply your change"
+    )]
+    Conflict {
+        kind: String,
+        name: String,
+        sent: u64,
+        current: u64,
+    },
+    #[error("{kind} {name:?} is being deleted")]
+    BeingDeleted { kind: String, name: String },
+    /// A watch asked for history the server no longer keeps.
+    #[error("revision {requested} is compacted (oldest available is {oldest}); list again")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("stored {key} cannot be decoded")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("store operation failed")]
+    Store(#[source] store::Error),
+}
+
+/// `Result` with the API server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An admission error on one field.
+    pub fn invalid(field: impl std::fmt::Display, message: impl std::fmt::Display) -> Error {
+        Error::Invalid(vec![format!("{field}: {message}")])
+    }
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::Compacted { requested, oldest } => Error::Compacted { requested, oldest },
+            other => Error::Store(other),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::Invalid(_) => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Conflict { .. } => Code::Aborted,
+            Error::BeingDeleted { .. } => Code::FailedPrecondition,
+            Error::Compacted { .. } => Code::OutOfRange,
+            // A lagging watcher resumes from its last revision; a stopped store recovers on
+            // restart: both are worth a retry.
+            Error::Store(
+                store::Error::WatcherLagged { .. }
+                | store::Error::FlushFailed { .. }
+                | store::Error::Closed,
+            ) => Code::Unavailable,
+            Error::Corrupt { .. } | Error::Store(_) => Code::Internal,
+        };
+        // Internal errors carry their cause chain so an operator can act on it.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Status::new(code, message)
+    }
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the API server, served on their own HTTP port at `/metrics`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{sync::Arc, time::Duration};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCode {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    pub method: String,
+}
+
+/// The server's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<MethodCode, Counter>,
+    pub latency: Family<Method, Histogram>,
+    pub store_write: Histogram,
+    pub watchers: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<MethodCode, Counter>::default();
+        let latency =
+            Family::<Method, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let store_write = Histogram::new(latency_buckets());
+        let watchers = Gauge::default();
+        registry.register(
+            "hanul_apiserver_requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "hanul_apiserver_request_duration_seconds",
+            "gRPC request latency by method",
+            latency.clone(),
+        );
+        registry.register(
+            "hanul_apiserver_store_write_duration_seconds",
+            "Latency of durable store writes (including the group-committed flush)",
+            store_write.clone(),
+        );
+        registry.register(
+            "hanul_apiserver_watchers",
+            "Open watch streams",
+            watchers.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+            store_write,
+            watchers,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        self.requests
+            .get_or_create(&MethodCode {
+                method: method.into(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Method {
+                method: method.into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) over HTTP/1 until the listener is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
+    use http_body_util::Full;
+    use hyper::{Response, body::Bytes, service::service_fn};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (200, metrics.render()),
+                        "/healthz" => (200, "ok\n".to_string()),
+                        _ => (404, "not found\n".to_string()),
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
