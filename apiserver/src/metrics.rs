@@ -1,11 +1,17 @@
 //! Prometheus metrics of the API server, served on their own HTTP port at `/metrics`.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{
+        EncodeLabelSet,
+        text::{encode_eof, encode_registry},
+    },
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodCode {
@@ -22,6 +28,9 @@ pub struct Method {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Registries of components running in the same process (the controllers), served on the
+    /// same endpoint.
+    extra: Arc<Mutex<Vec<Registry>>>,
     pub requests: Family<MethodCode, Counter>,
     pub latency: Family<Method, Histogram>,
     pub store_write: Histogram,
@@ -62,6 +71,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry: Arc::new(registry),
+            extra: Arc::default(),
             requests,
             latency,
             store_write,
@@ -86,11 +96,23 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Serves another component's metrics beside the server's.
+    pub fn add_registry(&self, registry: Registry) {
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(registry);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        for r in self.extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = encode_registry(&mut out, r);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }

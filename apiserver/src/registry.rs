@@ -16,9 +16,10 @@ use hanul_proto::{
     Kind, Selector,
     v1::{ApplyResult, EventType, Object, WatchEvent},
 };
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use rand::Rng;
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 use tracing::debug;
 
 /// How often an optimistic write without a caller precondition retries after a conflict.
@@ -28,6 +29,8 @@ const MAX_RETRIES: usize = 16;
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Latency of durable writes, flush included.
+    write_latency: Option<Histogram>,
 }
 
 fn prefix(kind: Option<Kind>) -> Vec<u8> {
@@ -80,7 +83,39 @@ fn random_suffix() -> String {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store }
+        Registry {
+            store,
+            write_latency: None,
+        }
+    }
+
+    /// Records the latency of every durable write in `histogram`.
+    pub fn with_write_latency(mut self, histogram: Histogram) -> Registry {
+        self.write_latency = Some(histogram);
+        self
+    }
+
+    async fn store_put(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        pre: Precondition,
+    ) -> store::Result<KeyValue> {
+        let start = Instant::now();
+        let r = self.store.put(key, value, pre).await;
+        if let Some(h) = &self.write_latency {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    async fn store_delete(&self, key: &[u8], pre: Precondition) -> store::Result<KeyValue> {
+        let start = Instant::now();
+        let r = self.store.delete(key, pre).await;
+        if let Some(h) = &self.write_latency {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        r
     }
 
     /// The underlying store.
@@ -121,8 +156,7 @@ impl Registry {
         let kind = kind_of(obj)?;
         let name = obj.name().to_string();
         let kv = self
-            .store
-            .put(&key(kind, &name), encode(obj), pre)
+            .store_put(&key(kind, &name), encode(obj), pre)
             .await
             .map_err(|e| match e {
                 store::Error::Conflict { actual: None, .. } => not_found(kind, &name),
@@ -272,8 +306,7 @@ impl Registry {
             .metadata()
             .is_some_and(|m| m.deleted_at.is_some() && m.finalizers.is_empty());
         if finalized {
-            self.store
-                .delete(&key(kind, next.name()), pre)
+            self.store_delete(&key(kind, next.name()), pre)
                 .await
                 .map_err(|e| self.map_conflict(e, kind, next.name(), pre))?;
             return Ok((next, true));
@@ -433,7 +466,7 @@ impl Registry {
             if dry_run {
                 return Ok((live, true));
             }
-            match self.store.delete(&key(kind, name), pre).await {
+            match self.store_delete(&key(kind, name), pre).await {
                 Ok(kv) => {
                     let mut gone = live;
                     gone.metadata_mut().resource_version = kv.mod_revision;

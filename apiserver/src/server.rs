@@ -15,6 +15,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
+/// How long a shutdown waits for open calls before cutting them.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Which store backs the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreBackend {
@@ -43,6 +46,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     pub tokens: Tokens,
     pub registry: Registry,
+    /// The metrics served on `metrics_addr`; other in-process components may add theirs.
+    pub metrics: Metrics,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -54,14 +59,21 @@ impl Server {
     }
 
     /// Stops serving and waits for open calls to end.
+    /// Stops serving: open calls get [`DRAIN_TIMEOUT`] to end (watches never end on their
+    /// own), then the rest are cut.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task
-            .await
-            .context("server task panicked")?
-            .context("serving gRPC")
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(joined) => joined
+                .context("server task panicked")?
+                .context("serving gRPC"),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the server stops on its own (it does not, unless it fails).
@@ -89,13 +101,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
     };
-    let registry = Registry::new(store);
+    let metrics = Metrics::default();
+    let registry = Registry::new(store).with_write_latency(metrics.store_write.clone());
     registry
         .seed_builtin_catalog()
         .await
         .context("seeding the built-in instance types")?;
 
-    let metrics = Metrics::default();
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr)
@@ -113,7 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("binding the gRPC address {}", config.listen))?;
     let addr = listener.local_addr()?;
 
-    let api = ObjectApi::new(registry.clone(), metrics);
+    let api = ObjectApi::new(registry.clone(), metrics.clone());
     let auth = tokens.clone();
     let object_service = tonic::service::interceptor::InterceptedService::new(
         ObjectServiceServer::new(api).max_decoding_message_size(64 << 20),
@@ -149,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         metrics_addr,
         tokens,
         registry,
+        metrics,
         shutdown: Some(tx),
         task,
     })

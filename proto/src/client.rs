@@ -287,7 +287,12 @@ impl Client {
                     Ok(mut stream) => {
                         backoff = Duration::from_millis(100);
                         loop {
-                            match stream.next().await {
+                            let next = tokio::select! {
+                                next = stream.next() => next,
+                                // The consumer went away: stop watching.
+                                _ = tx.closed() => return,
+                            };
+                            match next {
                                 Some(Ok(ev)) => {
                                     revision = Some(ev.revision.max(since));
                                     if ev.r#type() == EventType::Bookmark {

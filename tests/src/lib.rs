@@ -1,1 +1,239 @@
-//! placeholder
+//! Harness for end-to-end tests: starts the real `hanul` binary as separate processes on
+//! 127.0.0.1 with temp data dirs, and drives it with the real CLI.
+//!
+//! The binary is `$HANUL_BIN` when set, else `target/debug/hanul`, built once per test process
+//! with `cargo build -p hanul` (a no-op when it is fresh).
+
+use anyhow::{Context, bail};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The `hanul` binary under test.
+pub fn hanul_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HANUL_BIN") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "hanul", "--bin", "hanul"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build -p hanul failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug/hanul")
+    })
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout` with the last thing seen.
+pub fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>, String>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("(nothing yet)");
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(seen) => last = seen,
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `hanul server` process with its own temp data dir.
+pub struct ServerProcess {
+    pub data_dir: tempfile::TempDir,
+    pub child: Child,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts a server on a free port with the sled store and waits until it serves.
+    pub fn start() -> anyhow::Result<ServerProcess> {
+        let data_dir = tempfile::tempdir()?;
+        Self::start_in(data_dir, &[])
+    }
+
+    /// Starts (or restarts) a server in an existing data dir.
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<ServerProcess> {
+        let endpoint = data_dir.path().join("endpoint");
+        let _ = std::fs::remove_file(&endpoint);
+        let log = data_dir
+            .path()
+            .join(format!("server-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(hanul_bin())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("spawning hanul server")?;
+        let mut server = ServerProcess {
+            data_dir,
+            child,
+            url: String::new(),
+            log,
+        };
+        let url = poll(
+            Duration::from_secs(30),
+            "the server's endpoint file",
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    return Err(format!(
+                        "server exited: {status}; log: {}",
+                        server.log_text()
+                    ));
+                }
+                Ok(std::fs::read_to_string(&endpoint)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()))
+            },
+        )?;
+        server.url = url;
+        Ok(server)
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.path().join("admin.token")
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.token_file())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_stdin(args, None)
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+        run_cli(&self.url, Some(&self.token_file()), args, stdin)
+    }
+
+    /// A gRPC client with the admin token.
+    pub async fn client(&self) -> anyhow::Result<hanul_proto::Client> {
+        Ok(hanul_proto::Client::connect(&self.url, &self.admin_token()).await?)
+    }
+
+    /// SIGKILLs the server and returns its data dir for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        drop(self);
+        dir
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a CLI run printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panics with both streams unless the command succeeded.
+    #[track_caller]
+    pub fn ok(self) -> CliOutput {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `hanul --server URL [--token-file F] ARGS`, with an empty config path so that no
+/// user config interferes.
+pub fn run_cli(
+    url: &str,
+    token_file: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> CliOutput {
+    let mut cmd = Command::new(hanul_bin());
+    cmd.arg("--server").arg(url);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    cmd.args(args)
+        .env("HANUL_CONFIG", "/nonexistent/hanul-test-config.json")
+        .env_remove("HANUL_TOKEN")
+        .env_remove("HANUL_SERVER")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning hanul");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input.as_bytes()).expect("writing stdin");
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("waiting for hanul");
+    CliOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Writes `text` to a file in `dir` and returns its path as a string.
+pub fn write_manifest(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("writing manifest");
+    p.to_string_lossy().into_owned()
+}
