@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use hanul_proto::v1::object_service_server::ObjectServiceServer;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 /// How long a shutdown waits for open calls before cutting them.
@@ -144,10 +143,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .context("building gRPC reflection")?;
 
     let (tx, rx) = oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` does not apply to an incoming stream we hand over: set it here, or
+    // every reply waits out the peer's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(object_service)
