@@ -4,15 +4,15 @@
 //! the existing event's `count` and `lastTime` instead of creating another, as Kubernetes'
 //! recorder aggregates.
 
+use crate::time::timestamp;
 use crate::{
     Client,
     v1::{Event, Object, ObjectMeta, ObjectReference},
 };
-use pbjson_types::Timestamp;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 /// `Event.type` values.
@@ -32,14 +32,6 @@ pub struct Recorder {
     source: String,
     /// (kind, name, reason, message) → (event name, count, when first recorded here).
     recent: Arc<Mutex<Recent>>,
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
 }
 
 impl Recorder {

@@ -19,6 +19,7 @@ pub mod instance;
 pub mod manifest;
 pub mod resource;
 pub mod selector;
+pub mod time;
 
 pub use client::Client;
 pub use resource::Kind;
