@@ -9,12 +9,18 @@
 //!
 //! Controllers today:
 //! - [`gc`]: the garbage collector (objects whose owners are all gone are deleted).
+//! - [`scheduler`]: binds pending instances to Ready nodes with room, spreads groups across
+//!   zones and nodes, and reclaims spot instances for on-demand ones.
+//! - [`node_lifecycle`]: marks nodes whose agent stopped heartbeating `Ready=Unknown` and their
+//!   instances' status checks failed, and clears them when the agent is back.
 //!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 
 pub mod error;
 pub mod gc;
+pub mod node_lifecycle;
 pub mod runtime;
+pub mod scheduler;
 
 #[cfg(test)]
 mod testing;
@@ -22,17 +28,52 @@ mod testing;
 pub use error::{Error, Result};
 
 use hanul_proto::Client;
-use runtime::{Metrics, Shutdown};
+use runtime::{Metrics, Shutdown, SystemClock};
+use std::sync::Arc;
+
+/// Settings of the controllers that have any.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub scheduler: scheduler::Config,
+    pub node_lifecycle: node_lifecycle::Config,
+}
 
 /// Runs every controller of this crate until `shutdown` fires, then returns once their running
 /// reconciles have finished. Register `metrics` beforehand with [`Metrics::new`] to expose them.
 ///
 /// Fails only if a controller stops unexpectedly (a bug: a panic outside a reconcile).
-pub async fn run_all(client: Client, metrics: Metrics, shutdown: Shutdown) -> Result<()> {
-    let controllers = [(
-        gc::CONTROLLER_NAME,
-        tokio::spawn(gc::run(client.clone(), metrics.clone(), shutdown.clone())),
-    )];
+pub async fn run_all(
+    client: Client,
+    metrics: Metrics,
+    shutdown: Shutdown,
+    config: Config,
+) -> Result<()> {
+    let controllers = [
+        (
+            gc::CONTROLLER_NAME,
+            tokio::spawn(gc::run(client.clone(), metrics.clone(), shutdown.clone())),
+        ),
+        (
+            scheduler::CONTROLLER_NAME,
+            tokio::spawn(scheduler::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+                config.scheduler,
+            )),
+        ),
+        (
+            node_lifecycle::CONTROLLER_NAME,
+            tokio::spawn(node_lifecycle::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+                config.node_lifecycle,
+            )),
+        ),
+    ];
     let joined = controllers.into_iter().map(|(name, task)| async move {
         task.await.map_err(|source| Error::ControllerStopped {
             controller: name.to_string(),
