@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use hanul::{
     GlobalArgs, UserCommand,
-    commands::{dev, server},
+    commands::{agent, dev, server},
 };
 use std::process::ExitCode;
 
@@ -24,6 +24,8 @@ struct Hanul {
 enum Command {
     /// Run the API server and the controllers.
     Server(server::Args),
+    /// Run a node agent that joins a server.
+    Agent(agent::Args),
     /// Run everything on this machine with no setup, for trying hanul out.
     Dev(dev::Args),
     #[command(flatten)]
@@ -47,6 +49,10 @@ async fn main() -> ExitCode {
             init_tracing("info");
             server::run(args).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Agent(args) => {
+            init_tracing("info");
+            agent::run(args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Dev(args) => {
             init_tracing("warn");
             dev::run(args).await.map(|()| ExitCode::SUCCESS)
@@ -60,4 +66,15 @@ async fn main() -> ExitCode {
         hanul::error::report(&e);
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_whole_command_line_is_consistent() {
+        Hanul::command().debug_assert();
+    }
 }

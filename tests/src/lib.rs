@@ -237,3 +237,83 @@ pub fn write_manifest(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&p, text).expect("writing manifest");
     p.to_string_lossy().into_owned()
 }
+
+/// A `hanul agent` process joined to a server, with its own temp data dir.
+pub struct AgentProcess {
+    pub name: String,
+    pub data_dir: tempfile::TempDir,
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts an agent named `name` in `zone`, offering `cpus` vCPUs and `memory_mib` MiB.
+    pub fn start(
+        server: &ServerProcess,
+        name: &str,
+        zone: &str,
+        cpus: u32,
+        memory_mib: u64,
+    ) -> anyhow::Result<AgentProcess> {
+        let data_dir = tempfile::tempdir()?;
+        Self::start_in(server, name, zone, cpus, memory_mib, data_dir)
+    }
+
+    /// Starts (or restarts) an agent in an existing data dir.
+    pub fn start_in(
+        server: &ServerProcess,
+        name: &str,
+        zone: &str,
+        cpus: u32,
+        memory_mib: u64,
+        data_dir: tempfile::TempDir,
+    ) -> anyhow::Result<AgentProcess> {
+        let log = data_dir.path().join("agent.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(hanul_bin())
+            .args(["agent", "--server", &server.url, "--join-token-file"])
+            .arg(server.data_dir.path().join("join.token"))
+            .args(["--name", name, "--zone", zone, "--heartbeat", "500ms"])
+            .args([
+                "--cpus",
+                &cpus.to_string(),
+                "--memory-mib",
+                &memory_mib.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("spawning hanul agent")?;
+        Ok(AgentProcess {
+            name: name.into(),
+            data_dir,
+            child,
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the agent (its workloads keep running) and returns its data dir.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -132,12 +132,16 @@ pub(super) fn validate(i: &Instance, old: Option<&Instance>, ctx: &Context, errs
         errs.immutable("spec.nodeName", &old_spec.node_name, &spec.node_name);
     }
     errs.immutable("spec.market", &old_spec.market, &spec.market);
+    // An instance not yet placed on a node holds no capacity and has never run: its type may
+    // change, as may a stopped one's.
+    let placed = old.status.as_ref().is_some_and(|s| !s.node.is_empty());
     let observed = old
         .status
         .as_ref()
         .and_then(|s| InstanceState::parse(&s.state));
     if old_spec.instance_type != spec.instance_type
-        && !matches!(observed, None | Some(InstanceState::Stopped))
+        && placed
+        && observed != Some(InstanceState::Stopped)
     {
         errs.add(
             "spec.instanceType",

@@ -80,7 +80,7 @@ fn every_error_of_an_object_is_reported_at_once() {
 #[test]
 fn a_running_instance_keeps_its_image_and_type() {
     let mut old = obj(
-        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web}\nstatus: {state: running}\n",
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web}\nstatus: {state: running, node: n1}\n",
     );
     admit(&mut old, None).unwrap();
     let mut new = obj(

@@ -4,7 +4,7 @@
 
 use super::server::{self, StoreArg};
 use crate::config;
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Runs a local development cluster.
 #[derive(Clone, Debug, clap::Args)]
@@ -46,6 +46,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         store: StoreArg::Sled,
         no_controllers: false,
+        node_grace_period: Duration::from_secs(15),
+        spot_notice: Duration::from_secs(120),
     };
     let running = server::start(&server_args).await?;
     let url = running.server.url();

@@ -3,6 +3,7 @@
 //! `server` and `dev` start the API server and controllers in this process; every other
 //! command is a client of the server.
 
+pub mod agent;
 pub mod apply;
 pub mod delete;
 pub mod describe;

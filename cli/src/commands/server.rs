@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use hanul_apiserver::{Config, StoreBackend};
 use hanul_controllers::runtime::{Metrics as ControllerMetrics, Shutdown, ShutdownTrigger};
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use tracing::info;
 
 /// The file in the data dir that names the URL the server listens on, written once it serves.
@@ -34,6 +34,12 @@ pub struct Args {
     /// Serve the API only, without the controllers.
     #[arg(long)]
     pub no_controllers: bool,
+    /// How long a node may miss heartbeats before it turns NotReady.
+    #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
+    pub node_grace_period: Duration,
+    /// The notice a spot instance gets before it is reclaimed (AWS gives two minutes).
+    #[arg(long, default_value = "2m", value_parser = super::parse_duration)]
+    pub spot_notice: Duration,
 }
 
 /// A started server with its controllers.
@@ -62,8 +68,11 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         let metrics = ControllerMetrics::new(&mut registry);
         server.metrics.add_registry(registry);
         let (trigger, shutdown) = Shutdown::new();
+        let mut config = hanul_controllers::Config::default();
+        config.node_lifecycle.grace = args.node_grace_period;
+        config.scheduler.spot_notice = args.spot_notice;
         let task = tokio::spawn(async move {
-            if let Err(e) = hanul_controllers::run_all(client, metrics, shutdown).await {
+            if let Err(e) = hanul_controllers::run_all(client, metrics, shutdown, config).await {
                 tracing::error!(error = %e, "Controllers stopped.");
             }
         });
