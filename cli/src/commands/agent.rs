@@ -41,7 +41,8 @@ pub struct Args {
     pub heartbeat: Duration,
 }
 
-fn hostname() -> String {
+/// This machine's host name: the default node name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "node".into())

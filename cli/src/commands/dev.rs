@@ -46,6 +46,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         store: StoreArg::Sled,
         no_controllers: false,
+        with_agent: true,
+        zone: "az-a".into(),
         node_grace_period: Duration::from_secs(15),
         spot_notice: Duration::from_secs(120),
     };
@@ -57,7 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "hanul dev is running.\n\
          \n  server     {url}\n  data       {data}\n  metrics    http://{metrics}/metrics\n  CLI config {cfg} (plain `hanul ...` commands now use this server)\n\
          \nTry, from another terminal:\n\
-         \n  hanul get instancetypes\n  hanul apply -f deploy/examples/web.yaml\n  hanul get instances -o wide\n  hanul describe image web-v1\n  hanul get instances -w\n\
+         \n  hanul get nodes -o wide\n  hanul get instancetypes\n  hanul apply -f deploy/examples/web.yaml\n  hanul get instances -o wide\n  hanul describe image web-v1\n  hanul get instances -w\n\
          \nCtrl-C stops it{keep}.",
         data = data_dir.display(),
         metrics = args.metrics_listen,

@@ -37,6 +37,12 @@ pub struct Args {
     /// How long a node may miss heartbeats before it turns NotReady.
     #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
     pub node_grace_period: Duration,
+    /// Also run a node agent in this process (one-machine setups).
+    #[arg(long)]
+    pub with_agent: bool,
+    /// The zone of the in-process agent.
+    #[arg(long, default_value = "az-a", requires = "with_agent")]
+    pub zone: String,
     /// The notice a spot instance gets before it is reclaimed (AWS gives two minutes).
     #[arg(long, default_value = "2m", value_parser = super::parse_duration)]
     pub spot_notice: Duration,
@@ -46,6 +52,10 @@ pub struct Args {
 pub struct Running {
     pub server: hanul_apiserver::Server,
     controllers: Option<(ShutdownTrigger, tokio::task::JoinHandle<()>)>,
+    agent: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 /// Starts the server and (unless disabled) the controllers, and writes DATA_DIR/endpoint.
@@ -78,18 +88,47 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         });
         Some((trigger, task))
     };
+    let agent = if args.with_agent {
+        let config = hanul_agent::Config {
+            server: server.url(),
+            token: server.tokens.join().to_string(),
+            name: super::agent::hostname(),
+            zone: args.zone.clone(),
+            data_dir: args.data_dir.join("agent"),
+            address: "127.0.0.1".into(),
+            port_range: "30000-32767".into(),
+            cpus: None,
+            memory_mib: None,
+            labels: Default::default(),
+            heartbeat: Duration::from_secs(2),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            if let Err(e) = hanul_agent::run(config, rx).await {
+                tracing::error!(error = %e, "Agent stopped.");
+            }
+        });
+        Some((tx, task))
+    } else {
+        None
+    };
     let endpoint = args.data_dir.join(ENDPOINT_FILE);
     std::fs::write(&endpoint, format!("{}\n", server.url()))
         .with_context(|| format!("writing {}", endpoint.display()))?;
     Ok(Running {
         server,
         controllers,
+        agent,
     })
 }
 
 impl Running {
     /// Stops the controllers, then the server.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some((stop, task)) = self.agent {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         if let Some((trigger, task)) = self.controllers {
             trigger.trigger();
             let _ = task.await;
