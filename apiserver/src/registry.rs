@@ -335,6 +335,20 @@ impl Registry {
         }
     }
 
+    /// Reads the live object; when `sent` is non-zero it must still be at that revision.
+    async fn get_at(&self, kind: Kind, name: &str, sent: u64) -> Result<Object> {
+        let live = self.get(kind, name).await?;
+        if sent != 0 && live.resource_version() != sent {
+            return Err(Error::Conflict {
+                kind: kind.as_str().into(),
+                name: name.into(),
+                sent,
+                current: live.resource_version(),
+            });
+        }
+        Ok(live)
+    }
+
     pub async fn get(&self, kind: Kind, name: &str) -> Result<Object> {
         self.read(kind, name)
             .await?
@@ -365,15 +379,7 @@ impl Registry {
         let kind = kind_of(&obj)?;
         let sent = obj.resource_version();
         for _ in 0..MAX_RETRIES {
-            let live = self.get(kind, obj.name()).await?;
-            if sent != 0 && live.resource_version() != sent {
-                return Err(Error::Conflict {
-                    kind: kind.as_str().into(),
-                    name: obj.name().into(),
-                    sent,
-                    current: live.resource_version(),
-                });
-            }
+            let live = self.get_at(kind, obj.name(), sent).await?;
             let mut next = obj.clone();
             next.clear_status();
             match self.replace(&live, next, dry_run).await {
@@ -397,15 +403,7 @@ impl Registry {
         }
         let sent = obj.resource_version();
         for _ in 0..MAX_RETRIES {
-            let live = self.get(kind, obj.name()).await?;
-            if sent != 0 && live.resource_version() != sent {
-                return Err(Error::Conflict {
-                    kind: kind.as_str().into(),
-                    name: obj.name().into(),
-                    sent,
-                    current: live.resource_version(),
-                });
-            }
+            let live = self.get_at(kind, obj.name(), sent).await?;
             let mut next = live.clone();
             next.set_status_from(&obj);
             if next == live {
@@ -440,15 +438,7 @@ impl Registry {
         dry_run: bool,
     ) -> Result<(Object, bool)> {
         for _ in 0..MAX_RETRIES {
-            let live = self.get(kind, name).await?;
-            if resource_version != 0 && live.resource_version() != resource_version {
-                return Err(Error::Conflict {
-                    kind: kind.as_str().into(),
-                    name: name.into(),
-                    sent: resource_version,
-                    current: live.resource_version(),
-                });
-            }
+            let live = self.get_at(kind, name, resource_version).await?;
             let pre = Precondition::ModRevision(live.resource_version());
             let has_finalizers = live.metadata().is_some_and(|m| !m.finalizers.is_empty());
             if has_finalizers {

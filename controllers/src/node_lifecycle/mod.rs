@@ -24,7 +24,7 @@ use crate::{
     Result,
     runtime::{
         Action, Cache, CacheEvent, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
-        SystemClock, default_error_policy,
+        default_error_policy,
     },
     scheduler::{CONDITION_READY, conditions},
 };
@@ -317,18 +317,6 @@ pub fn controller(
         config,
     });
     (controller, ctx)
-}
-
-/// Runs the controller until `shutdown`, with the real clock and the default config.
-pub async fn run(client: Client, metrics: Metrics, shutdown: Shutdown) {
-    run_with(
-        client,
-        metrics,
-        shutdown,
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await
 }
 
 /// Runs the controller until `shutdown`.

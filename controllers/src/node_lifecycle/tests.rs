@@ -1,4 +1,5 @@
 use super::*;
+use crate::runtime::SystemClock;
 use crate::{
     runtime::ShutdownTrigger,
     testing::{TestServer, eventually},

@@ -37,7 +37,7 @@ pub mod plan;
 use crate::{
     Error, Result,
     runtime::{
-        Action, Cache, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown, SystemClock,
+        Action, Cache, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
         default_error_policy,
     },
 };
@@ -664,18 +664,6 @@ pub fn controller(
         pass: Default::default(),
     });
     (controller, ctx)
-}
-
-/// Runs the scheduler until `shutdown`, with the real clock and the default config.
-pub async fn run(client: Client, metrics: Metrics, shutdown: Shutdown) {
-    run_with(
-        client,
-        metrics,
-        shutdown,
-        Arc::new(SystemClock),
-        Config::default(),
-    )
-    .await
 }
 
 /// Runs the scheduler until `shutdown`.

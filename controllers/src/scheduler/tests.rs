@@ -2,6 +2,7 @@
 //! objects and writing their status.
 
 use super::*;
+use crate::runtime::SystemClock;
 use crate::{
     runtime::{ReconcileResult, ShutdownTrigger},
     testing::{TestServer, eventually},
