@@ -13,6 +13,7 @@
 //!   zones and nodes, and reclaims spot instances for on-demand ones.
 //! - [`node_lifecycle`]: marks nodes whose agent stopped heartbeating `Ready=Unknown` and their
 //!   instances' status checks failed, and clears them when the agent is back.
+//! - [`terminated`]: deletes terminated instances an hour after they terminated.
 //!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 
@@ -21,6 +22,7 @@ pub mod gc;
 pub mod node_lifecycle;
 pub mod runtime;
 pub mod scheduler;
+pub mod terminated;
 
 #[cfg(test)]
 mod testing;
@@ -36,6 +38,7 @@ use std::sync::Arc;
 pub struct Config {
     pub scheduler: scheduler::Config,
     pub node_lifecycle: node_lifecycle::Config,
+    pub terminated: terminated::Config,
 }
 
 /// Runs every controller of this crate until `shutdown` fires, then returns once their running
@@ -71,6 +74,16 @@ pub async fn run_all(
                 shutdown.clone(),
                 Arc::new(SystemClock),
                 config.node_lifecycle,
+            )),
+        ),
+        (
+            terminated::CONTROLLER_NAME,
+            tokio::spawn(terminated::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+                config.terminated,
             )),
         ),
     ];

@@ -52,9 +52,13 @@ string_enum! {
 }
 
 string_enum! {
-    /// `spec.state`: what the user wants.
-    DesiredState { Running = "running", Stopped = "stopped" }
+    /// `spec.state`: what the user wants. `terminated` is final.
+    DesiredState { Running = "running", Stopped = "stopped", Terminated = "terminated" }
 }
+
+/// Annotation asking the agent to reboot an instance (as EC2's RebootInstances): its value, a
+/// time, is compared with `status.rebootHandled`.
+pub const REBOOT_ANNOTATION: &str = "hanul.dev/reboot-requested-at";
 
 string_enum! {
     /// `spec.shutdownBehavior`: what an exit of the process on its own leads to.

@@ -139,6 +139,14 @@ pub(super) fn validate(i: &Instance, old: Option<&Instance>, ctx: &Context, errs
         .status
         .as_ref()
         .and_then(|s| InstanceState::parse(&s.state));
+    let terminated = old_spec.state == DesiredState::Terminated.as_str()
+        || observed == Some(InstanceState::Terminated);
+    if terminated && spec.state != old_spec.state {
+        errs.add(
+            "spec.state",
+            "the instance is terminated; it cannot be started or stopped again (launch a new one)",
+        );
+    }
     if old_spec.instance_type != spec.instance_type
         && placed
         && observed != Some(InstanceState::Stopped)

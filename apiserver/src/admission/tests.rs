@@ -70,7 +70,7 @@ fn every_error_of_an_object_is_reported_at_once() {
     for want in [
         "metadata.name",
         "spec.image: required",
-        "spec.state: \"paused\" is not allowed; use one of: running, stopped",
+        "spec.state: \"paused\" is not allowed; use one of: running, stopped, terminated",
         "spec.ports[1].name: \"http\" is used twice",
     ] {
         assert!(m.contains(want), "missing {want:?} in {m}");
@@ -92,6 +92,22 @@ fn a_running_instance_keeps_its_image_and_type() {
         m.contains("spec.instanceType: can change only while the instance is stopped"),
         "{m}"
     );
+}
+
+#[test]
+fn a_terminated_instance_stays_terminated() {
+    for old_yaml in [
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web, state: terminated}\n",
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web}\nstatus: {state: terminated, node: n1}\n",
+    ] {
+        let mut old = obj(old_yaml);
+        admit(&mut old, None).unwrap();
+        let mut new = obj(
+            "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web, state: stopped}\n",
+        );
+        let m = message(admit(&mut new, Some(&old)));
+        assert!(m.contains("spec.state: the instance is terminated"), "{m}");
+    }
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Classes reconcile errors: terminal ones are not retried until the object changes.
@@ -106,6 +106,7 @@ pub struct Controller {
     primary: Cache,
     primary_mappers: Vec<KeyMapper>,
     watches: Vec<(Cache, KeyMapper)>,
+    triggers: Vec<mpsc::UnboundedReceiver<ObjectKey>>,
     resync: Duration,
     backoff: Backoff,
     metrics: Metrics,
@@ -149,6 +150,7 @@ impl Controller {
             primary: cache,
             primary_mappers: Vec::new(),
             watches: Vec::new(),
+            triggers: Vec::new(),
             resync: DEFAULT_RESYNC,
             backoff: Backoff::default(),
             metrics: Metrics::default(),
@@ -199,6 +201,13 @@ impl Controller {
         self
     }
 
+    /// Also reconciles the keys sent on `keys`: changes seen outside the API (a node agent's
+    /// processes exiting).
+    pub fn triggered_by(mut self, keys: mpsc::UnboundedReceiver<ObjectKey>) -> Controller {
+        self.triggers.push(keys);
+        self
+    }
+
     /// Also reconciles the keys `mapper` names for changes of primary objects (beside the
     /// changed object itself): the garbage collector reconciles the dependents of a deleted
     /// owner this way.
@@ -245,7 +254,7 @@ impl Controller {
     /// Runs the controller until shutdown: starts its caches, waits for them to sync, then
     /// reconciles with up to `concurrency` keys at once (never one key twice at once).
     pub async fn run<Ctx, E, R, Fut, P>(
-        self,
+        mut self,
         reconcile: R,
         error_policy: P,
         ctx: Arc<Ctx>,
@@ -308,6 +317,12 @@ impl Controller {
                         .await
                 }
             }));
+        let triggers = std::mem::take(&mut self.triggers);
+        let trigger_pumps = futures::future::join_all(
+            triggers
+                .into_iter()
+                .map(|rx| run.pump_triggers(rx, &shutdown)),
+        );
         let workers = futures::future::join_all(
             (0..concurrency.max(1)).map(|_| run.work(reconcile, error_policy, &ctx)),
         );
@@ -318,6 +333,7 @@ impl Controller {
         tokio::join!(
             primary_pump,
             watch_pumps,
+            trigger_pumps,
             run.resync(self.resync, &shutdown),
             workers,
             stopper
@@ -421,6 +437,20 @@ impl Run {
                         self.queue.add(key);
                     }
                 }
+            }
+        }
+    }
+
+    /// Enqueues the keys sent from outside the API.
+    async fn pump_triggers(&self, mut rx: mpsc::UnboundedReceiver<ObjectKey>, shutdown: &Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                key = rx.recv() => match key {
+                    Some(key) if self.wanted(&key) => self.queue.add(key),
+                    Some(_) => {}
+                    None => return,
+                },
             }
         }
     }

@@ -355,16 +355,23 @@ fn wake_at(wakeup: Option<SystemTime>, now: SystemTime) -> Action {
     }
 }
 
-/// Whether the scheduler should place `i`: no node yet, wanted running, not being deleted, not
-/// terminated.
+/// Whether the scheduler should place `i`: no node yet (or stopped, and started again: a start
+/// goes through the scheduler as in EC2, so that capacity is checked), wanted running, not being
+/// deleted, not terminated.
 pub fn needs_scheduling(i: &Instance) -> bool {
     let status = i.status.as_ref();
-    status.is_none_or(|s| s.node.is_empty())
+    status.is_none_or(|s| s.node.is_empty() || is_restarting(s))
         && i.metadata.as_ref().is_none_or(|m| m.deleted_at.is_none())
         && i.spec
             .as_ref()
             .is_some_and(|s| DesiredState::parse(&s.state) == Some(DesiredState::Running))
         && status.is_none_or(|s| InstanceState::parse(&s.state) != Some(InstanceState::Terminated))
+}
+
+/// A stopped instance's last node is only a memory of where it ran (and where its volumes'
+/// data lies).
+fn is_restarting(s: &hanul_proto::v1::InstanceStatus) -> bool {
+    InstanceState::parse(&s.state) == Some(InstanceState::Stopped)
 }
 
 /// Whether `i` holds capacity on its node: bound, and pending, running or stopping (or bound
@@ -413,11 +420,21 @@ fn instance_view(i: &Instance) -> InstanceView {
         name: meta.name,
         instance_type: spec.instance_type,
         zone: spec.zone,
-        node_name: spec.node_name,
         market: Market::parse(&spec.market).unwrap_or(Market::OnDemand),
+        // A stopped instance starting again is pending; if it has volumes (their data is local
+        // to the node it ran on) it is pinned to that node.
+        node_name: match &i.status {
+            Some(s)
+                if is_restarting(s) && spec.node_name.is_empty() && !spec.volumes.is_empty() =>
+            {
+                s.node.clone()
+            }
+            _ => spec.node_name,
+        },
         node: i
             .status
             .as_ref()
+            .filter(|s| !is_restarting(s))
             .map(|s| s.node.clone())
             .unwrap_or_default(),
     }

@@ -258,6 +258,12 @@ fn an_instance_needs_scheduling_only_while_unbound_wanted_running_and_alive() {
     assert!(holds_capacity(&i));
     i.status.as_mut().unwrap().state = "stopped".into();
     assert!(!holds_capacity(&i));
+    // Started again: placed again (on its old node only if it has volumes there).
+    assert!(needs_scheduling(&i));
+    let view = instance_view(&i);
+    assert_eq!((view.node.as_str(), view.node_name.as_str()), ("", ""));
+    i.spec.as_mut().unwrap().volumes.push(Default::default());
+    assert_eq!(instance_view(&i).node_name, "n1");
     i.status = Some(InstanceStatus {
         state: "terminated".into(),
         ..Default::default()
