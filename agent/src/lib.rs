@@ -1,19 +1,25 @@
-//! hanul's node agent: registers this machine as a `Node`, renews its lease, and (next) runs the
+//! hanul's node agent: registers this machine as a `Node`, renews its lease, and runs the
 //! instances bound to it as supervised local processes.
 //!
 //! Modules: [`node`] (registration and heartbeats), [`system`] (what the machine offers),
-//! [`driver`] (the process driver: sessions, cgroups, logs, re-adoption after a restart).
+//! [`driver`] (the process driver: sessions, cgroups, logs, re-adoption after a restart),
+//! [`instances`] (the instance loop: the EC2 lifecycle on top of the driver), [`endpoint`]
+//! (the instance metadata endpoint and the logs the server proxies).
 //! The agent talks to the API server only through the gRPC client.
 
 pub mod driver;
+pub mod endpoint;
 pub mod error;
+pub mod instances;
 pub mod node;
 pub mod system;
 
 pub use error::{Error, Result};
 
+use driver::{ProcessDriver, WorkloadDriver};
+use hanul_controllers::runtime::Shutdown;
 use hanul_proto::Client;
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use system::Capacity;
 use tracing::info;
 
@@ -35,13 +41,21 @@ pub struct Config {
     pub memory_mib: Option<u64>,
     pub labels: HashMap<String, String>,
     pub heartbeat: Duration,
+    /// The port of the agent's endpoint (metadata, logs); 0 picks a free one.
+    pub endpoint_port: u16,
+    /// Between SIGTERM and SIGKILL when an instance stops.
+    pub stop_grace: Duration,
+    /// Instances reconciled at once.
+    pub workers: usize,
 }
 
-/// Runs the agent until `stop` turns true.
+/// Runs the agent until `stop` turns true. The instances keep running when it returns (a new
+/// agent on the same data dir adopts them).
 pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
     if config.name.is_empty() || config.zone.is_empty() {
         return Err(Error::Config("the node needs a name and a zone".into()));
     }
+    let ports = instances::ports::PortRange::parse(&config.port_range).map_err(Error::Config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Read {
         what: "the data dir",
         path: config.data_dir.display().to_string(),
@@ -53,6 +67,29 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         cpu_millis: config.cpus.map(|c| c * 1000).unwrap_or(machine.cpu_millis),
         memory_mib: config.memory_mib.unwrap_or(machine.memory_mib),
     };
+    let driver = ProcessDriver::new(
+        config.data_dir.join("driver"),
+        format!("hanul/{}", config.name),
+    )
+    .map_err(|e| Error::Config(format!("cannot start the process driver: {e}")))?;
+    let (limits_enforced, limits_note) = driver.limits_enforced();
+    let driver: Arc<dyn WorkloadDriver> = Arc::new(driver);
+
+    // The endpoint listens on the node's address (every interface if it is a name).
+    let ip: std::net::IpAddr = config
+        .address
+        .parse()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let listener = tokio::net::TcpListener::bind((ip, config.endpoint_port))
+        .await
+        .map_err(|source| Error::Read {
+            what: "the endpoint's port",
+            path: format!("{ip}:{}", config.endpoint_port),
+            source,
+        })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let agent_endpoint = format!("{}:{port}", config.address);
+
     let info = node::NodeInfo {
         name: config.name.clone(),
         zone: config.zone.clone(),
@@ -60,9 +97,10 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         capacity,
         reserved: Capacity::default(),
         port_range: config.port_range.clone(),
-        agent_endpoint: String::new(),
+        agent_endpoint: agent_endpoint.clone(),
         labels: config.labels.clone(),
-        limits_enforced: false,
+        limits_enforced,
+        limits_note,
         kernel: system::kernel(),
     };
     // The server may still be starting (hanul server --with-agent): retry registration.
@@ -78,8 +116,55 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             }
         }
     }
-    node::heartbeat(&client, &info, Capacity::default()).await?;
-    info!(node = %info.name, zone = %info.zone, ?capacity, "Agent ready.");
-    node::heartbeat_loop(client, info, config.heartbeat, Capacity::default, stop).await;
+
+    let shutdown = {
+        let mut stop = stop.clone();
+        Shutdown::on(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let controller = instances::controller(client.clone(), shutdown.clone());
+    let ctx = Arc::new(instances::Context::new(
+        client.clone(),
+        driver,
+        controller.cache(),
+        instances::Settings {
+            node: config.name.clone(),
+            zone: config.zone.clone(),
+            address: config.address.clone(),
+            endpoint: agent_endpoint,
+            data_dir: config.data_dir.clone(),
+            ports,
+            stop_grace: config.stop_grace,
+        },
+    ));
+    node::heartbeat(&client, &info, ctx.allocated()).await?;
+    info!(node = %info.name, zone = %info.zone, ?capacity, limits_enforced, "Agent ready.");
+    let endpoint = endpoint::serve(
+        listener,
+        ctx.clone(),
+        ctx.dirs.instances.clone(),
+        config.token.clone(),
+        stop.clone(),
+    );
+    let heartbeats = {
+        let ctx = ctx.clone();
+        node::heartbeat_loop(
+            client,
+            info,
+            config.heartbeat,
+            move || ctx.allocated(),
+            stop,
+        )
+    };
+    tokio::join!(
+        heartbeats,
+        endpoint,
+        instances::run(controller, ctx, shutdown, config.workers.max(1))
+    );
     Ok(())
 }

@@ -22,6 +22,8 @@ use tracing::{info, warn};
 pub const READY: &str = "Ready";
 /// Its reason while the agent heartbeats.
 pub const REASON_AGENT_READY: &str = "AgentReady";
+/// The node condition saying whether instance CPU and memory limits are enforced here.
+pub const LIMITS_ENFORCED: &str = "LimitsEnforced";
 
 /// What the agent says about its node.
 #[derive(Clone, Debug)]
@@ -36,6 +38,8 @@ pub struct NodeInfo {
     pub agent_endpoint: String,
     pub labels: std::collections::HashMap<String, String>,
     pub limits_enforced: bool,
+    /// How limits are enforced (the cgroup version and where), or why they are not.
+    pub limits_note: String,
     pub kernel: String,
 }
 
@@ -139,6 +143,7 @@ pub async fn heartbeat(client: &Client, info: &NodeInfo, allocated: Capacity) ->
     let at = now();
     let mut status = node.status.clone().unwrap_or_default();
     set_ready(&mut status.conditions, at);
+    set_limits(&mut status.conditions, info, at);
     status.allocatable = Some(resources(info.allocatable()));
     status.allocated = Some(resources(allocated));
     status.agent_version = env!("CARGO_PKG_VERSION").to_string();
@@ -168,6 +173,26 @@ fn set_ready(conditions: &mut Vec<Condition>, at: Timestamp) {
         Some(c) if c.status == "True" && c.reason == REASON_AGENT_READY => {}
         Some(c) => *c = ready,
         None => conditions.push(ready),
+    }
+}
+
+fn set_limits(conditions: &mut Vec<Condition>, info: &NodeInfo, at: Timestamp) {
+    let (status, reason) = if info.limits_enforced {
+        ("True", "CgroupLimits")
+    } else {
+        ("False", "NoCgroupControllers")
+    };
+    let c = Condition {
+        r#type: LIMITS_ENFORCED.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: info.limits_note.clone(),
+        last_transition_time: Some(at),
+    };
+    match conditions.iter_mut().find(|c| c.r#type == LIMITS_ENFORCED) {
+        Some(old) if old.status == c.status && old.message == c.message => {}
+        Some(old) => *old = c,
+        None => conditions.push(c),
     }
 }
 

@@ -36,6 +36,38 @@ pub enum Error {
     },
     #[error("store operation failed")]
     Store(#[source] store::Error),
+    /// Logs asked of an instance the scheduler has not bound to a node: no agent has them.
+    #[error("instance {instance:?} is not placed on a node yet")]
+    NotPlaced { instance: String },
+    #[error("instance {instance:?} is bound to node {node:?}, which does not exist")]
+    NodeMissing { instance: String, node: String },
+    /// The node's agent has not said where its endpoint is (an agent older than the endpoint).
+    #[error("node {node:?} has no agent endpoint")]
+    NoAgentEndpoint { node: String },
+    #[error("cannot reach the agent of node {node:?} at {endpoint}")]
+    AgentUnreachable {
+        node: String,
+        endpoint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The agent answered with an HTTP error; `message` is its body.
+    #[error("{}", agent_refused(.node, *.status, .message))]
+    AgentRefused {
+        node: String,
+        status: u16,
+        message: String,
+    },
+}
+
+fn agent_refused(node: &str, status: u16, message: &str) -> String {
+    match status {
+        401 | 403 => format!(
+            "the agent of node {node:?} refused the server's token (HTTP {status}): the agent was \
+             not started with this server's join token; {message}"
+        ),
+        _ => format!("the agent of node {node:?} answered HTTP {status}: {message}"),
+    }
 }
 
 /// `Result` with the API server's [`Error`].
@@ -74,6 +106,14 @@ impl From<Error> for Status {
                 | store::Error::Closed,
             ) => Code::Unavailable,
             Error::Corrupt { .. } | Error::Store(_) => Code::Internal,
+            Error::NotPlaced { .. } | Error::NodeMissing { .. } => Code::FailedPrecondition,
+            Error::NoAgentEndpoint { .. } | Error::AgentUnreachable { .. } => Code::Unavailable,
+            Error::AgentRefused { status: 404, .. } => Code::NotFound,
+            // The server and the agent disagree on the join token: an operator must fix it.
+            Error::AgentRefused {
+                status: 401 | 403, ..
+            } => Code::Internal,
+            Error::AgentRefused { .. } => Code::Unavailable,
         };
         // Internal errors carry their cause chain so an operator can act on it.
         let mut message = e.to_string();

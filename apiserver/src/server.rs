@@ -124,7 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("binding the gRPC address {}", config.listen))?;
     let addr = listener.local_addr()?;
 
-    let api = ObjectApi::new(registry.clone(), metrics.clone());
+    let api = ObjectApi::new(registry.clone(), metrics.clone(), tokens.join());
     let auth = tokens.clone();
     let object_service = tonic::service::interceptor::InterceptedService::new(
         ObjectServiceServer::new(api).max_decoding_message_size(64 << 20),

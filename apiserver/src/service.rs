@@ -1,14 +1,15 @@
 //! The gRPC `ObjectService`: request parsing, metrics and status mapping around the
-//! [`Registry`]. Authentication is an interceptor added in [`crate::server`].
+//! [`Registry`] (and [`AgentLogs`] for `Logs`). Authentication is an interceptor added in
+//! [`crate::server`].
 
-use crate::{error::Error, metrics::Metrics, registry::Registry};
+use crate::{error::Error, logs::AgentLogs, metrics::Metrics, registry::Registry};
 use futures::StreamExt;
 use hanul_proto::{
     Kind, Selector,
     v1::{
         ApplyRequest, ApplyResponse, CreateRequest, DeleteRequest, DeleteResponse, EventType,
-        GetRequest, ListRequest, ListResponse, Object, UpdateRequest, WatchEvent, WatchRequest,
-        object_service_server::ObjectService,
+        GetRequest, ListRequest, ListResponse, LogsRequest, Object, UpdateRequest, WatchEvent,
+        WatchRequest, object_service_server::ObjectService,
     },
 };
 use std::{
@@ -26,11 +27,18 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 pub struct ObjectApi {
     registry: Registry,
     metrics: Metrics,
+    logs: AgentLogs,
 }
 
 impl ObjectApi {
-    pub fn new(registry: Registry, metrics: Metrics) -> Self {
-        ObjectApi { registry, metrics }
+    /// The service; `Logs` authenticates to agents with `join_token`.
+    pub fn new(registry: Registry, metrics: Metrics, join_token: &str) -> Self {
+        let logs = AgentLogs::new(registry.clone(), join_token);
+        ObjectApi {
+            registry,
+            metrics,
+            logs,
+        }
     }
 
     /// Runs one call, recording its latency and result code.
@@ -227,5 +235,12 @@ impl ObjectService for ObjectApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    type LogsStream = crate::logs::LogStream;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        // Like Watch, the call is measured until the stream opens.
+        self.timed("Logs", self.logs.open(req.into_inner())).await
     }
 }

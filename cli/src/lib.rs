@@ -1,5 +1,5 @@
 //! The `hanul` binary's library: the kubectl-like user commands (`apply`, `get`, `describe`,
-//! `delete`, `diff`, `wait`, `events`, `api-resources`, `completion`, `version`).
+//! `delete`, `diff`, `wait`, `logs`, `events`, `api-resources`, `completion`, `version`).
 //!
 //! Every user command talks to the API server only through [`hanul_proto::Client`]. The
 //! server, agent and dev subcommands are wired beside these in `main.rs`: the top-level parser
@@ -74,6 +74,10 @@ pub enum UserCommand {
     Diff(commands::diff::Args),
     /// Wait until objects meet a condition or are deleted.
     Wait(commands::wait::Args),
+    /// Start, stop, reboot or terminate instances.
+    Instance(commands::instance::Args),
+    /// Print an instance's console log (stdout and stderr); -f follows it.
+    Logs(commands::logs::Args),
     /// List events, newest last.
     Events(commands::events::Args),
     /// List the kinds the server serves, with their short names.
@@ -119,6 +123,8 @@ pub async fn run_user<C: CommandFactory>(
         UserCommand::Delete(a) => commands::delete::run(global, a).await,
         UserCommand::Diff(a) => commands::diff::run(global, a).await,
         UserCommand::Wait(a) => commands::wait::run(global, a).await,
+        UserCommand::Instance(a) => commands::instance::run(global, a).await,
+        UserCommand::Logs(a) => commands::logs::run(global, a).await,
         UserCommand::Events(a) => commands::events::run(global, a).await,
         UserCommand::ApiResources => commands::misc::api_resources(),
         UserCommand::Completion(a) => commands::misc::completion(a.shell, &mut C::command()),

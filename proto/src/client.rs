@@ -9,8 +9,8 @@ use crate::{
     Kind,
     v1::{
         ApplyRequest, ApplyResult, CreateRequest, DeleteRequest, DeleteResponse, EventType,
-        GetRequest, ListRequest, Object, UpdateRequest, WatchEvent, WatchRequest,
-        object_service_client::ObjectServiceClient,
+        GetRequest, ListRequest, LogChunk, LogsRequest, Object, UpdateRequest, WatchEvent,
+        WatchRequest, object_service_client::ObjectServiceClient,
     },
 };
 use futures::{Stream, StreamExt};
@@ -240,6 +240,24 @@ impl Client {
             bookmarks: true,
         };
         Ok(self.inner.clone().watch(req).await?.into_inner())
+    }
+
+    /// Streams an instance's console log through the server from its node's agent: the last
+    /// `tail_lines` lines (`None`: all of it), then, with `follow`, what is appended until the
+    /// stream is dropped or the instance is gone.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail_lines: Option<i64>,
+    ) -> Result<tonic::Streaming<LogChunk>, Status> {
+        let req = LogsRequest {
+            name: name.into(),
+            follow,
+            tail_lines,
+            kind: Kind::Instance.as_str().into(),
+        };
+        Ok(self.inner.clone().logs(req).await?.into_inner())
     }
 
     /// Lists, then watches from the list's revision, forever: resumes after a broken stream from

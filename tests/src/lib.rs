@@ -256,7 +256,22 @@ impl AgentProcess {
         memory_mib: u64,
     ) -> anyhow::Result<AgentProcess> {
         let data_dir = tempfile::tempdir()?;
+        // Instances run as `nobody`: their directories must be reachable.
+        std::fs::set_permissions(
+            data_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         Self::start_in(server, name, zone, cpus, memory_mib, data_dir)
+    }
+
+    /// The agent's host port range: 100 ports of its own, so that tests running at once and
+    /// agents on one machine do not race for the same ports.
+    pub fn port_range(name: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (std::process::id(), name).hash(&mut h);
+        let low = 20_000 + (h.finish() % 300) * 100;
+        format!("{low}-{}", low + 99)
     }
 
     /// Starts (or restarts) an agent in an existing data dir.
@@ -282,6 +297,12 @@ impl AgentProcess {
                 &cpus.to_string(),
                 "--memory-mib",
                 &memory_mib.to_string(),
+            ])
+            .args([
+                "--port-range",
+                &Self::port_range(name),
+                "--stop-grace",
+                "3s",
             ])
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -316,4 +337,31 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pids of the processes whose environment has `key=value` (instances carry
+/// `HANUL_INSTANCE_ID` and `HANUL_NODE`).
+pub fn processes_with_env(pairs: &[(&str, &str)]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        // A zombie has an empty environment; it is not running.
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if pairs.iter().all(|(k, v)| {
+            let want = format!("{k}={v}");
+            vars.contains(&want.as_bytes())
+        }) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
 }

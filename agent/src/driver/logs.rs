@@ -1,8 +1,9 @@
-//! Per-instance log files and their rotation.
+//! Per-instance console log and its rotation.
 //!
-//! The workload writes `root/logs/stdout.log` and `root/logs/stderr.log` itself, through file
-//! descriptors opened with `O_APPEND` by the driver, so output keeps flowing while the agent is
-//! down. Rotation is therefore copy-then-truncate (like logrotate's `copytruncate`): the writer
+//! The workload writes `root/logs/console.log` itself: stdout and stderr are the same file
+//! description, opened once with `O_APPEND` by the driver and duplicated onto both descriptors, so
+//! the two streams interleave in the order they were written (like a terminal, or EC2's console
+//! output) and output keeps flowing while the agent is down. Rotation is therefore copy-then-truncate (like logrotate's `copytruncate`): the writer
 //! keeps its descriptor and, thanks to `O_APPEND`, continues at the new end of the truncated file.
 //! Lines written between the copy and the truncation are lost; that is the price of not owning
 //! the writer's descriptor.
@@ -13,24 +14,17 @@ use std::path::{Path, PathBuf};
 
 use super::{Error, Result};
 
-/// File name of the standard output log.
-pub const STDOUT_LOG: &str = "stdout.log";
-/// File name of the standard error log.
-pub const STDERR_LOG: &str = "stderr.log";
+/// File name of the console log (stdout and stderr of the workload, interleaved).
+pub const CONSOLE_LOG: &str = "console.log";
 
 /// The directory of an instance's logs.
 pub fn log_dir(root: &Path) -> PathBuf {
     root.join("logs")
 }
 
-/// The standard output log of the instance whose directory is `root`.
-pub fn stdout_log(root: &Path) -> PathBuf {
-    log_dir(root).join(STDOUT_LOG)
-}
-
-/// The standard error log of the instance whose directory is `root`.
-pub fn stderr_log(root: &Path) -> PathBuf {
-    log_dir(root).join(STDERR_LOG)
+/// The console log of the instance whose directory is `root`.
+pub fn console_log(root: &Path) -> PathBuf {
+    log_dir(root).join(CONSOLE_LOG)
 }
 
 fn numbered(path: &Path, n: usize) -> PathBuf {
@@ -73,10 +67,9 @@ pub fn rotate_log_file(path: &Path, max_bytes: u64, keep: usize) -> Result<bool>
     Ok(true)
 }
 
-/// Rotates both logs of the instance whose directory is `root`.
+/// Rotates the console log of the instance whose directory is `root`.
 pub(crate) fn rotate_instance_logs(root: &Path, max_bytes: u64, keep: usize) -> Result<()> {
-    rotate_log_file(&stdout_log(root), max_bytes, keep)?;
-    rotate_log_file(&stderr_log(root), max_bytes, keep)?;
+    rotate_log_file(&console_log(root), max_bytes, keep)?;
     Ok(())
 }
 
@@ -89,7 +82,7 @@ mod tests {
     #[test]
     fn rotation_keeps_numbered_copies_and_appending_writers_continue_at_the_start() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stdout.log");
+        let log = dir.path().join(CONSOLE_LOG);
         let mut writer = OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,9 +103,21 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_rotates_its_console_log() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(log_dir(dir.path())).unwrap();
+        let log = console_log(dir.path());
+        assert_eq!(log, dir.path().join("logs/console.log"));
+        fs::write(&log, "out\nerr\n").unwrap();
+        rotate_instance_logs(dir.path(), 1, 1).unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "");
+        assert_eq!(fs::read_to_string(numbered(&log, 1)).unwrap(), "out\nerr\n");
+    }
+
+    #[test]
     fn a_log_below_the_size_limit_or_missing_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stdout.log");
+        let log = dir.path().join(CONSOLE_LOG);
         assert!(!rotate_log_file(&log, 10, 3).unwrap());
         fs::write(&log, "short\n").unwrap();
         assert!(!rotate_log_file(&log, 1024, 3).unwrap());

@@ -14,8 +14,9 @@
 //! What the real driver guarantees:
 //! - each workload is its own session and process group, in its own cgroup (v2 where the `cpu` and
 //!   `memory` controllers are available, v1 otherwise), placed in the cgroup *before* it execs;
-//! - stdout/stderr are appended directly to `root/logs/{stdout,stderr}.log` (no pipe through the
-//!   agent, so output keeps flowing while the agent is down);
+//! - stdout and stderr are appended directly to one `root/logs/console.log` (one `O_APPEND` file
+//!   description shared by both, so their order is kept; no pipe through the agent, so output
+//!   keeps flowing while the agent is down);
 //! - when the main process exits or the workload is stopped, nothing of it survives: leftovers in
 //!   its cgroup and process group are terminated, then killed;
 //! - the agent is a child subreaper and reaps every child ([`reaper`]), so daemons that
@@ -40,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::CgroupPaths;
 pub use error::{Error, Result};
 pub use fake::{FakeCall, FakeDriver};
-pub use logs::{STDERR_LOG, STDOUT_LOG, log_dir, rotate_log_file, stderr_log, stdout_log};
+pub use logs::{CONSOLE_LOG, console_log, log_dir, rotate_log_file};
 pub use process::ProcessDriver;
 
 /// What to run for one instance.
@@ -137,4 +138,17 @@ pub const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 #[allow(clippy::disallowed_methods)]
 fn wall_now() -> SystemTime {
     SystemTime::now()
+}
+
+/// Runs a short helper command of the agent (`tar`) as a child the agent's reaper watches, and
+/// waits for it; returns its exit code and signal. Blocking: call it off the async runtime.
+pub(crate) fn run_tool(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<(Option<i32>, Option<i32>)> {
+    let reaper = reaper::global().map_err(std::io::Error::from)?;
+    let (_, exit) = reaper.spawn_watched(cmd)?;
+    let status = exit
+        .blocking_recv()
+        .map_err(|_| std::io::Error::other("the helper's exit was not observed"))?;
+    Ok((status.code, status.signal))
 }

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::cgroup::{CgroupPaths, Cgroups};
-use super::logs::{self, log_dir, stderr_log, stdout_log};
+use super::logs::{self, console_log, log_dir};
 use super::reaper::{self, ChildExit, Reaper};
 use super::state::{self, PersistedWorkload, StateFile, proc_stat};
 use super::{
@@ -642,18 +642,17 @@ fn launch(spec: &LaunchSpec, cgroups: &Cgroups, reaper: &Reaper) -> Result<Launc
     mkdir(&log_dir(root))?;
     let hanul_dir = root.join(HANUL_DIR);
     mkdir(&hanul_dir)?;
-    let open_log = |path: &Path| -> Result<File> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(prep(path))?;
-        own(path)?;
-        Ok(f)
-    };
-    let stdout = open_log(&stdout_log(root))?;
-    let stderr = open_log(&stderr_log(root))?;
+    // One open file description for both streams (dup'ed, not opened twice) so that stdout and
+    // stderr share the append offset and interleave in write order.
+    let console_path = console_log(root);
+    let stdout = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&console_path)
+        .map_err(prep(&console_path))?;
+    own(&console_path)?;
+    let stderr = stdout.try_clone().map_err(prep(&console_path))?;
 
     let working_dir = match &spec.working_dir {
         None => root.clone(),
@@ -1016,7 +1015,7 @@ mod tests {
         spec.user_data = Some("echo user-data-ran; id -un > user-data.who\n".into());
         spec.working_dir = Some("app".into());
         let root = spec.root.clone();
-        let out = stdout_log(&root);
+        let out = console_log(&root);
 
         let pid = driver.start(&spec).await.unwrap();
         assert_eq!(
@@ -1034,7 +1033,12 @@ mod tests {
             async move { if seen { Ok(()) } else { Err(text) } }
         })
         .await;
-        assert!(read(&stderr_log(&root)).contains("oops"));
+        let console = read(&out);
+        let (ours, theirs) = (console.find(&line), console.find("oops"));
+        assert!(
+            ours.is_some() && theirs.is_some() && ours < theirs,
+            "stdout and stderr share the console log, in write order: {console:?}"
+        );
         assert_eq!(read(&out).matches("user-data-ran").count(), 1);
         assert_eq!(read(&root.join("app/user-data.who")).trim(), "nobody");
         let status = read(Path::new(&format!("/proc/{pid}/status")));
@@ -1128,9 +1132,9 @@ mod tests {
                     ..
                 }
             ),
-            "{:?}; stderr: {}",
+            "{:?}; console: {}",
             event.state,
-            read(&stderr_log(&spec.root))
+            read(&console_log(&spec.root))
         );
         assert_eq!(driver.state("i-hog"), Some(event.state));
         remove_test_cgroups(&driver);
@@ -1258,7 +1262,7 @@ mod tests {
             "the shell ignored SIGTERM, so it was killed: {:?}",
             event.state
         );
-        assert_eq!(read(&stdout_log(&spec.root)).trim(), "ready");
+        assert_eq!(read(&console_log(&spec.root)).trim(), "ready");
         remove_test_cgroups(&driver);
     }
 

@@ -39,6 +39,15 @@ pub struct Args {
     /// How often the agent renews its lease.
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
     pub heartbeat: Duration,
+    /// The port of the agent's endpoint (instance metadata, logs); 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub endpoint_port: u16,
+    /// How long a stopping instance gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub stop_grace: Duration,
+    /// Instances started, stopped or terminated at once.
+    #[arg(long, default_value_t = 16)]
+    pub workers: usize,
 }
 
 /// This machine's host name: the default node name.
@@ -74,6 +83,9 @@ impl Args {
             memory_mib: self.memory_mib,
             labels,
             heartbeat: self.heartbeat,
+            endpoint_port: self.endpoint_port,
+            stop_grace: self.stop_grace,
+            workers: self.workers,
         })
     }
 }

@@ -50,6 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         zone: "az-a".into(),
         node_grace_period: Duration::from_secs(15),
         spot_notice: Duration::from_secs(120),
+        terminated_retention: hanul_controllers::terminated::DEFAULT_RETENTION,
     };
     let running = server::start(&server_args).await?;
     let url = running.server.url();

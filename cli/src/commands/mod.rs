@@ -11,6 +11,8 @@ pub mod dev;
 pub mod diff;
 pub mod events;
 pub mod get;
+pub mod instance;
+pub mod logs;
 pub mod misc;
 pub mod server;
 pub mod wait;

@@ -46,6 +46,10 @@ pub struct Args {
     /// The notice a spot instance gets before it is reclaimed (AWS gives two minutes).
     #[arg(long, default_value = "2m", value_parser = super::parse_duration)]
     pub spot_notice: Duration,
+    /// How long terminated instances stay visible before they are collected (EC2: about an
+    /// hour).
+    #[arg(long, default_value = "1h", value_parser = super::parse_duration)]
+    pub terminated_retention: Duration,
 }
 
 /// A started server with its controllers.
@@ -81,6 +85,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         let mut config = hanul_controllers::Config::default();
         config.node_lifecycle.grace = args.node_grace_period;
         config.scheduler.spot_notice = args.spot_notice;
+        config.terminated.retention = args.terminated_retention;
         let task = tokio::spawn(async move {
             if let Err(e) = hanul_controllers::run_all(client, metrics, shutdown, config).await {
                 tracing::error!(error = %e, "Controllers stopped.");
@@ -101,6 +106,9 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             memory_mib: None,
             labels: Default::default(),
             heartbeat: Duration::from_secs(2),
+            endpoint_port: 0,
+            stop_grace: Duration::from_secs(10),
+            workers: 16,
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
