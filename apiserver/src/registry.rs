@@ -130,7 +130,7 @@ impl Registry {
         }
     }
 
-    async fn admission_context(&self, obj: &Object) -> Result<admission::Context> {
+    async fn admission_context(&self, obj: &Object, also: &[String]) -> Result<admission::Context> {
         let mut ctx = admission::Context::default();
         if obj.kind() == Some(Kind::Instance) {
             let (kvs, _) = self.store.list(&prefix(Some(Kind::InstanceType))).await?;
@@ -139,15 +139,19 @@ impl Registry {
                 .filter_map(|kv| std::str::from_utf8(&kv.key).ok())
                 .filter_map(|k| k.rsplit('/').next())
                 .map(String::from)
+                .chain(also.iter().cloned())
                 .collect();
             ctx.instance_types.sort();
+            ctx.instance_types.dedup();
         }
         Ok(ctx)
     }
 
-    async fn admit(&self, obj: &mut Object, old: Option<&Object>) -> Result<()> {
+    /// Defaults and validates `obj`; `also` names instance types to count as existing (those a
+    /// dry run of a whole manifest creates beside the instances using them).
+    async fn admit(&self, obj: &mut Object, old: Option<&Object>, also: &[String]) -> Result<()> {
         admission::default(obj);
-        let ctx = self.admission_context(obj).await?;
+        let ctx = self.admission_context(obj, also).await?;
         admission::validate(obj, old, &ctx)
     }
 
@@ -189,7 +193,11 @@ impl Registry {
     }
 
     /// Creates a new object. A name may be generated from `metadata.generateName`.
-    pub async fn create(&self, mut obj: Object, dry_run: bool) -> Result<Object> {
+    pub async fn create(&self, obj: Object, dry_run: bool) -> Result<Object> {
+        self.create_with(obj, dry_run, &[]).await
+    }
+
+    async fn create_with(&self, mut obj: Object, dry_run: bool, also: &[String]) -> Result<Object> {
         let kind = kind_of(&obj)?;
         {
             let m = obj.metadata_mut();
@@ -207,7 +215,7 @@ impl Registry {
         if kind.has_status() {
             obj.clear_status();
         }
-        self.admit(&mut obj, None).await?;
+        self.admit(&mut obj, None, also).await?;
         if dry_run {
             return Ok(obj);
         }
@@ -219,10 +227,22 @@ impl Registry {
     /// Creates the object, or replaces its spec, labels and annotations (and finalizers and
     /// owner references when the applied object names some). Returns what it did.
     pub async fn apply(&self, obj: Object, dry_run: bool) -> Result<(Object, ApplyResult)> {
+        self.apply_with(obj, dry_run, &[]).await
+    }
+
+    /// [`Registry::apply`]; a dry run counts the instance types `also` names as existing (a
+    /// manifest that defines an instance type beside the instances using it).
+    pub async fn apply_with(
+        &self,
+        obj: Object,
+        dry_run: bool,
+        also: &[String],
+    ) -> Result<(Object, ApplyResult)> {
+        let also = if dry_run { also } else { &[] };
         let kind = kind_of(&obj)?;
         for _ in 0..MAX_RETRIES {
             let Some(live) = self.read(kind, obj.name()).await? else {
-                return match self.create(obj.clone(), dry_run).await {
+                return match self.create_with(obj.clone(), dry_run, also).await {
                     Ok(o) => Ok((o, ApplyResult::Created)),
                     Err(Error::AlreadyExists { .. }) => continue,
                     Err(e) => Err(e),
@@ -242,7 +262,7 @@ impl Registry {
                     m.owner_references = applied.owner_references;
                 }
             }
-            match self.replace(&live, next, dry_run).await {
+            match self.replace(&live, next, dry_run, also).await {
                 Ok((o, changed)) => {
                     let result = if changed {
                         ApplyResult::Configured
@@ -271,6 +291,7 @@ impl Registry {
         live: &Object,
         mut next: Object,
         dry_run: bool,
+        also: &[String],
     ) -> Result<(Object, bool)> {
         let kind = kind_of(live)?;
         if let Some(m) = live.metadata() {
@@ -284,7 +305,7 @@ impl Registry {
             n.name = m.name.clone();
         }
         next.set_status_from(live);
-        self.admit(&mut next, Some(live)).await?;
+        self.admit(&mut next, Some(live), also).await?;
         let spec_changed = next.spec_bytes() != live.spec_bytes();
         if spec_changed {
             next.metadata_mut().generation += 1;
@@ -382,7 +403,7 @@ impl Registry {
             let live = self.get_at(kind, obj.name(), sent).await?;
             let mut next = obj.clone();
             next.clear_status();
-            match self.replace(&live, next, dry_run).await {
+            match self.replace(&live, next, dry_run, &[]).await {
                 Err(Error::Conflict { .. }) if sent == 0 => continue,
                 other => return other.map(|(o, _)| o),
             }

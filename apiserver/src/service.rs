@@ -105,7 +105,10 @@ impl ObjectService for ObjectApi {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         let r = req.into_inner();
         self.timed("Apply", async {
-            let (object, result) = self.registry.apply(required(r.object)?, r.dry_run).await?;
+            let (object, result) = self
+                .registry
+                .apply_with(required(r.object)?, r.dry_run, &r.also_instance_types)
+                .await?;
             Ok(ApplyResponse {
                 object: Some(object),
                 result: result as i32,

@@ -130,12 +130,24 @@ impl Client {
         object: Object,
         dry_run: bool,
     ) -> Result<(Object, ApplyResult), Status> {
+        self.apply_with(object, dry_run, Vec::new()).await
+    }
+
+    /// [`Client::apply`]; a dry run counts `also_instance_types` as existing (the instance
+    /// types a manifest defines beside its instances).
+    pub async fn apply_with(
+        &self,
+        object: Object,
+        dry_run: bool,
+        also_instance_types: Vec<String>,
+    ) -> Result<(Object, ApplyResult), Status> {
         let resp = self
             .inner
             .clone()
             .apply(ApplyRequest {
                 object: Some(object),
                 dry_run,
+                also_instance_types,
             })
             .await?
             .into_inner();

@@ -310,11 +310,8 @@ apiVersion: hanul/v1
 kind: InstanceType
 metadata: {name: e2e.tiny}
 spec: {vcpu: 1, memoryMib: 128}
-"#,
-    );
-    c.apply(
-        "i.yaml",
-        r#"
+---
+# The instances use the type defined in the same manifest.
 apiVersion: hanul/v1
 kind: Instance
 metadata: {name: hog}

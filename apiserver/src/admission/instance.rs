@@ -44,10 +44,16 @@ pub(super) fn validate(i: &Instance, old: Option<&Instance>, ctx: &Context, errs
     if spec.image.is_empty() {
         errs.add("spec.image", "required: the name of an Image");
     }
-    if ctx
-        .instance_types
-        .binary_search(&spec.instance_type)
-        .is_err()
+    // The type must exist when it is chosen; an instance whose type was deleted since keeps
+    // running and can still be updated (its agent removes its finalizer when it goes).
+    let type_chosen = old
+        .and_then(|o| o.spec.as_ref())
+        .is_none_or(|o| o.instance_type != spec.instance_type);
+    if type_chosen
+        && ctx
+            .instance_types
+            .binary_search(&spec.instance_type)
+            .is_err()
     {
         errs.add(
             "spec.instanceType",
@@ -144,7 +150,7 @@ pub(super) fn validate(i: &Instance, old: Option<&Instance>, ctx: &Context, errs
     if terminated && spec.state != old_spec.state {
         errs.add(
             "spec.state",
-            "the instance is terminated; it cannot be started or stopped again (launch a new one)",
+            "the instance is terminated; it cannot be started or stopped again (delete it to reuse its name)",
         );
     }
     if old_spec.instance_type != spec.instance_type

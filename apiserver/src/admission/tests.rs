@@ -111,6 +111,21 @@ fn a_terminated_instance_stays_terminated() {
 }
 
 #[test]
+fn an_instance_whose_type_was_deleted_can_still_be_updated() {
+    let mut old = obj(
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: a}\nspec: {image: web, instanceType: gone.type}\n",
+    );
+    let mut ctx = ctx();
+    ctx.instance_types.push("gone.type".into());
+    ctx.instance_types.sort();
+    default(&mut old);
+    validate(&old, None, &ctx).unwrap();
+    let mut new = old.clone();
+    new.metadata_mut().finalizers.clear();
+    admit(&mut new, Some(&old)).unwrap();
+}
+
+#[test]
 fn builtin_instance_types_cannot_be_changed() {
     let old: Object = builtin_catalog().remove(0).into();
     let mut new = old.clone();

@@ -91,8 +91,17 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
     // 1. The server checks every object; nothing is written unless all pass.
     let mut checked = Vec::with_capacity(objects.len());
     let mut refused = 0;
+    // Instances may use an instance type defined in the same manifests.
+    let types: Vec<String> = objects
+        .iter()
+        .filter(|m| m.object.kind() == Some(Kind::InstanceType))
+        .map(|m| m.object.name().to_string())
+        .collect();
     for m in &objects {
-        match client.apply(m.object.clone(), true).await {
+        match client
+            .apply_with(m.object.clone(), true, types.clone())
+            .await
+        {
             Ok((_, result)) => checked.push(result),
             Err(status) if is_fatal(&status) => return Err(status.into()),
             Err(status) => {
