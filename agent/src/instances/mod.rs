@@ -856,9 +856,29 @@ async fn release_volumes(ctx: &Context, object: &Object, terminating: bool) {
     }
 }
 
+/// A console log is rotated past this size, keeping this many older copies.
+const LOG_MAX_BYTES: u64 = 10 << 20;
+const LOG_KEEP: usize = 3;
+
+/// Rotates the console logs that grew past [`LOG_MAX_BYTES`].
+fn rotate_logs(dirs: &Dirs) {
+    let Ok(entries) = std::fs::read_dir(&dirs.instances) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let log = crate::driver::console_log(&entry.path());
+        if let Err(e) = crate::driver::rotate_log_file(&log, LOG_MAX_BYTES, LOG_KEEP) {
+            warn!(log = %log.display(), error = %e, "Could not rotate a console log.");
+        }
+    }
+}
+
 /// Stops and forgets workloads, and removes directories, of instances that are not bound to
-/// this node in the API any more (deleted while the agent was away, or bound elsewhere).
+/// this node in the API any more (deleted while the agent was away, or bound elsewhere); then
+/// rotates the console logs.
 pub async fn sweep(ctx: &Context) {
+    let dirs = ctx.dirs.clone();
+    let _ = tokio::task::spawn_blocking(move || rotate_logs(&dirs)).await;
     let mine: HashSet<String> = ctx
         .mine()
         .into_iter()
