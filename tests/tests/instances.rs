@@ -518,3 +518,58 @@ spec:
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[test]
+fn a_spot_instance_gets_a_notice_on_its_metadata_endpoint_then_makes_room_for_on_demand() {
+    let c = Cluster::start(&["--spot-notice", "3s"], 2, 4096);
+    c.apply("web.yaml", WEB);
+    let spot = |n: u32| {
+        format!(
+            "---\napiVersion: hanul/v1\nkind: Instance\nmetadata: {{name: spot-{n}}}\nspec: {{image: web, instanceType: e2e.small, zone: az-a, market: spot, ports: [{{name: http}}]}}\n"
+        )
+    };
+    c.apply("spot.yaml", &(spot(1) + &spot(2)));
+    c.wait_state("spot-1", "running");
+    c.wait_state("spot-2", "running");
+    c.apply(
+        "od.yaml",
+        "apiVersion: hanul/v1\nkind: Instance\nmetadata: {name: steady}\nspec: {image: web, instanceType: e2e.small, zone: az-a, ports: [{name: http}]}\n",
+    );
+    // One spot instance gets the two-minute notice (three seconds here), visible to it.
+    let node = c.json(&format!("node/{}", c.nodes[0])).unwrap();
+    let endpoint = node["spec"]["agentEndpoint"].as_str().unwrap().to_string();
+    let port: u64 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let (victim, notice) = poll(WAIT, "a spot interruption notice", || {
+        for name in ["spot-1", "spot-2"] {
+            let body = http_get(
+                port,
+                &format!("/{name}/latest/meta-data/spot/instance-action"),
+            )
+            .map_err(|e| e.to_string())?;
+            if body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200") {
+                return Ok(Some((name.to_string(), body)));
+            }
+        }
+        Ok(None)
+    })
+    .unwrap();
+    assert!(notice.contains(r#""action":"terminate""#), "{notice}");
+    // Until the notice ends, the on-demand instance waits; then the spot instance goes.
+    assert_eq!(
+        c.json("instance/steady").unwrap()["status"]["state"],
+        "pending"
+    );
+    c.wait_state("steady", "running");
+    poll(WAIT, "the reclaimed spot instance to be gone", || {
+        let out = c.server.cli(&["get", "instance", &victim]);
+        Ok((out.code != 0).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(c.pids(&victim), Vec::<u32>::new());
+    let survivor = if victim == "spot-1" {
+        "spot-2"
+    } else {
+        "spot-1"
+    };
+    assert_eq!(c.pids(survivor).len(), 1);
+}
