@@ -244,6 +244,8 @@ pub struct AgentProcess {
     pub data_dir: tempfile::TempDir,
     pub child: Child,
     log: PathBuf,
+    /// Set by [`AgentProcess::kill`]: the workloads are to be re-adopted by a new agent.
+    keep_workloads: bool,
 }
 
 impl AgentProcess {
@@ -317,6 +319,7 @@ impl AgentProcess {
             data_dir,
             child,
             log,
+            keep_workloads: false,
         })
     }
 
@@ -328,14 +331,75 @@ impl AgentProcess {
     pub fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.keep_workloads = true;
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"))
     }
 }
 
 impl Drop for AgentProcess {
+    /// Kills the agent, then what its instances left running (a killed agent leaves its
+    /// workloads running by design) and their cgroups, so that tests leave nothing behind.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.keep_workloads {
+            kill_node_leftovers(&self.name);
+        }
+    }
+}
+
+/// Kills the process groups of the instances of `node` and removes their cgroups.
+pub fn kill_node_leftovers(node: &str) {
+    for pid in processes_with_env(&[("HANUL_NODE", node)]) {
+        // Each instance is its own session and process group, led by its main process.
+        // A vanished pid is harmless.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}"), &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for m in mounts.flatten() {
+        remove_cgroups_named(&m.path(), &format!("hanul/{node}"), 0);
+    }
+}
+
+/// Removes (deepest first) cgroup directories whose path ends with `suffix`, searching a few
+/// levels down from `dir`.
+fn remove_cgroups_named(dir: &Path, suffix: &str, depth: usize) {
+    if depth > 6 {
+        return;
+    }
+    if dir.ends_with(suffix) {
+        remove_cgroup_tree(dir);
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups_named(&e.path(), suffix, depth + 1);
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    // A cgroup goes once its processes are gone; they were just killed.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
