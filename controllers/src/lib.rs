@@ -13,7 +13,8 @@
 //!   zones and nodes, and reclaims spot instances for on-demand ones.
 //! - [`node_lifecycle`]: marks nodes whose agent stopped heartbeating `Ready=Unknown` and their
 //!   instances' status checks failed, and clears them when the agent is back.
-//! - [`terminated`]: deletes terminated instances an hour after they terminated.
+//! - [`terminated`]: deletes terminated instances an hour after they terminated, and settles
+//!   instances never placed that are wanted stopped or terminated.
 //!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 

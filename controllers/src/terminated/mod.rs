@@ -2,6 +2,10 @@
 //! then it is gone. An instance whose `status.state` has been `terminated` for the retention
 //! (one hour by default, from `status.stateTime`) is deleted; until then it is looked at again
 //! when its time comes.
+//!
+//! It also settles instances that no agent will ever see: one never placed on a node whose
+//! `spec.state` is `stopped` or `terminated` takes that state at once (nothing ran, so nothing
+//! needs stopping).
 
 use crate::{
     Error, Result,
@@ -9,8 +13,8 @@ use crate::{
 };
 use hanul_proto::{
     Client, Kind,
-    instance::InstanceState,
-    time::system_time,
+    instance::{DesiredState, InstanceState},
+    time::{system_time, timestamp},
     v1::{Object, object::Resource},
 };
 use std::{sync::Arc, time::Duration};
@@ -69,7 +73,41 @@ pub fn collect_at(o: &Object, retention: Duration) -> Option<std::time::SystemTi
     Some(since + retention)
 }
 
+/// The state an instance never placed on a node takes at once when it is not wanted running.
+pub fn unplaced_settles_to(o: &Object) -> Option<InstanceState> {
+    let Some(Resource::Instance(i)) = &o.resource else {
+        return None;
+    };
+    let status = i.status.clone().unwrap_or_default();
+    if !status.node.is_empty() {
+        return None;
+    }
+    let want = match DesiredState::parse(&i.spec.as_ref()?.state)? {
+        DesiredState::Running => return None,
+        DesiredState::Stopped => InstanceState::Stopped,
+        DesiredState::Terminated => InstanceState::Terminated,
+    };
+    let now = InstanceState::parse(&status.state);
+    (now != Some(want) && now != Some(InstanceState::Terminated)).then_some(want)
+}
+
 pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(state) = unplaced_settles_to(&object) {
+        let mut o = (*object).clone();
+        if let Some(Resource::Instance(i)) = &mut o.resource {
+            let s = i.status.get_or_insert_with(Default::default);
+            s.state = state.as_str().into();
+            s.state_time = Some(timestamp(ctx.clock.now()));
+            s.state_reason = "Client.UserInitiatedShutdown: User initiated shutdown".into();
+        }
+        return match ctx.client.update_status(o).await {
+            Ok(_) => Ok(Action::await_change()),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => {
+                Ok(Action::requeue(Duration::from_millis(200)))
+            }
+            Err(s) => Err(Error::api("update status", object.key(), s)),
+        };
+    }
     let Some(at) = collect_at(&object, ctx.config.retention) else {
         return Ok(Action::await_change());
     };
@@ -119,10 +157,7 @@ pub async fn run_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hanul_proto::{
-        time::timestamp,
-        v1::{Instance, InstanceStatus, ObjectMeta},
-    };
+    use hanul_proto::v1::{Instance, InstanceStatus, ObjectMeta};
     use std::time::SystemTime;
 
     fn instance(state: &str, at: SystemTime) -> Object {
@@ -139,6 +174,28 @@ mod tests {
             }),
         }
         .into()
+    }
+
+    #[test]
+    fn unplaced_instances_not_wanted_running_settle_at_once() {
+        let t = SystemTime::UNIX_EPOCH;
+        let mut o = instance("pending", t);
+        let want = |o: &mut Object, state: &str| {
+            if let Some(Resource::Instance(i)) = &mut o.resource {
+                i.spec.get_or_insert_with(Default::default).state = state.into();
+            }
+        };
+        want(&mut o, "running");
+        assert_eq!(unplaced_settles_to(&o), None);
+        want(&mut o, "stopped");
+        assert_eq!(unplaced_settles_to(&o), Some(InstanceState::Stopped));
+        want(&mut o, "terminated");
+        assert_eq!(unplaced_settles_to(&o), Some(InstanceState::Terminated));
+        // Placed: its agent does it.
+        if let Some(Resource::Instance(i)) = &mut o.resource {
+            i.status.as_mut().unwrap().node = "n1".into();
+        }
+        assert_eq!(unplaced_settles_to(&o), None);
     }
 
     #[test]
