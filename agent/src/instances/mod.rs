@@ -888,6 +888,19 @@ pub async fn sweep(ctx: &Context) {
         if mine.contains(&name) {
             continue;
         }
+        // The cache may be behind a binding: only the server's word stops a workload.
+        match ctx.client.get(Kind::Instance, &name).await {
+            Ok(o)
+                if instance_of(&o)
+                    .and_then(|i| i.status.as_ref())
+                    .is_some_and(|s| s.node == ctx.node) =>
+            {
+                continue;
+            }
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(_) => continue,
+        }
         let known = ctx.cache.get(Kind::Instance, &name).is_some();
         info!(instance = %name, known, "Stopping a workload whose instance is not bound here.");
         if let Err(e) = ctx.driver.stop(&name, ctx.stop_grace).await {
@@ -993,3 +1006,6 @@ impl MetadataSource for Context {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
