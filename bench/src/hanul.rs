@@ -76,6 +76,16 @@ impl Hanul {
         })
     }
 
+    /// The server's data dir (its tokens: `join.token` for agents).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// A client with the admin token.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.url, &self.token).await?)
+    }
+
     /// The server's Prometheus text.
     pub async fn scrape(&self) -> anyhow::Result<String> {
         let mut stream = tokio::net::TcpStream::connect(self.metrics).await?;

@@ -8,6 +8,7 @@
 //! Each server is killed when its run ends, also on error, panic or Ctrl-C.
 
 pub mod hanul;
+pub mod instances;
 pub mod load;
 pub mod payload;
 pub mod process;
@@ -32,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Durable creates/s, create latency and watch delivery latency: hanul against etcd.
     Store(StoreArgs),
+    /// Apply → running for one and for many instances on two agents, and the agents' RSS.
+    Instances(instances::InstancesArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -88,6 +91,7 @@ pub struct BackendResult {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => store(args).await,
+        Command::Instances(args) => instances::run(args).await,
     }
 }
 
