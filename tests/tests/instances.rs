@@ -290,7 +290,7 @@ spec:
 
 #[test]
 fn a_process_past_its_memory_limit_is_killed_and_exits_follow_the_shutdown_behavior() {
-    let c = Cluster::start(&[], 4, 4096);
+    let c = Cluster::start(&["--terminated-retention", "3s"], 4, 4096);
     c.apply(
         "images.yaml",
         r#"
@@ -346,6 +346,17 @@ spec: {image: quitter, instanceType: e2e.tiny, shutdownBehavior: terminate}
     );
     let v = c.wait_state("quits-and-terminates", "terminated");
     assert_eq!(v["status"]["exitCode"], 3, "{v}");
+    // A terminated instance stays visible for the retention (an hour by default), then goes.
+    poll(WAIT, "the terminated instance to be collected", || {
+        let out = c.server.cli(&["get", "instance", "quits-and-terminates"]);
+        Ok((out.code != 0).then_some(()))
+    })
+    .unwrap();
+    let v = c.json("instance/quits-and-stops").unwrap();
+    assert_eq!(
+        v["status"]["state"], "stopped",
+        "a stopped instance is never collected"
+    );
     let events = c.server.cli(&["events"]).ok().stdout;
     assert!(events.contains("OutOfMemory"), "{events}");
 }
