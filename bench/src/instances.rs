@@ -1,150 +1,490 @@
-//! `hanul-bench instances`: how fast instances go from apply to `running`, and what an idle agent
-//! costs in memory.
+//! `instances`: how long an instance takes from its create call to `running`, one at a time and
+//! many at once, and how much memory a node agent holds while idle and while running instances.
 //!
-//! Starts the real `hanul server` and two `hanul agent`s (zones az-a and az-b) as child
-//! processes. Instances run `sleep 3600` with a 1-vCPU, 64-MiB type (the agents offer 400 vCPUs
-//! each, so that capacity is not what is measured). Latency is from just before the create call
-//! to the moment a watch delivers the instance with `status.state == running`: the scheduler's
-//! binding, the agent's finalizer, ports and launch (fork, cgroups, exec) and the status writes.
+//! Everything is real: the `hanul server` binary, two `hanul agent` processes (two nodes in two
+//! zones) and, for every instance, a `sleep` process that an agent starts as user `nobody`.
+//! Latency is measured from just before the create call to the moment the benchmark's own watch
+//! (a [`Client::list_watch`] opened before the first create) delivers `status.state: running`,
+//! so it includes the scheduler's binding, the agent's launch and both status writes.
 //!
-//! - one instance at a time, `--single-runs` times (each deleted before the next);
-//! - `--count` instances created at once (32 creates in flight), p50/p99/max and the total from
-//!   the first create to the last running; then the time to delete them all;
-//! - each agent's RSS with the instances running and after they are gone (idle).
+//! Cleanup order matters: an agent that dies leaves its instances running (a new agent re-adopts
+//! them), so the instances are deleted and awaited before the agents are killed, on success and
+//! on error alike. When that cannot happen (Ctrl-C, a panic, a server that is gone), dropping the
+//! [`Cluster`] kills the agents and then every process whose environment names one of the
+//! benchmark's nodes (`HANUL_NODE=bench-a`), which is how the agent marks its instances.
 
-use crate::{hanul::Hanul, process::ChildGuard, report::Machine, stats::Samples};
+use crate::{
+    hanul::Hanul,
+    process::ChildGuard,
+    report::{self, Out},
+    stats::{Samples, Summary},
+};
 use anyhow::{Context as _, bail};
-use futures::StreamExt;
+use futures::{StreamExt as _, stream};
 use hanul_proto::{
     Client, Kind,
     client::WatchUpdate,
+    instance::InstanceState,
     v1::{
-        Image, ImageSpec, Instance, InstanceSpec, InstanceType, InstanceTypeSpec, ObjectMeta,
-        object::Resource,
+        EventType, Image, ImageSpec, Instance, InstanceSpec, InstanceType, InstanceTypeSpec,
+        Object, ObjectMeta, object::Resource,
     },
 };
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Mutex,
+    time::{Duration, Instant},
 };
-use tokio::time::Instant;
+use tokio::{sync::mpsc, task::JoinHandle};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct InstancesArgs {
-    /// Instances created at once.
-    #[arg(long, default_value_t = 200)]
-    pub count: usize,
-    /// One-at-a-time launches measured.
-    #[arg(long, default_value_t = 20)]
-    pub single_runs: usize,
-    #[arg(long, env = "HANUL_BIN", default_value = "target/release/hanul")]
-    pub hanul_bin: PathBuf,
-}
+/// The image every benchmark instance runs.
+const IMAGE: &str = "bench-sleep";
+/// The instance type every benchmark instance has.
+const INSTANCE_TYPE: &str = "bench.tiny";
+/// The label on every instance the benchmark creates, as a `key=value` selector too.
+const LABEL_KEY: &str = "bench";
+const LABEL_VALUE: &str = "1";
+const SELECTOR: &str = "bench=1";
+/// The node condition the agent sets to True while it heartbeats (`hanul_agent::node::READY`;
+/// the bench talks to the server only, so it does not link the agent library).
+const CONDITION_READY: &str = "Ready";
+/// The environment variable the agent gives each instance process, naming its node.
+const NODE_ENV: &str = "HANUL_NODE";
 
+/// The two nodes: name, zone, host port range.
 const NODES: [(&str, &str, &str); 2] = [
     ("bench-a", "az-a", "41000-41999"),
     ("bench-b", "az-b", "42000-42999"),
 ];
 
-/// An agent child process with its data dir.
-struct Agent {
-    name: &'static str,
-    child: ChildGuard,
-    _dir: tempfile::TempDir,
+/// How long any one wait (nodes ready, an instance running, instances gone) may take.
+const WAIT: Duration = Duration::from_secs(120);
+/// How long the agents sit idle after the last delete before their memory is read.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// The targets the figures are compared with.
+const TARGET_ONE_P99_MS: f64 = 200.0;
+const TARGET_ALL_RUNNING_S: f64 = 5.0;
+const TARGET_IDLE_RSS_MIB: f64 = 20.0;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstancesArgs {
+    #[arg(long, env = "HANUL_BIN", default_value = "target/release/hanul")]
+    pub hanul_bin: PathBuf,
+    /// Instances created at once in the second round.
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Instances created one after another in the first round (each deleted before the next).
+    #[arg(long, default_value_t = 20)]
+    pub single_runs: usize,
+    /// Create calls in flight at once in the second round.
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: usize,
 }
 
-impl Agent {
-    fn start(
-        bin: &Path,
-        server: &Hanul,
-        name: &'static str,
-        zone: &str,
-        ports: &str,
-    ) -> anyhow::Result<Agent> {
-        let dir = tempfile::Builder::new()
-            .prefix("hanul-bench-agent-")
-            .tempdir()?;
-        // Instances run as nobody and must reach their directories.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent")
-            .args(["--server", &server.url, "--join-token-file"])
-            .arg(server.data_dir().join("join.token"))
-            .args(["--name", name, "--zone", zone, "--port-range", ports])
-            .args([
-                "--cpus",
-                "400",
-                "--memory-mib",
-                "200000",
-                "--heartbeat",
-                "2s",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"));
-        let child = ChildGuard::spawn(name, cmd, &dir.path().join("agent.log"))?;
-        Ok(Agent {
-            name,
-            child,
-            _dir: dir,
+pub async fn run(args: InstancesArgs) -> anyhow::Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let mut out = Out::new(false);
+    out.line(&report::Machine::read().describe());
+    out.line(&format!(
+        "hanul: {} ({})",
+        args.hanul_bin.display(),
+        crate::hanul_version(&args.hanul_bin)
+    ));
+    let started = Instant::now();
+    let cluster = Cluster::start(&args.hanul_bin).await?;
+    out.line(&format!(
+        "cluster: server {}; agents {} ready after {:.2} s",
+        cluster.server.url,
+        cluster
+            .agents
+            .iter()
+            .map(|a| format!("{} ({}, pid {})", a.name, a.zone, a.child.pid()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    ));
+    let result = measure(&cluster, &args, &mut out).await;
+    // Also after a failure: the instances go before the agents do (see the module doc).
+    if let Err(e) = cluster.delete_all_instances().await {
+        out.line(&format!("cleanup: {e:#}"));
+    }
+    drop(cluster);
+    let result = result?;
+    result.print(&args, &mut out);
+    Ok(())
+}
+
+/// What [`measure`] found, printed at the end.
+struct Figures {
+    fresh_rss: Vec<Rss>,
+    one: Summary,
+    one_create: Summary,
+    one_gone: Summary,
+    many: Summary,
+    many_create: Summary,
+    many_total: Duration,
+    many_creates_done: Duration,
+    placement: BTreeMap<String, usize>,
+    busy_rss: Vec<Rss>,
+    deletes_done: Duration,
+    all_gone: Duration,
+    idle_rss: Vec<Rss>,
+}
+
+async fn measure(
+    cluster: &Cluster,
+    args: &InstancesArgs,
+    out: &mut Out,
+) -> anyhow::Result<Figures> {
+    let client = &cluster.client;
+    let fresh_rss = cluster.agent_rss()?;
+    out.line(&format!(
+        "agent RSS, no instances yet: {}",
+        Rss::line(&fresh_rss)
+    ));
+    create_image_and_type(client).await?;
+
+    // Round 1: one instance at a time.
+    let mut watch = InstanceWatch::start(client).await?;
+    let (mut one, mut one_create, mut one_gone) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..args.single_runs {
+        let name = format!("bench-one-{i:03}");
+        let t0 = Instant::now();
+        client
+            .create(instance(&name))
+            .await
+            .with_context(|| format!("creating instance {name}"))?;
+        one_create.push(t0.elapsed());
+        let running = watch.until_running(&[name.as_str()], WAIT).await?;
+        one.push(running[&name].at - t0);
+        let t1 = Instant::now();
+        client
+            .delete(Kind::Instance, &name)
+            .await
+            .with_context(|| format!("deleting instance {name}"))?;
+        watch.until_gone(&[name.as_str()], WAIT).await?;
+        one_gone.push(t1.elapsed());
+    }
+    drop(watch);
+    let (one, one_create, one_gone) = (one.summary(), one_create.summary(), one_gone.summary());
+    out.line(&format!(
+        "1 instance x {}: create → running p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (create call \
+         p50 {:.1} ms); delete → gone p50 {:.1} ms, max {:.1} ms",
+        one.count,
+        one.p50_ms,
+        one.p99_ms,
+        one.max_ms,
+        one_create.p50_ms,
+        one_gone.p50_ms,
+        one_gone.max_ms
+    ));
+
+    // Round 2: many at once.
+    let names: Vec<String> = (0..args.count)
+        .map(|i| format!("bench-many-{i:04}"))
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut watch = InstanceWatch::start(client).await?;
+    // Each create's t0, taken just before its call.
+    let starts: Mutex<HashMap<String, Instant>> = Mutex::default();
+    let creates = async {
+        let t_first = Instant::now();
+        let mut calls = Samples::default();
+        let mut results = stream::iter(&names)
+            .map(|name| {
+                let starts = &starts;
+                async move {
+                    let t0 = Instant::now();
+                    starts.lock().unwrap().insert(name.clone(), t0);
+                    client
+                        .create(instance(name))
+                        .await
+                        .with_context(|| format!("creating instance {name}"))?;
+                    anyhow::Ok(t0.elapsed())
+                }
+            })
+            .buffer_unordered(args.in_flight.max(1));
+        while let Some(call) = results.next().await {
+            calls.push(call?);
+        }
+        anyhow::Ok((calls, t_first.elapsed()))
+    };
+    // Together, so that a failed create ends the wait at once rather than by its timeout. The
+    // arrival times are taken by the watch's own task, not here.
+    let ((many_create, many_creates_done), running) =
+        tokio::try_join!(creates, watch.until_running(&name_refs, WAIT))?;
+    let starts = starts.into_inner().unwrap();
+    // `run` refuses a zero --count, so there is a first create.
+    let first_create = *starts.values().min().unwrap();
+    let mut many = Samples::default();
+    let mut placement = BTreeMap::new();
+    let mut last = first_create;
+    for (name, seen) in &running {
+        many.push(seen.at - starts[name]);
+        last = last.max(seen.at);
+        *placement.entry(seen.node.clone()).or_insert(0) += 1;
+    }
+    let many_total = last - first_create;
+    let (many, many_create) = (many.summary(), many_create.summary());
+    out.line(&format!(
+        "{} instances at once ({} in flight): create → running p50 {:.1} ms, p99 {:.1} ms, max \
+         {:.1} ms; all running after {:.2} s (creates done after {:.2} s, create call p50 {:.1} \
+         ms)",
+        many.count,
+        args.in_flight,
+        many.p50_ms,
+        many.p99_ms,
+        many.max_ms,
+        many_total.as_secs_f64(),
+        many_creates_done.as_secs_f64(),
+        many_create.p50_ms
+    ));
+    let busy_rss = cluster.agent_rss()?;
+    out.line(&format!(
+        "agent RSS with the {} running: {}",
+        args.count,
+        Rss::line_with(&busy_rss, &placement)
+    ));
+
+    let t_delete = Instant::now();
+    let deletes: Vec<anyhow::Result<()>> = stream::iter(&names)
+        .map(|name| async move {
+            client
+                .delete(Kind::Instance, name)
+                .await
+                .with_context(|| format!("deleting instance {name}"))?;
+            Ok(())
         })
-    }
+        .buffer_unordered(args.in_flight.max(1))
+        .collect()
+        .await;
+    deletes.into_iter().collect::<anyhow::Result<()>>()?;
+    let deletes_done = t_delete.elapsed();
+    watch.until_gone(&name_refs, WAIT).await?;
+    let all_gone = t_delete.elapsed();
+    drop(watch);
+    out.line(&format!(
+        "{} deletes: all gone after {:.2} s (delete calls done after {:.2} s)",
+        args.count,
+        all_gone.as_secs_f64(),
+        deletes_done.as_secs_f64()
+    ));
 
-    /// Resident memory in MiB.
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.pid()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
-        Ok(kb / 1024.0)
-    }
+    tokio::time::sleep(IDLE).await;
+    let idle_rss = cluster.agent_rss()?;
+    out.line(&format!(
+        "agent RSS idle ({} s after the last instance went): {}",
+        IDLE.as_secs(),
+        Rss::line(&idle_rss)
+    ));
+    Ok(Figures {
+        fresh_rss,
+        one,
+        one_create,
+        one_gone,
+        many,
+        many_create,
+        many_total,
+        many_creates_done,
+        placement,
+        busy_rss,
+        deletes_done,
+        all_gone,
+        idle_rss,
+    })
 }
 
-impl Drop for Agent {
-    /// A killed agent leaves its instances running by design: kill what is left of them too.
-    fn drop(&mut self) {
-        let _ = self.child.check_alive();
-        let node = format!("HANUL_NODE={}", self.name);
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(env) = std::fs::read(e.path().join("environ")) else {
-                continue;
-            };
-            if env.split(|b| *b == 0).any(|v| v == node.as_bytes()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
+impl Figures {
+    fn print(&self, args: &InstancesArgs, out: &mut Out) {
+        let max_idle = self.idle_rss.iter().map(|r| r.mib).fold(f64::NAN, f64::max);
+        out.line("");
+        out.line(
+            "round                          |   p50 ms |   p99 ms |   max ms | total   | create \
+             call p50 ms",
+        );
+        out.line(
+            "------------------------------ | -------- | -------- | -------- | ------- | \
+             -------------------",
+        );
+        out.line(&format!(
+            "1 instance, create → running   | {:>8.1} | {:>8.1} | {:>8.1} | {:>7} | {:>8.1}",
+            self.one.p50_ms, self.one.p99_ms, self.one.max_ms, "-", self.one_create.p50_ms
+        ));
+        out.line(&format!(
+            "1 instance, delete → gone      | {:>8.1} | {:>8.1} | {:>8.1} | {:>7} | {:>8}",
+            self.one_gone.p50_ms, self.one_gone.p99_ms, self.one_gone.max_ms, "-", "-"
+        ));
+        out.line(&format!(
+            "{:<30} | {:>8.1} | {:>8.1} | {:>8.1} | {:>5.2} s | {:>8.1}",
+            format!("{} at once, create → running", args.count),
+            self.many.p50_ms,
+            self.many.p99_ms,
+            self.many.max_ms,
+            self.many_total.as_secs_f64(),
+            self.many_create.p50_ms
+        ));
+        out.line("");
+        out.line(&format!(
+            "placement of the {}: {}",
+            args.count,
+            self.placement
+                .iter()
+                .map(|(node, n)| format!("{node} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.line(&format!(
+            "creates of the {} returned after {:.2} s; {} deletes returned after {:.2} s, all \
+             gone after {:.2} s",
+            args.count,
+            self.many_creates_done.as_secs_f64(),
+            args.count,
+            self.deletes_done.as_secs_f64(),
+            self.all_gone.as_secs_f64()
+        ));
+        out.line(&format!(
+            "agent RSS: fresh {}; with the {} running {}; idle after {}",
+            Rss::line(&self.fresh_rss),
+            args.count,
+            Rss::line_with(&self.busy_rss, &self.placement),
+            Rss::line(&self.idle_rss)
+        ));
+        out.line("");
+        let total = self.many_total.as_secs_f64();
+        let rows = [
+            (
+                format!("1 instance create → running p99 < {TARGET_ONE_P99_MS:.0} ms"),
+                format!("{:.1} ms", self.one.p99_ms),
+                self.one.p99_ms < TARGET_ONE_P99_MS,
+            ),
+            (
+                format!(
+                    "{} instances all running < {TARGET_ALL_RUNNING_S:.0} s",
+                    args.count
+                ),
+                format!("{total:.2} s"),
+                total < TARGET_ALL_RUNNING_S,
+            ),
+            (
+                format!("idle agent RSS < {TARGET_IDLE_RSS_MIB:.0} MiB (the larger one)"),
+                format!("{max_idle:.1} MiB"),
+                max_idle < TARGET_IDLE_RSS_MIB,
+            ),
+        ];
+        out.line(&format!("{:<42} | {:>10} | result", "target", "measured"));
+        out.line(&format!("{:-<42} | {:->10} | ------", "", ""));
+        for (target, measured, ok) in rows {
+            let verdict = if ok { "PASS" } else { "MISS" };
+            out.line(&format!("{target:<42} | {measured:>10} | {verdict}"));
         }
     }
 }
 
-fn meta(name: &str) -> Option<ObjectMeta> {
-    Some(ObjectMeta {
-        name: name.into(),
-        ..Default::default()
-    })
+/// One agent's resident memory at one moment.
+#[derive(Debug, Clone)]
+struct Rss {
+    node: String,
+    mib: f64,
 }
 
-fn instance(name: &str) -> hanul_proto::v1::Object {
+impl Rss {
+    fn line(all: &[Rss]) -> String {
+        all.iter()
+            .map(|r| format!("{} {:.1} MiB", r.node, r.mib))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// With the number of instances each node runs.
+    fn line_with(all: &[Rss], instances: &BTreeMap<String, usize>) -> String {
+        all.iter()
+            .map(|r| {
+                let n = instances.get(&r.node).copied().unwrap_or(0);
+                format!("{} {:.1} MiB with {n} instances", r.node, r.mib)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `VmRSS` of a process in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if text
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("zombie"))
+    {
+        bail!("process {pid} has exited (its status has no memory any more)");
+    }
+    vm_rss_mib(&text).with_context(|| format!("no VmRSS line in {path}"))
+}
+
+/// The `VmRSS:   16384 kB` line of a `/proc/PID/status` text, in MiB.
+fn vm_rss_mib(status: &str) -> Option<f64> {
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn create_image_and_type(client: &Client) -> anyhow::Result<()> {
+    let image = Image {
+        metadata: Some(meta(IMAGE)),
+        spec: Some(ImageSpec {
+            command: vec!["sleep".into(), "3600".into()],
+            description: "hanul-bench: an instance that only sleeps".into(),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    client
+        .create(image.into())
+        .await
+        .with_context(|| format!("creating image {IMAGE}"))?;
+    let instance_type = InstanceType {
+        metadata: Some(meta(INSTANCE_TYPE)),
+        spec: Some(InstanceTypeSpec {
+            vcpu: 1,
+            memory_mib: 64,
+            ..Default::default()
+        }),
+        status: None,
+    };
+    client
+        .create(instance_type.into())
+        .await
+        .with_context(|| format!("creating instance type {INSTANCE_TYPE}"))?;
+    Ok(())
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn instance(name: &str) -> Object {
+    let mut metadata = meta(name);
+    metadata.labels.insert(LABEL_KEY.into(), LABEL_VALUE.into());
     Instance {
-        metadata: meta(name),
+        metadata: Some(metadata),
         spec: Some(InstanceSpec {
-            image: "bench-sleep".into(),
-            instance_type: "bench.tiny".into(),
+            image: IMAGE.into(),
+            instance_type: INSTANCE_TYPE.into(),
             ..Default::default()
         }),
         status: None,
@@ -152,269 +492,447 @@ fn instance(name: &str) -> hanul_proto::v1::Object {
     .into()
 }
 
-/// When each instance was first seen running, and on which node; fed by one watch.
-#[derive(Default)]
+/// What the watch showed of one instance, when it arrived.
+#[derive(Debug, Clone)]
 struct Seen {
-    running: HashMap<String, (Instant, String)>,
-    gone: HashMap<String, Instant>,
+    name: String,
+    /// `status.state`; empty before the first status write.
+    state: String,
+    node: String,
+    gone: bool,
+    at: Instant,
 }
 
-fn watch(client: Client, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(client.list_watch(Some(Kind::Instance), ""));
-        while let Some(update) = stream.next().await {
-            let at = Instant::now();
-            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            let mut note = |o: &hanul_proto::v1::Object| {
-                if let Some(Resource::Instance(i)) = &o.resource
-                    && let Some(s) = &i.status
-                    && s.state == "running"
-                {
-                    seen.running
-                        .entry(o.name().to_string())
-                        .or_insert((at, s.node.clone()));
+impl Seen {
+    fn gone(name: &str, at: Instant) -> Seen {
+        Seen {
+            name: name.to_string(),
+            state: String::new(),
+            node: String::new(),
+            gone: true,
+            at,
+        }
+    }
+}
+
+/// A watch on every Instance, read by a task of its own so that arrival times are taken as soon
+/// as the server delivers; aborted on drop.
+struct InstanceWatch {
+    rx: mpsc::UnboundedReceiver<Seen>,
+    task: JoinHandle<()>,
+    /// The last thing seen of each instance (for the message when a wait times out).
+    last: HashMap<String, Seen>,
+    /// When each instance was first seen running, and where.
+    running: HashMap<String, Seen>,
+}
+
+impl InstanceWatch {
+    /// Opens the watch and returns once its initial list has arrived, so every later create is
+    /// delivered.
+    async fn start(client: &Client) -> anyhow::Result<InstanceWatch> {
+        let mut updates = Box::pin(client.list_watch(Some(Kind::Instance), ""));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, updates.next()).await {
+                Ok(Some(WatchUpdate::Listed { .. })) => break,
+                Ok(Some(WatchUpdate::Error(status))) => {
+                    bail!("listing instances to watch them: {status}")
                 }
-            };
-            match update {
-                WatchUpdate::Listed { items, .. } => items.iter().for_each(&mut note),
-                WatchUpdate::Event(ev) => {
-                    let deleted = ev.r#type() == hanul_proto::v1::EventType::Deleted;
-                    if let Some(o) = &ev.object {
-                        if deleted {
-                            seen.gone.insert(o.name().to_string(), at);
-                        } else {
-                            note(o);
-                        }
+                Ok(Some(WatchUpdate::Event(_))) => {}
+                Ok(None) => bail!("the instance watch ended before its first list"),
+                Err(_) => bail!("the instance watch did not list within {WAIT:?}"),
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            // The names that exist as far as this watch knows, to tell what a re-list dropped.
+            let mut known = HashSet::new();
+            while let Some(update) = updates.next().await {
+                let at = Instant::now();
+                let seen: Vec<Seen> = match update {
+                    WatchUpdate::Event(ev) => {
+                        let gone = ev.r#type() == EventType::Deleted;
+                        ev.object
+                            .as_ref()
+                            .and_then(|o| seen(o, gone, at))
+                            .into_iter()
+                            .collect()
+                    }
+                    // A re-list after a compaction replaces the picture: what it lacks is gone.
+                    WatchUpdate::Listed { items, .. } => {
+                        let mut listed_now: Vec<Seen> =
+                            items.iter().filter_map(|o| seen(o, false, at)).collect();
+                        let listed: HashSet<&str> =
+                            listed_now.iter().map(|s| s.name.as_str()).collect();
+                        let dropped: Vec<Seen> = known
+                            .iter()
+                            .filter(|n: &&String| !listed.contains(n.as_str()))
+                            .map(|n| Seen::gone(n, at))
+                            .collect();
+                        listed_now.extend(dropped);
+                        listed_now
+                    }
+                    // The stream retries on its own; a wait that times out says what it saw.
+                    WatchUpdate::Error(_) => Vec::new(),
+                };
+                for s in seen {
+                    if s.gone {
+                        known.remove(&s.name);
+                    } else {
+                        known.insert(s.name.clone());
+                    }
+                    if tx.send(s).is_err() {
+                        return;
                     }
                 }
-                WatchUpdate::Error(_) => {}
             }
-        }
-    })
-}
-
-async fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut done: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
-}
-
-fn lock(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "MISS" }
-}
-
-pub async fn run(args: InstancesArgs) -> anyhow::Result<()> {
-    println!("{}", Machine::read().describe());
-    let server = Hanul::start(&args.hanul_bin, 0).await?;
-    let mut agents = Vec::new();
-    for (name, zone, ports) in NODES {
-        agents.push(Agent::start(&args.hanul_bin, &server, name, zone, ports)?);
-    }
-    let client = server.client().await?;
-    wait_for_nodes(&client, &mut agents).await?;
-    client
-        .create(
-            Image {
-                metadata: meta("bench-sleep"),
-                spec: Some(ImageSpec {
-                    command: vec!["sleep".into(), "3600".into()],
-                    ..Default::default()
-                }),
-                status: None,
-            }
-            .into(),
-        )
-        .await?;
-    client
-        .create(
-            InstanceType {
-                metadata: meta("bench.tiny"),
-                spec: Some(InstanceTypeSpec {
-                    vcpu: 1,
-                    memory_mib: 64,
-                    ..Default::default()
-                }),
-                status: None,
-            }
-            .into(),
-        )
-        .await?;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let watcher = watch(client.clone(), seen.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // 1. One at a time.
-    let mut single = Samples::default();
-    for n in 0..args.single_runs {
-        let name = format!("single-{n}");
-        let t0 = Instant::now();
-        client.create(instance(&name)).await?;
-        wait_for(&format!("{name} running"), Duration::from_secs(30), || {
-            lock(&seen).running.contains_key(&name)
+        });
+        Ok(InstanceWatch {
+            rx,
+            task,
+            last: HashMap::new(),
+            running: HashMap::new(),
         })
-        .await?;
-        single.push(lock(&seen).running[&name].0 - t0);
-        client.delete(Kind::Instance, &name).await?;
-        wait_for(&format!("{name} gone"), Duration::from_secs(30), || {
-            lock(&seen).gone.contains_key(&name)
-        })
-        .await?;
     }
-    let single = single.summary();
-    println!(
-        "one instance, apply → running ({} runs): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        single.count, single.p50_ms, single.p99_ms, single.max_ms
-    );
 
-    // 2. Many at once.
-    let names: Vec<String> = (0..args.count).map(|n| format!("many-{n}")).collect();
-    let started = Instant::now();
-    let t0s: Vec<(String, Instant)> = futures::stream::iter(names.clone())
-        .map(|name| {
-            let client = client.clone();
-            async move {
-                let t0 = Instant::now();
-                client.create(instance(&name)).await.map(|_| (name, t0))
+    /// Takes in one observation; false when the watch has ended.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<bool> {
+        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            Ok(Some(s)) => {
+                if s.state == InstanceState::Running.as_str() && !s.gone {
+                    self.running.entry(s.name.clone()).or_insert(s.clone());
+                }
+                self.last.insert(s.name.clone(), s);
+                Ok(true)
             }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let created = started.elapsed();
-    wait_for(
-        &format!("{} instances running", args.count),
-        Duration::from_secs(120),
-        || {
-            let s = lock(&seen);
-            names.iter().all(|n| s.running.contains_key(n))
-        },
-    )
-    .await?;
-    let (mut many, last, mut per_node) = (Samples::default(), started, HashMap::new());
-    let mut last = last;
-    {
-        let s = lock(&seen);
-        for (name, t0) in &t0s {
-            let (at, node) = &s.running[name];
-            many.push(*at - *t0);
-            last = last.max(*at);
-            *per_node.entry(node.clone()).or_insert(0usize) += 1;
+            Ok(None) => bail!("the instance watch ended"),
+            Err(_) => Ok(false),
         }
     }
-    let total = last - started;
-    let many = many.summary();
-    let mut rss_busy = Vec::new();
-    for a in &agents {
-        rss_busy.push((a.name, a.rss_mib()?));
-    }
-    println!(
-        "{} instances at once: creates took {:.0} ms; apply → running p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; all running after {:.0} ms",
-        args.count,
-        ms(created),
-        many.p50_ms,
-        many.p99_ms,
-        many.max_ms,
-        ms(total)
-    );
-    let mut nodes: Vec<_> = per_node.into_iter().collect();
-    nodes.sort();
-    println!("placement: {nodes:?}");
 
-    // 3. Delete them all (the stop path: SIGTERM, cgroup cleanup, directory removal).
-    let started = Instant::now();
-    futures::stream::iter(names.clone())
-        .map(|name| {
-            let client = client.clone();
-            async move { client.delete(Kind::Instance, &name).await }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    wait_for("every instance gone", Duration::from_secs(120), || {
-        let s = lock(&seen);
-        names.iter().all(|n| s.gone.contains_key(n))
-    })
-    .await?;
-    println!(
-        "{} deletes until all gone (processes stopped, directories removed): {:.0} ms",
-        args.count,
-        ms(started.elapsed())
-    );
-
-    // 4. Idle agents.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut idle_max: f64 = 0.0;
-    for (a, (_, busy)) in agents.iter().zip(&rss_busy) {
-        let idle = a.rss_mib()?;
-        idle_max = idle_max.max(idle);
-        println!(
-            "agent {}: RSS {:.1} MiB with {} instances running, {:.1} MiB idle",
-            a.name,
-            busy,
-            args.count / agents.len(),
-            idle
-        );
-    }
-    println!();
-    println!(
-        "targets: one instance p99 < 200 ms: {:.1} ms {}; {} instances all running < 5 s: {:.2} s {}; idle agent < 20 MiB RSS: {:.1} MiB {}",
-        single.p99_ms,
-        verdict(single.p99_ms < 200.0),
-        args.count,
-        total.as_secs_f64(),
-        verdict(total < Duration::from_secs(5)),
-        idle_max,
-        verdict(idle_max < 20.0)
-    );
-    watcher.abort();
-    Ok(())
-}
-
-async fn wait_for_nodes(client: &Client, agents: &mut [Agent]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        for a in agents.iter_mut() {
-            a.child.check_alive()?;
+    /// Waits until every one of `names` has been seen running; returns when and where each was.
+    async fn until_running(
+        &mut self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<String, Seen>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if names.iter().all(|n| self.running.contains_key(*n)) {
+                return Ok(names
+                    .iter()
+                    .map(|n| (n.to_string(), self.running[*n].clone()))
+                    .collect());
+            }
+            if !self.next(deadline).await? {
+                let waiting: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| !self.running.contains_key(*n))
+                    .collect();
+                bail!(
+                    "{} of {} instances were not running after {timeout:?}; last seen: {}",
+                    waiting.len(),
+                    names.len(),
+                    self.describe(&waiting)
+                );
+            }
         }
-        let (nodes, _) = client.list(Some(Kind::Node), "").await?;
-        let ready = nodes
+    }
+
+    /// Waits until every one of `names` has been seen deleted.
+    async fn until_gone(&mut self, names: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let is_gone = |w: &InstanceWatch, n: &str| w.last.get(n).is_some_and(|s| s.gone);
+        loop {
+            if names.iter().all(|n| is_gone(self, n)) {
+                return Ok(());
+            }
+            if !self.next(deadline).await? {
+                let waiting: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| !is_gone(self, n))
+                    .collect();
+                bail!(
+                    "{} of {} deleted instances were still there after {timeout:?}; last seen: {}",
+                    waiting.len(),
+                    names.len(),
+                    self.describe(&waiting)
+                );
+            }
+        }
+    }
+
+    /// The last state of the first few of `names`, and a count per state.
+    fn describe(&self, names: &[&str]) -> String {
+        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        for n in names {
+            let state = match self.last.get(*n) {
+                None => "never seen".to_string(),
+                Some(s) if s.state.is_empty() => "no status".to_string(),
+                Some(s) => format!("{} on {:?}", s.state, s.node),
+            };
+            *states.entry(state).or_insert(0) += 1;
+        }
+        states
             .iter()
-            .filter(|o| match &o.resource {
-                Some(Resource::Node(n)) => n.status.as_ref().is_some_and(|s| {
-                    s.conditions
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Drop for InstanceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn seen(object: &Object, gone: bool, at: Instant) -> Option<Seen> {
+    let Some(Resource::Instance(i)) = &object.resource else {
+        return None;
+    };
+    let status = i.status.clone().unwrap_or_default();
+    Some(Seen {
+        name: object.name().to_string(),
+        state: status.state,
+        node: status.node,
+        gone,
+        at,
+    })
+}
+
+/// One `hanul agent` child process.
+struct Agent {
+    name: &'static str,
+    zone: &'static str,
+    child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// The server and its two agents. Dropping it kills the agents, then whatever instance processes
+/// are left (see the module doc), then the server, which removes its data dir.
+struct Cluster {
+    client: Client,
+    agents: Vec<Agent>,
+    // Dropped after the agents (fields drop in declaration order, after `Drop::drop`).
+    server: Hanul,
+}
+
+impl Cluster {
+    async fn start(bin: &Path) -> anyhow::Result<Cluster> {
+        // The object size only matters to the store benchmark's payloads.
+        let server = Hanul::start(bin, 0).await?;
+        let join = server.data_dir().join("join.token");
+        let client = server.client().await?;
+        let mut cluster = Cluster {
+            client,
+            agents: Vec::new(),
+            server,
+        };
+        for (name, zone, ports) in NODES {
+            let agent = cluster.start_agent(bin, &join, name, zone, ports)?;
+            cluster.agents.push(agent);
+        }
+        cluster.wait_nodes_ready().await?;
+        Ok(cluster)
+    }
+
+    fn start_agent(
+        &self,
+        bin: &Path,
+        join_token: &Path,
+        name: &'static str,
+        zone: &'static str,
+        ports: &str,
+    ) -> anyhow::Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("hanul-bench-{name}-"))
+            .tempdir()?;
+        // The instances run as `nobody` and must reach their directories below this one.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod 0755 {}", dir.path().display()))?;
+        let data = dir.path().join("data");
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .args(["--server", &self.server.url])
+            .arg("--join-token-file")
+            .arg(join_token)
+            .args(["--name", name, "--zone", zone])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--cpus", "400", "--memory-mib", "200000"])
+            .args(["--port-range", ports, "--heartbeat", "2s"]);
+        let log = dir.path().join("agent.log");
+        let child = ChildGuard::spawn(&format!("hanul agent {name}"), cmd, &log)?;
+        Ok(Agent {
+            name,
+            zone,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until both Node objects carry `Ready=True`.
+    async fn wait_nodes_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for a in &mut self.agents {
+                a.child.check_alive()?;
+            }
+            let (nodes, _) = self
+                .client
+                .list(Some(Kind::Node), "")
+                .await
+                .context("listing nodes")?;
+            let ready: Vec<&str> = nodes
+                .iter()
+                .filter(|o| match &o.resource {
+                    Some(Resource::Node(n)) => n.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.r#type == CONDITION_READY && c.status == "True")
+                    }),
+                    _ => false,
+                })
+                .map(Object::name)
+                .collect();
+            if self.agents.iter().all(|a| ready.contains(&a.name)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the nodes were not Ready after 30 s (ready: {ready:?}); the end of the \
+                     agents' logs:\n{}",
+                    self.agents
                         .iter()
-                        .any(|c| c.r#type == "Ready" && c.status == "True")
-                }),
-                _ => false,
+                        .map(|a| format!("--- {}\n{}", a.name, a.child.log_tail(15)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn agent_rss(&self) -> anyhow::Result<Vec<Rss>> {
+        self.agents
+            .iter()
+            .map(|a| {
+                Ok(Rss {
+                    node: a.name.to_string(),
+                    mib: rss_mib(a.child.pid())?,
+                })
             })
-            .count();
-        if ready == agents.len() {
-            return Ok(());
+            .collect()
+    }
+
+    /// Deletes every instance the benchmark made and waits until they are gone (their agents
+    /// stop the processes and drop the finalizer), so that no process outlives the run.
+    async fn delete_all_instances(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (left, _) = self
+                .client
+                .list(Some(Kind::Instance), SELECTOR)
+                .await
+                .context("listing the instances left")?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} instances were still there {WAIT:?} after their delete: {}",
+                    left.len(),
+                    left.iter()
+                        .take(5)
+                        .map(Object::name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            // Deleting again is harmless: an instance already being deleted stays so.
+            for o in left
+                .iter()
+                .filter(|o| o.metadata().is_some_and(|m| m.deleted_at.is_none()))
+            {
+                let _ = self.client.delete(Kind::Instance, o.name()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if Instant::now() > deadline {
-            bail!("the agents' nodes did not become Ready within 30 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The agents first (their guards kill them), then what they leave behind.
+        let nodes: Vec<String> = self.agents.iter().map(|a| a.name.to_string()).collect();
+        self.agents.clear();
+        let killed = kill_instance_processes(&nodes);
+        if !killed.is_empty() {
+            eprintln!(
+                "cleanup: killed {} instance processes left behind by the agents (pids {:?}{})",
+                killed.len(),
+                &killed[..killed.len().min(10)],
+                if killed.len() > 10 { ", ..." } else { "" }
+            );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a `/proc/PID/environ` text (NUL-separated) holds one of the `wanted` variables exactly.
+fn names_one_of(environ: &[u8], wanted: &[String]) -> bool {
+    environ
+        .split(|b| *b == 0)
+        .any(|var| wanted.iter().any(|w| var == w.as_bytes()))
+}
+
+/// SIGKILLs every process whose environment has `HANUL_NODE=<one of nodes>`; returns their pids.
+fn kill_instance_processes(nodes: &[String]) -> Vec<u32> {
+    let wanted: Vec<String> = nodes.iter().map(|n| format!("{NODE_ENV}={n}")).collect();
+    let mut killed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if names_one_of(&environ, &wanted) {
+            // `kill(1)` rather than libc: the crate denies unsafe code.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_from_the_status_text_in_mib() {
+        let status = "Name:\thanul\nVmPeak:\t  99999 kB\nVmRSS:\t   16896 kB\nThreads:\t5\n";
+        assert_eq!(vm_rss_mib(status), Some(16.5));
+        assert_eq!(vm_rss_mib("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn only_an_exact_node_variable_marks_an_instance_process() {
+        let wanted = vec!["HANUL_NODE=bench-a".to_string()];
+        assert!(names_one_of(b"PATH=/bin\0HANUL_NODE=bench-a\0", &wanted));
+        assert!(!names_one_of(b"HANUL_NODE=bench-ab\0", &wanted));
+        assert!(!names_one_of(b"X=HANUL_NODE=bench-a\0", &wanted));
     }
 }
