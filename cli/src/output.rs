@@ -10,8 +10,8 @@ use hanul_proto::{
     Kind,
     manifest::{to_value, to_yaml},
     v1::{
-        Condition, Event, Image, Instance, InstanceType, Node, Object, Resources, Volume,
-        object::Resource,
+        Condition, Event, Image, Instance, InstanceType, LoadBalancer, Node, Object, Resources,
+        TargetGroup, Volume, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -267,6 +267,14 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             ],
             &[],
         ),
+        Kind::TargetGroup => (
+            &["NAME", "PROTOCOL", "PORT", "TARGETS", "HEALTHY", "AGE"],
+            &["ALGORITHM", "STICKINESS", "HEALTH-CHECK", "TARGET-HEALTH"],
+        ),
+        Kind::LoadBalancer => (
+            &["NAME", "TYPE", "STATE", "LISTENERS", "AGE"],
+            &["ZONES", "ADDRESSES", "REASON"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -288,6 +296,8 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::Instance(o)) => instance_row(o, wide, now),
         Some(Resource::Volume(o)) => volume_row(o, now),
         Some(Resource::Event(o)) => event_row(o, wide, now),
+        Some(Resource::TargetGroup(o)) => target_group_row(o, wide, now),
+        Some(Resource::LoadBalancer(o)) => load_balancer_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -438,6 +448,79 @@ fn volume_row(o: &Volume, now: i64) -> Vec<String> {
         or_none(&status.attached_to),
         age,
     ]
+}
+
+fn target_group_row(o: &TargetGroup, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let healthy = status
+        .targets
+        .iter()
+        .filter(|t| t.health == "healthy")
+        .count();
+    let mut row = vec![
+        name,
+        or_none(&spec.protocol),
+        or_none(&spec.port),
+        spec.targets.len().to_string(),
+        format!("{healthy}/{}", status.targets.len()),
+        age,
+    ];
+    if wide {
+        let hc = spec.health_check.unwrap_or_default();
+        let sticky = match &spec.stickiness {
+            Some(s) if s.enabled => format!("{} {}s", s.r#type, s.duration_seconds),
+            _ => "off".into(),
+        };
+        let check = if hc.protocol == "HTTP" {
+            format!("HTTP {} every {}s", hc.path, hc.interval_seconds)
+        } else {
+            format!("{} every {}s", hc.protocol, hc.interval_seconds)
+        };
+        let health = status
+            .targets
+            .iter()
+            .map(|t| {
+                let who = if t.instance.is_empty() {
+                    &t.address
+                } else {
+                    &t.instance
+                };
+                format!("{who}={}", t.health)
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        row.extend([or_none(&spec.algorithm), sticky, check, or_none(&health)]);
+    }
+    row
+}
+
+fn load_balancer_row(o: &LoadBalancer, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let listeners = spec
+        .listeners
+        .iter()
+        .map(|l| format!("{}:{}→{}", l.protocol, l.port, l.default_target_group))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut row = vec![
+        name,
+        or_none(&spec.r#type),
+        or_none(&status.state),
+        or_none(&listeners),
+        age,
+    ];
+    if wide {
+        row.extend([
+            or_none(&spec.zones.join(",")),
+            or_none(&status.addresses.join(",")),
+            or_none(&status.reason),
+        ]);
+    }
+    row
 }
 
 /// When an event last happened: `lastTime`, else `firstTime`, else its creation.

@@ -4,7 +4,10 @@
 
 use crate::{
     Kind,
-    v1::{Event, Image, Instance, InstanceType, Node, Object, Volume, object::Resource},
+    v1::{
+        Event, Image, Instance, InstanceType, LoadBalancer, Node, Object, TargetGroup, Volume,
+        object::Resource,
+    },
 };
 use serde_json::{Map, Value};
 
@@ -143,6 +146,8 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::Instance => typed::<Instance>(rest).map(Resource::Instance),
         Kind::Volume => typed::<Volume>(rest).map(Resource::Volume),
         Kind::Event => typed::<Event>(rest).map(Resource::Event),
+        Kind::TargetGroup => typed::<TargetGroup>(rest).map(Resource::TargetGroup),
+        Kind::LoadBalancer => typed::<LoadBalancer>(rest).map(Resource::LoadBalancer),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -186,6 +191,8 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::Instance(o)) => serde_json::to_value(o),
         Some(Resource::Volume(o)) => serde_json::to_value(o),
         Some(Resource::Event(o)) => serde_json::to_value(o),
+        Some(Resource::TargetGroup(o)) => serde_json::to_value(o),
+        Some(Resource::LoadBalancer(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

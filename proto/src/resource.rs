@@ -155,6 +155,8 @@ kinds! {
     Instance { plural: "instances", short: ["i", "inst", "ec2"], status: true },
     Volume { plural: "volumes", short: ["vol", "ebs"], status: true },
     Event { plural: "events", short: ["ev"], status: false },
+    TargetGroup { plural: "targetgroups", short: ["tg", "target-groups"], status: true },
+    LoadBalancer { plural: "loadbalancers", short: ["lb", "elb", "alb", "nlb", "load-balancers"], status: true },
 }
 
 impl Kind {

@@ -4,6 +4,7 @@
 //! `default(&mut spec)` and a `validate(new, old, ctx, &mut Errors)`; errors name the field path
 //! and what is allowed, and all of an object's errors are reported at once.
 
+mod elb;
 mod event;
 mod image;
 mod instance;
@@ -74,6 +75,12 @@ pub fn default(obj: &mut Object) {
             o.spec.get_or_insert_with(Default::default);
         }
         Some(Resource::Event(o)) => event::default(o),
+        Some(Resource::TargetGroup(o)) => {
+            elb::default_target_group(o.spec.get_or_insert_with(Default::default))
+        }
+        Some(Resource::LoadBalancer(o)) => {
+            elb::default_load_balancer(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -117,6 +124,20 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
             volume::validate(n, old, &mut errs)
         }
         (Some(Resource::Event(n)), _) => event::validate(n, &mut errs),
+        (Some(Resource::TargetGroup(n)), old) => {
+            let old = match old {
+                Some(Resource::TargetGroup(o)) => Some(o),
+                _ => None,
+            };
+            elb::validate_target_group(n, old, &mut errs)
+        }
+        (Some(Resource::LoadBalancer(n)), old) => {
+            let old = match old {
+                Some(Resource::LoadBalancer(o)) => Some(o),
+                _ => None,
+            };
+            elb::validate_load_balancer(n, old, &mut errs)
+        }
         (None, _) => errs.add("kind", "required"),
     }
     if errs.0.is_empty() {

@@ -167,3 +167,111 @@ fn labels_and_images_are_checked() {
     assert!(m.contains("spec.command: required"), "{m}");
     assert!(m.contains("spec.files"), "{m}");
 }
+
+#[test]
+fn a_target_group_gets_elb_defaults() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: TargetGroup\nmetadata: {name: web}\nspec: {port: http, targets: [{instance: web-1}], stickiness: {enabled: true}}\n",
+    );
+    admit(&mut o, None).unwrap();
+    let Some(Resource::TargetGroup(tg)) = &o.resource else {
+        panic!("{o:?}")
+    };
+    let spec = tg.spec.clone().unwrap();
+    assert_eq!(spec.protocol, "HTTP");
+    assert_eq!(spec.algorithm, "round_robin");
+    assert_eq!(spec.deregistration_delay_seconds, Some(300));
+    let hc = spec.health_check.unwrap();
+    assert_eq!(
+        (
+            hc.protocol.as_str(),
+            hc.path.as_str(),
+            hc.port.as_str(),
+            hc.matcher.as_str()
+        ),
+        ("HTTP", "/", "traffic-port", "200")
+    );
+    assert_eq!(
+        (
+            hc.interval_seconds,
+            hc.timeout_seconds,
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        ),
+        (30, 5, 5, 2)
+    );
+    let st = spec.stickiness.unwrap();
+    assert_eq!(
+        (st.r#type.as_str(), st.duration_seconds),
+        ("lb_cookie", 86_400)
+    );
+}
+
+#[test]
+fn bad_target_groups_name_every_field() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: TargetGroup\nmetadata: {name: web}\nspec:\n  protocol: UDP\n  port: http\n  targets: [{instance: a, ip: 10.0.0.1}, {ip: not-an-ip, port: 80}, {ip: 10.0.0.2}]\n  healthCheck: {port: '70000', intervalSeconds: 2, timeoutSeconds: 5, healthyThreshold: 11}\n  stickiness: {enabled: true, type: app_cookie}\n",
+    );
+    let m = message(admit(&mut o, None));
+    for want in [
+        "spec.protocol: \"UDP\" is not allowed; use one of: HTTP, TCP",
+        "spec.stickiness: cookies need an HTTP target group",
+        "spec.healthCheck.port: 70000 is not a port",
+        "spec.targets[0]: give exactly one of instance",
+        "spec.targets[1].ip: \"not-an-ip\" is not an IP address",
+        "spec.targets[2].port: an ip target needs a port",
+        "spec.healthCheck.timeoutSeconds: must not be longer than intervalSeconds",
+        "spec.healthCheck.healthyThreshold: 1..10",
+        "spec.stickiness.cookieName: required for app_cookie",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn load_balancers_check_listeners_and_rules() {
+    let mut ok = obj(
+        "apiVersion: hanul/v1\nkind: LoadBalancer\nmetadata: {name: web}\nspec:\n  listeners:\n  - port: 8080\n    defaultTargetGroup: web\n    rules:\n    - {pathPrefix: /api, targetGroup: api}\n    - {host: old.example, redirect: {host: new.example}}\n",
+    );
+    admit(&mut ok, None).unwrap();
+    let Some(Resource::LoadBalancer(lb)) = &ok.resource else {
+        panic!()
+    };
+    let spec = lb.spec.clone().unwrap();
+    assert_eq!(spec.r#type, "application");
+    assert_eq!(spec.listeners[0].protocol, "HTTP");
+    assert_eq!(
+        spec.listeners[0].rules[1]
+            .redirect
+            .as_ref()
+            .unwrap()
+            .status_code,
+        302
+    );
+
+    let mut bad = obj(
+        "apiVersion: hanul/v1\nkind: LoadBalancer\nmetadata: {name: db}\nspec:\n  type: network\n  listeners:\n  - {port: 5432, defaultTargetGroup: db, rules: [{pathPrefix: /x, targetGroup: other}]}\n  - {port: 5432, protocol: HTTP}\n",
+    );
+    let m = message(admit(&mut bad, None));
+    for want in [
+        "spec.listeners[0].rules: network load balancers have no rules",
+        "spec.listeners[1].port: 5432 is used by another listener",
+        "spec.listeners[1].protocol: \"HTTP\": network load balancers listen on TCP",
+        "spec.listeners[1].defaultTargetGroup: required",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn health_check_matchers_are_http_code_lists() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: TargetGroup\nmetadata: {name: web}\nspec: {port: '8080', healthCheck: {matcher: '200-99'}}\n",
+    );
+    let m = message(admit(&mut o, None));
+    assert!(m.contains("spec.healthCheck.matcher: \"200-99\""), "{m}");
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: TargetGroup\nmetadata: {name: web}\nspec: {port: '8080', targets: [{ip: 192.168.1.20}], healthCheck: {matcher: '200,202-299'}}\n",
+    );
+    admit(&mut o, None).unwrap();
+}
