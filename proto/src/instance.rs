@@ -56,6 +56,10 @@ string_enum! {
     DesiredState { Running = "running", Stopped = "stopped", Terminated = "terminated" }
 }
 
+/// Annotation the scheduler puts on a spot instance it reclaims: when its interruption notice
+/// ends (RFC 3339). The agent serves it on the metadata endpoint's `spot/instance-action`.
+pub const SPOT_INTERRUPTION_ANNOTATION: &str = "hanul.dev/spot-interruption-time";
+
 /// Annotation asking the agent to reboot an instance (as EC2's RebootInstances): its value, a
 /// time, is compared with `status.rebootHandled`.
 pub const REBOOT_ANNOTATION: &str = "hanul.dev/reboot-requested-at";

@@ -213,6 +213,22 @@ impl Object {
     pub fn resource_version(&self) -> u64 {
         self.metadata().map(|m| m.resource_version).unwrap_or(0)
     }
+
+    /// The instance inside, if the object is one.
+    pub fn as_instance(&self) -> Option<&crate::v1::Instance> {
+        match &self.resource {
+            Some(Resource::Instance(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The instance inside, mutable, if the object is one.
+    pub fn as_instance_mut(&mut self) -> Option<&mut crate::v1::Instance> {
+        match &mut self.resource {
+            Some(Resource::Instance(i)) => Some(i),
+            _ => None,
+        }
+    }
 }
 
 /// Wraps a typed object into the envelope: `Object::from(instance)`.
@@ -223,7 +239,16 @@ macro_rules! into_object {
         }
     )*};
 }
-into_object!(Node, InstanceType, Image, Instance, Volume, Event);
+into_object!(
+    Node,
+    InstanceType,
+    Image,
+    Instance,
+    Volume,
+    Event,
+    TargetGroup,
+    LoadBalancer
+);
 
 #[cfg(test)]
 mod tests {

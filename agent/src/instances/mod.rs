@@ -34,7 +34,10 @@ use hanul_controllers::runtime::{
 use hanul_proto::{
     Client, Kind,
     events::Recorder,
-    instance::{DesiredState, InstanceState, REBOOT_ANNOTATION, ShutdownBehavior},
+    instance::{
+        DesiredState, InstanceState, REBOOT_ANNOTATION, SPOT_INTERRUPTION_ANNOTATION,
+        ShutdownBehavior,
+    },
     time::now,
     v1::{Instance, InstanceStatus, Object, VolumeAttachment, object::Resource},
 };
@@ -52,9 +55,6 @@ use tracing::{info, warn};
 pub const FINALIZER: &str = "hanul.dev/agent";
 /// How often the sweep runs (leftover workloads, log rotation, freed memory).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// The annotation the scheduler writes on a spot instance it reclaims.
-pub const SPOT_INTERRUPTION_ANNOTATION: &str = "hanul.dev/spot-interruption-time";
 
 /// EC2's state reasons.
 const USER_SHUTDOWN: &str = "Client.UserInitiatedShutdown: User initiated shutdown";
@@ -242,23 +242,9 @@ pub async fn run(controller: Controller, ctx: Arc<Context>, shutdown: Shutdown, 
     );
 }
 
-fn instance_of(o: &Object) -> Option<&Instance> {
-    match &o.resource {
-        Some(Resource::Instance(i)) => Some(i),
-        _ => None,
-    }
-}
-
-fn instance_mut(o: &mut Object) -> Option<&mut Instance> {
-    match &mut o.resource {
-        Some(Resource::Instance(i)) => Some(i),
-        _ => None,
-    }
-}
-
 /// One step of one instance; see the module doc.
 pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let Some(i) = instance_of(&object) else {
+    let Some(i) = object.as_instance() else {
         return Ok(Action::await_change());
     };
     let name = object.name().to_string();
@@ -415,7 +401,7 @@ async fn exited_on_its_own(
     oom_killed: bool,
 ) -> Result<Action, Error> {
     let name = object.name().to_string();
-    let i = instance_of(&object).cloned().unwrap_or_default();
+    let i = object.as_instance().cloned().unwrap_or_default();
     let spec = i.spec.clone().unwrap_or_default();
     let exit = code.or(signal.map(|s| 128 + s));
     let reason = if oom_killed {
@@ -455,7 +441,7 @@ async fn exited_on_its_own(
         ShutdownBehavior::Stop => {
             // The wanted state follows, as EC2's: the instance stays stopped until started.
             let mut o = (*object).clone();
-            if let Some(s) = instance_mut(&mut o).and_then(|i| i.spec.as_mut()) {
+            if let Some(s) = o.as_instance_mut().and_then(|i| i.spec.as_mut()) {
                 s.state = DesiredState::Stopped.as_str().into();
             }
             let updated = call(ctx, &name, "update", ctx.client.update(o)).await?;
@@ -503,54 +489,46 @@ async fn stopped(
 /// stay), `terminated`; on delete, drop the finalizer.
 async fn terminate(object: Arc<Object>, ctx: &Context) -> Result<Action, Error> {
     let name = object.name().to_string();
-    let i = instance_of(&object).cloned().unwrap_or_default();
+    let i = object.as_instance().cloned().unwrap_or_default();
     let status = i.status.clone().unwrap_or_default();
+
+    // Only this node's instances get here (see `reconcile`).
     let mut object = object;
     if InstanceState::parse(&status.state) != Some(InstanceState::Terminated) {
-        if status.node == ctx.node {
-            if InstanceState::parse(&status.state) != Some(InstanceState::ShuttingDown) {
-                object = Arc::new(
-                    write_status(ctx, &object, |s| {
-                        set_state(s, InstanceState::ShuttingDown);
-                        s.state_reason = USER_SHUTDOWN.into();
-                    })
-                    .await?,
-                );
-            }
-            ctx.driver.stop(&name, ctx.stop_grace).await?;
-            let exit = exit_code(ctx.driver.state(&name));
-            let root = ctx.dirs.root(&name);
-            let removed = tokio::task::spawn_blocking(move || launch::remove_any(&root))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = removed {
-                warn!(instance = %name, error = %e, "Could not remove the instance's directory.");
-            }
-            release_volumes(ctx, &object, true).await;
+        if InstanceState::parse(&status.state) != Some(InstanceState::ShuttingDown) {
             object = Arc::new(
                 write_status(ctx, &object, |s| {
-                    set_state(s, InstanceState::Terminated);
-                    s.pid = 0;
-                    if exit.is_some() {
-                        s.exit_code = exit;
-                    }
-                    s.ports.clear();
+                    set_state(s, InstanceState::ShuttingDown);
+                    s.state_reason = USER_SHUTDOWN.into();
                 })
                 .await?,
             );
-            ctx.driver.forget(&name);
-            ctx.hold(&name, None);
-            lock(&ctx.given_ports).remove(&name);
-            info!(instance = %name, "Instance terminated.");
-        } else if !status.node.is_empty() {
-            // Another node's: its agent terminates it.
-            return Ok(Action::await_change());
-        } else {
-            // Never placed: nothing ran; it is terminated at once.
-            object = Arc::new(
-                write_status(ctx, &object, |s| set_state(s, InstanceState::Terminated)).await?,
-            );
         }
+        ctx.driver.stop(&name, ctx.stop_grace).await?;
+        let exit = exit_code(ctx.driver.state(&name));
+        let root = ctx.dirs.root(&name);
+        let removed = tokio::task::spawn_blocking(move || launch::remove_any(&root))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            warn!(instance = %name, error = %e, "Could not remove the instance's directory.");
+        }
+        release_volumes(ctx, &object, true).await;
+        object = Arc::new(
+            write_status(ctx, &object, |s| {
+                set_state(s, InstanceState::Terminated);
+                s.pid = 0;
+                if exit.is_some() {
+                    s.exit_code = exit;
+                }
+                s.ports.clear();
+            })
+            .await?,
+        );
+        ctx.driver.forget(&name);
+        ctx.hold(&name, None);
+        lock(&ctx.given_ports).remove(&name);
+        info!(instance = %name, "Instance terminated.");
     }
     let meta = object.metadata().cloned().unwrap_or_default();
     if meta.deleted_at.is_some() && meta.finalizers.iter().any(|f| f == FINALIZER) {
@@ -581,7 +559,7 @@ async fn launch(
     reboot: Option<String>,
 ) -> Result<Action, Error> {
     let name = object.name().to_string();
-    let i = instance_of(&object).cloned().unwrap_or_default();
+    let i = object.as_instance().cloned().unwrap_or_default();
     let spec = i.spec.clone().unwrap_or_default();
     let status = i.status.clone().unwrap_or_default();
     let fail = |reason: String| Error::Launch {
@@ -616,13 +594,7 @@ async fn launch(
         },
         Err(source) => return Err(api(&name, "get instance type", source)),
     };
-    ctx.hold(
-        &name,
-        Some(Capacity {
-            cpu_millis: size.vcpu * 1000,
-            memory_mib: size.memory_mib,
-        }),
-    );
+    ctx.hold(&name, Some(type_size(&size)));
 
     // Host ports: kept from before when possible, written down before the process sees them.
     let ports = assign_ports(ctx, &name, &spec.ports, &status.ports)
@@ -697,8 +669,8 @@ async fn launch(
         }
     })
     .await?;
-    for (volume, _) in spec.volumes.iter().map(|v| (&v.volume, ())) {
-        mark_volume(ctx, volume, Some(&name)).await;
+    for v in &spec.volumes {
+        mark_volume(ctx, &v.volume, Some(&name)).await;
     }
     ctx.emit(
         &object,
@@ -748,27 +720,29 @@ fn assign_ports(
     Some(got)
 }
 
+/// What an instance of type `t` holds on its node.
+fn type_size(t: &hanul_proto::v1::InstanceTypeSpec) -> Capacity {
+    Capacity {
+        cpu_millis: t.vcpu.saturating_mul(1000),
+        memory_mib: t.memory_mib,
+    }
+}
+
 /// Records the instance type's size of an instance found running (after an agent restart).
 async fn ensure_size(ctx: &Context, object: &Object) {
     let name = object.name();
     if lock(&ctx.sizes).contains_key(name) {
         return;
     }
-    let t = instance_of(object)
+    let t = object
+        .as_instance()
         .and_then(|i| i.spec.as_ref())
         .map(|s| s.instance_type.clone())
         .unwrap_or_default();
     if let Ok(o) = ctx.client.get(Kind::InstanceType, &t).await
         && let Some(Resource::InstanceType(t)) = o.resource
     {
-        let t = t.spec.unwrap_or_default();
-        ctx.hold(
-            name,
-            Some(Capacity {
-                cpu_millis: t.vcpu * 1000,
-                memory_mib: t.memory_mib,
-            }),
-        );
+        ctx.hold(name, Some(type_size(&t.spec.unwrap_or_default())));
     }
 }
 
@@ -808,9 +782,14 @@ async fn check_volume(ctx: &Context, instance: &str, volume: &str) -> Result<(),
 
 /// Writes a volume's status: in use by `instance`, or available (`None`). Best effort.
 async fn mark_volume(ctx: &Context, volume: &str, instance: Option<&str>) {
-    let Ok(mut o) = ctx.client.get(Kind::Volume, volume).await else {
-        return;
-    };
+    if let Ok(o) = ctx.client.get(Kind::Volume, volume).await {
+        set_volume_status(ctx, o, instance).await;
+    }
+}
+
+/// Writes the status of the volume `o` (as just read): in use by `instance`, or available.
+async fn set_volume_status(ctx: &Context, mut o: Object, instance: Option<&str>) {
+    let volume = o.name().to_string();
     let Some(Resource::Volume(v)) = &mut o.resource else {
         return;
     };
@@ -824,26 +803,28 @@ async fn mark_volume(ctx: &Context, volume: &str, instance: Option<&str>) {
     }
     .into();
     if let Err(e) = ctx.client.update_status(o).await {
-        warn!(volume, error = %e, "Could not write the volume's status.");
+        warn!(%volume, error = %e, "Could not write the volume's status.");
     }
 }
 
 /// Frees the instance's volumes; on termination, deletes the data of those not kept.
 async fn release_volumes(ctx: &Context, object: &Object, terminating: bool) {
-    let spec = instance_of(object)
+    let spec = object
+        .as_instance()
         .and_then(|i| i.spec.clone())
         .unwrap_or_default();
     for a in &spec.volumes {
-        let keep = match ctx.client.get(Kind::Volume, &a.volume).await {
-            Ok(o) => match &o.resource {
-                Some(Resource::Volume(v)) => v
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.keep_on_termination)
-                    .unwrap_or(true),
-                _ => true,
-            },
-            Err(_) => true,
+        // A volume that cannot be read now has nothing to release.
+        let Ok(o) = ctx.client.get(Kind::Volume, &a.volume).await else {
+            continue;
+        };
+        let keep = match &o.resource {
+            Some(Resource::Volume(v)) => v
+                .spec
+                .as_ref()
+                .and_then(|s| s.keep_on_termination)
+                .unwrap_or(true),
+            _ => true,
         };
         if terminating && !keep {
             let data = ctx.dirs.volume(&a.volume);
@@ -854,7 +835,7 @@ async fn release_volumes(ctx: &Context, object: &Object, terminating: bool) {
                 warn!(volume = %a.volume, error = %e, "Could not delete a volume not kept on termination.");
             }
         } else {
-            mark_volume(ctx, &a.volume, None).await;
+            set_volume_status(ctx, o, None).await;
         }
     }
 }
@@ -910,7 +891,7 @@ pub async fn sweep(ctx: &Context) {
         // The cache may be behind a binding: only the server's word stops a workload.
         match ctx.client.get(Kind::Instance, &name).await {
             Ok(o)
-                if instance_of(&o)
+                if o.as_instance()
                     .and_then(|i| i.status.as_ref())
                     .is_some_and(|s| s.node == ctx.node) =>
             {
@@ -982,7 +963,7 @@ async fn write_status(
     change: impl FnOnce(&mut InstanceStatus),
 ) -> Result<Object, Error> {
     let mut o = object.clone();
-    let Some(i) = instance_mut(&mut o) else {
+    let Some(i) = o.as_instance_mut() else {
         return Ok(o);
     };
     let generation = i.metadata.as_ref().map(|m| m.generation).unwrap_or(0);
@@ -1001,7 +982,7 @@ async fn write_status(
 impl MetadataSource for Context {
     fn metadata(&self, instance: &str) -> Option<InstanceMetadata> {
         let o = self.cache.get(Kind::Instance, instance)?;
-        let i = instance_of(&o)?;
+        let i = o.as_instance()?;
         let status = i.status.clone().unwrap_or_default();
         if status.node != self.node {
             return None;

@@ -82,7 +82,7 @@ impl Harness {
 
     async fn instance(&self, name: &str) -> Option<Instance> {
         match self.client.get(Kind::Instance, name).await {
-            Ok(o) => instance_of(&o).cloned(),
+            Ok(o) => o.as_instance().cloned(),
             Err(_) => None,
         }
     }

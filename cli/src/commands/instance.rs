@@ -11,7 +11,7 @@ use hanul_proto::{
     Client, Kind,
     instance::{DesiredState, InstanceState, REBOOT_ANNOTATION},
     time::now,
-    v1::{Instance, Object, object::Resource},
+    v1::Object,
 };
 use std::{process::ExitCode, time::Duration};
 use tokio::time::Instant;
@@ -50,28 +50,18 @@ fn instance_name(arg: &str) -> Result<&str> {
     }
 }
 
-fn instance_mut(o: &mut Object) -> Option<&mut Instance> {
-    match &mut o.resource {
-        Some(Resource::Instance(i)) => Some(i),
-        _ => None,
-    }
-}
-
 fn observed(o: &Object) -> Option<InstanceState> {
-    match &o.resource {
-        Some(Resource::Instance(i)) => i
-            .status
-            .as_ref()
-            .and_then(|s| InstanceState::parse(&s.state)),
-        _ => None,
-    }
+    o.as_instance()?
+        .status
+        .as_ref()
+        .and_then(|s| InstanceState::parse(&s.state))
 }
 
 /// Changes one instance, retrying when someone else wrote it in between.
 async fn change(client: &Client, name: &str, verb: Verb) -> Result<Object> {
     loop {
         let mut o = client.get(Kind::Instance, name).await?;
-        let Some(i) = instance_mut(&mut o) else {
+        let Some(i) = o.as_instance_mut() else {
             bail!("instance/{name} is not an instance");
         };
         let spec = i.spec.get_or_insert_with(Default::default);
@@ -104,13 +94,12 @@ fn done(o: &Object, verb: Verb, rebooted_at: &str) -> bool {
         Verb::Start => state == Some(InstanceState::Running),
         Verb::Stop => state == Some(InstanceState::Stopped),
         Verb::Terminate => state == Some(InstanceState::Terminated),
-        Verb::Reboot => match &o.resource {
-            Some(Resource::Instance(i)) => i
-                .status
-                .as_ref()
-                .is_some_and(|s| s.reboot_handled == rebooted_at && s.state == "running"),
-            _ => false,
-        },
+        Verb::Reboot => o
+            .as_instance()
+            .and_then(|i| i.status.as_ref())
+            .is_some_and(|s| {
+                s.reboot_handled == rebooted_at && state == Some(InstanceState::Running)
+            }),
     }
 }
 

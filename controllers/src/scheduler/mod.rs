@@ -75,9 +75,7 @@ pub const EVENT_FAILED_SCHEDULING: &str = "FailedScheduling";
 pub const EVENT_SPOT_INTERRUPTION: &str = "SpotInterruption";
 pub const EVENT_SPOT_TERMINATED: &str = "SpotInstanceTerminated";
 
-/// When a spot instance under an interruption notice is terminated (RFC 3339); agents show it
-/// on the metadata endpoint.
-pub const SPOT_INTERRUPTION_ANNOTATION: &str = "hanul.dev/spot-interruption-time";
+pub use hanul_proto::instance::SPOT_INTERRUPTION_ANNOTATION;
 /// Instances with the same value spread together when they have no controller owner.
 pub const GROUP_LABEL: &str = "hanul.dev/group";
 
@@ -478,14 +476,6 @@ fn emit(ctx: &Context, about: &Object, ty: &'static str, reason: &'static str, m
     });
 }
 
-/// The instance of an `Instance` envelope, mutable.
-fn instance_mut(o: &mut Object) -> Option<&mut Instance> {
-    match &mut o.resource {
-        Some(Resource::Instance(i)) => Some(i),
-        _ => None,
-    }
-}
-
 async fn exec_bind(
     ctx: &Context,
     object: Arc<Object>,
@@ -494,7 +484,7 @@ async fn exec_bind(
     now: SystemTime,
 ) -> Outcome {
     let mut o = (*object).clone();
-    let Some(i) = instance_mut(&mut o) else {
+    let Some(i) = o.as_instance_mut() else {
         return Outcome::Nothing;
     };
     let status = i.status.get_or_insert_with(Default::default);
@@ -544,7 +534,7 @@ async fn exec_pending(
     now: SystemTime,
 ) -> Outcome {
     let mut o = (*object).clone();
-    let Some(i) = instance_mut(&mut o) else {
+    let Some(i) = o.as_instance_mut() else {
         return Outcome::Nothing;
     };
     let status = i.status.get_or_insert_with(Default::default);
