@@ -89,3 +89,23 @@ pub(crate) fn owner_ref(owner: &Object, controller: bool) -> OwnerReference {
         controller,
     }
 }
+
+/// A Node as its agent registers it: `zone`, and a capacity of `cpu_millis` and `memory_mib`.
+pub(crate) fn node(name: &str, zone: &str, cpu_millis: u32, memory_mib: u64) -> Object {
+    hanul_proto::v1::Node {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(hanul_proto::v1::NodeSpec {
+            zone: zone.into(),
+            capacity: Some(hanul_proto::v1::Resources {
+                cpu_millis,
+                memory_mib,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+    .into()
+}

@@ -4,9 +4,7 @@ use crate::{
     runtime::ShutdownTrigger,
     testing::{TestServer, eventually},
 };
-use hanul_proto::v1::{
-    Condition, InstanceSpec, InstanceStatus, Node, NodeSpec, NodeStatus, ObjectMeta, Resources,
-};
+use hanul_proto::v1::{Condition, InstanceSpec, InstanceStatus, NodeStatus, ObjectMeta};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -40,24 +38,7 @@ fn a_lease_holds_for_the_grace_period_and_not_a_moment_longer() {
 /// `lastHeartbeatTime`) every 100 ms until the returned task is aborted.
 async fn register(client: &Client, name: &str) {
     client
-        .create(
-            Node {
-                metadata: Some(ObjectMeta {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                spec: Some(NodeSpec {
-                    zone: "az-a".into(),
-                    capacity: Some(Resources {
-                        cpu_millis: 4000,
-                        memory_mib: 4096,
-                    }),
-                    ..Default::default()
-                }),
-                status: None,
-            }
-            .into(),
-        )
+        .create(crate::testing::node(name, "az-a", 4000, 4096))
         .await
         .unwrap();
 }

@@ -8,8 +8,8 @@ use crate::{
     testing::{TestServer, eventually},
 };
 use hanul_proto::v1::{
-    Condition, Event, InstanceSpec, InstanceStatus, InstanceType, InstanceTypeSpec, NodeSpec,
-    NodeStatus, ObjectMeta, Resources,
+    Condition, Event, InstanceSpec, InstanceStatus, InstanceType, InstanceTypeSpec, NodeStatus,
+    ObjectMeta, Resources,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -75,27 +75,11 @@ impl Harness {
             cpu_millis: vcpu * 1000,
             memory_mib: mib,
         };
-        let created = self
-            .t
-            .client
-            .create(
-                Node {
-                    metadata: Some(ObjectMeta {
-                        name: name.into(),
-                        ..Default::default()
-                    }),
-                    spec: Some(NodeSpec {
-                        zone: zone.into(),
-                        capacity: Some(resources),
-                        unschedulable,
-                        ..Default::default()
-                    }),
-                    status: None,
-                }
-                .into(),
-            )
-            .await
-            .unwrap();
+        let mut node = crate::testing::node(name, zone, resources.cpu_millis, mib);
+        if let Some(Resource::Node(n)) = &mut node.resource {
+            n.spec.get_or_insert_with(Default::default).unschedulable = unschedulable;
+        }
+        let created = self.t.client.create(node).await.unwrap();
         let mut o = created;
         if let Some(Resource::Node(n)) = &mut o.resource {
             n.status = Some(NodeStatus {
