@@ -130,9 +130,22 @@ impl Registry {
         }
     }
 
-    async fn admission_context(&self, obj: &Object, also: &[String]) -> Result<admission::Context> {
+    async fn admission_context(
+        &self,
+        obj: &Object,
+        old: Option<&Object>,
+        also: &[String],
+    ) -> Result<admission::Context> {
         let mut ctx = admission::Context::default();
-        if obj.kind() == Some(Kind::Instance) {
+        // The known instance types matter only when an instance's type is chosen (admission
+        // checks it then); an update that keeps the type reads nothing.
+        let type_of = |o: &Object| {
+            o.as_instance()
+                .and_then(|i| i.spec.as_ref())
+                .map(|s| s.instance_type.clone())
+        };
+        if obj.kind() == Some(Kind::Instance) && old.is_none_or(|old| type_of(old) != type_of(obj))
+        {
             let (kvs, _) = self.store.list(&prefix(Some(Kind::InstanceType))).await?;
             ctx.instance_types = kvs
                 .iter()
@@ -151,7 +164,7 @@ impl Registry {
     /// dry run of a whole manifest creates beside the instances using them).
     async fn admit(&self, obj: &mut Object, old: Option<&Object>, also: &[String]) -> Result<()> {
         admission::default(obj);
-        let ctx = self.admission_context(obj, also).await?;
+        let ctx = self.admission_context(obj, old, also).await?;
         admission::validate(obj, old, &ctx)
     }
 
@@ -659,6 +672,54 @@ mod tests {
         let l = r.update(l, false).await.unwrap();
         assert_eq!(l.metadata().unwrap().generation, 2);
         assert!(l.resource_version() > u.resource_version());
+    }
+
+    #[tokio::test]
+    async fn an_instance_type_is_checked_only_when_an_instance_chooses_it() {
+        let r = registry().await;
+        let manifest = |ty: &str| {
+            hanul_proto::manifest::parse(
+                "t",
+                &format!(
+                    "apiVersion: hanul/v1\nkind: Instance\nmetadata: {{name: i}}\nspec: {{image: web, instanceType: {ty}}}\n"
+                ),
+            )
+            .unwrap()
+            .remove(0)
+            .object
+        };
+        let ty: Object = hanul_proto::v1::InstanceType {
+            metadata: Some(ObjectMeta {
+                name: "custom.type".into(),
+                ..Default::default()
+            }),
+            spec: Some(hanul_proto::v1::InstanceTypeSpec {
+                vcpu: 1,
+                memory_mib: 64,
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into();
+        r.create(ty, false).await.unwrap();
+        r.create(manifest("custom.type"), false).await.unwrap();
+        r.delete(Kind::InstanceType, "custom.type", 0, false)
+            .await
+            .unwrap();
+        // Keeping the (now deleted) type: admitted; choosing an unknown one: refused.
+        let mut keep = r.get(Kind::Instance, "i").await.unwrap();
+        keep.metadata_mut().labels.insert("a".into(), "b".into());
+        r.update(keep, false).await.unwrap();
+        let mut change = r.get(Kind::Instance, "i").await.unwrap();
+        change
+            .as_instance_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .instance_type = "gone.too".into();
+        let err = r.update(change, false).await.unwrap_err().to_string();
+        assert!(err.contains("unknown instance type \"gone.too\""), "{err}");
     }
 
     #[tokio::test]
