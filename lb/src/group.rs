@@ -1,0 +1,537 @@
+//! A target group at run time: its targets with their health and outstanding requests, the
+//! checks that keep the health current, target selection, and deregistration draining.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::config::{Algorithm, GroupConfig, TargetConfig};
+use crate::health::{self, Health, HealthState, Machine};
+use crate::metrics::GroupMetrics;
+
+/// How often a draining target is looked at to see whether it went idle.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// A target's health changed (or it was dropped: `to` is `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub group: String,
+    pub instance: String,
+    pub address: String,
+    pub from: Health,
+    pub to: Option<HealthState>,
+}
+
+/// One target as `status.targets[]` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetReport {
+    pub instance: String,
+    pub address: String,
+    pub state: HealthState,
+    pub last_change: SystemTime,
+}
+
+pub(crate) struct Target {
+    pub key: String,
+    pub instance: String,
+    pub address: String,
+    /// What an lb_cookie or app cookie carries to name this target.
+    pub cookie: String,
+    check_address: Mutex<String>,
+    health: AtomicU8,
+    status: Mutex<TargetStatus>,
+    pub in_flight: AtomicUsize,
+    checker: Mutex<Option<AbortHandle>>,
+}
+
+struct TargetStatus {
+    machine: Machine,
+    /// What is shown: the machine's state, or draining / unused set from outside.
+    shown: HealthState,
+    last_change: SystemTime,
+}
+
+impl Target {
+    fn new(config: &TargetConfig) -> Target {
+        let key = config.key();
+        let (shown, health) = match &config.unused {
+            Some((reason, description)) => (
+                HealthState {
+                    health: Health::Unused,
+                    reason: reason.clone(),
+                    description: description.clone(),
+                },
+                Health::Unused,
+            ),
+            None => (HealthState::initial(), Health::Initial),
+        };
+        Target {
+            cookie: cookie_of(&key),
+            key,
+            instance: config.instance.clone(),
+            address: config.address.clone(),
+            check_address: Mutex::new(config.check_address.clone()),
+            health: AtomicU8::new(health.to_u8()),
+            status: Mutex::new(TargetStatus {
+                machine: Machine::default(),
+                shown,
+                last_change: wall_clock(),
+            }),
+            in_flight: AtomicUsize::new(0),
+            checker: Mutex::new(None),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    fn report(&self) -> TargetReport {
+        let status = self.status.lock().unwrap();
+        TargetReport {
+            instance: self.instance.clone(),
+            address: self.address.clone(),
+            state: status.shown.clone(),
+            last_change: status.last_change,
+        }
+    }
+
+    /// Sets what is shown; returns the health it had when it changed.
+    fn show(&self, state: HealthState) -> Option<Health> {
+        let mut status = self.status.lock().unwrap();
+        if status.shown == state {
+            return None;
+        }
+        let from = status.shown.health;
+        if from != state.health {
+            status.last_change = wall_clock();
+        }
+        self.health.store(state.health.to_u8(), Ordering::Relaxed);
+        status.shown = state;
+        Some(from)
+    }
+
+    fn stop_checks(&self) {
+        if let Some(h) = self.checker.lock().unwrap().take() {
+            h.abort();
+        }
+    }
+}
+
+/// When a target's health changed, for `status.targets[].lastChange`.
+fn wall_clock() -> SystemTime {
+    #[allow(clippy::disallowed_methods)] // The data plane's one wall clock: health change times.
+    SystemTime::now()
+}
+
+/// A stable, short name for a target in a cookie (FNV-1a of its key).
+fn cookie_of(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub(crate) struct Group {
+    pub name: String,
+    settings: RwLock<Arc<GroupConfig>>,
+    /// Registered targets, in the order given (draining ones are not here).
+    active: RwLock<Arc<[Arc<Target>]>>,
+    draining: Mutex<Vec<Arc<Target>>>,
+    next: AtomicUsize,
+    pub metrics: GroupMetrics,
+    events: mpsc::UnboundedSender<HealthEvent>,
+}
+
+impl Group {
+    pub fn new(config: GroupConfig, events: mpsc::UnboundedSender<HealthEvent>) -> Arc<Group> {
+        let group = Arc::new(Group {
+            name: config.name.clone(),
+            settings: RwLock::new(Arc::new(GroupConfig {
+                targets: Vec::new(),
+                ..config.clone()
+            })),
+            active: RwLock::new(Arc::from(Vec::new())),
+            draining: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            metrics: GroupMetrics::default(),
+            events,
+        });
+        group.update(config);
+        group
+    }
+
+    pub fn settings(&self) -> Arc<GroupConfig> {
+        self.settings.read().unwrap().clone()
+    }
+
+    fn targets(&self) -> Arc<[Arc<Target>]> {
+        self.active.read().unwrap().clone()
+    }
+
+    /// Takes a new configuration: new targets start their checks, removed ones drain, kept ones
+    /// keep their health.
+    pub fn update(self: &Arc<Group>, config: GroupConfig) {
+        let old: HashMap<String, Arc<Target>> = self
+            .targets()
+            .iter()
+            .map(|t| (t.key.clone(), t.clone()))
+            .collect();
+        let mut kept = Vec::with_capacity(config.targets.len());
+        let mut seen = std::collections::HashSet::new();
+        for tc in &config.targets {
+            let key = tc.key();
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            match old.get(&key) {
+                Some(t) if (t.health() == Health::Unused) == tc.unused.is_some() => {
+                    *t.check_address.lock().unwrap() = tc.check_address.clone();
+                    if let Some((reason, description)) = &tc.unused {
+                        t.show(HealthState {
+                            health: Health::Unused,
+                            reason: reason.clone(),
+                            description: description.clone(),
+                        });
+                    }
+                    kept.push(t.clone());
+                }
+                _ => {
+                    let t = Arc::new(Target::new(tc));
+                    if tc.unused.is_none() {
+                        self.start_checks(&t);
+                    }
+                    kept.push(t);
+                }
+            }
+        }
+        *self.settings.write().unwrap() = Arc::new(GroupConfig {
+            targets: Vec::new(),
+            ..config
+        });
+        let gone: Vec<Arc<Target>> = old
+            .into_values()
+            .filter(|t| !kept.iter().any(|k| Arc::ptr_eq(k, t)))
+            .collect();
+        *self.active.write().unwrap() = Arc::from(kept);
+        for t in gone {
+            self.drain(t);
+        }
+        self.metrics.set_hosts(&self.targets());
+    }
+
+    /// Stops everything: the group is gone.
+    pub fn retire(&self) {
+        for t in self.targets().iter() {
+            t.stop_checks();
+        }
+        for t in self.draining.lock().unwrap().drain(..) {
+            t.stop_checks();
+        }
+    }
+
+    fn start_checks(self: &Arc<Group>, target: &Arc<Target>) {
+        let group = Arc::downgrade(self);
+        let weak = Arc::downgrade(target);
+        let handle = tokio::spawn(check_loop(group, weak)).abort_handle();
+        *target.checker.lock().unwrap() = Some(handle);
+    }
+
+    fn emit(&self, target: &Target, from: Health, to: Option<HealthState>) {
+        let _ = self.events.send(HealthEvent {
+            group: self.name.clone(),
+            instance: target.instance.clone(),
+            address: target.address.clone(),
+            from,
+            to,
+        });
+    }
+
+    /// A target leaves: no new requests; it is dropped once idle or after the delay.
+    fn drain(self: &Arc<Group>, target: Arc<Target>) {
+        target.stop_checks();
+        if target.health() == Health::Unused {
+            self.emit(&target, Health::Unused, None);
+            return;
+        }
+        let from = target.show(HealthState {
+            health: Health::Draining,
+            reason: "Target.DeregistrationInProgress".into(),
+            description: "Target deregistration is in progress".into(),
+        });
+        if let Some(from) = from {
+            self.emit(&target, from, Some(target.report().state));
+        }
+        self.draining.lock().unwrap().push(target.clone());
+        let delay = self.settings().deregistration_delay;
+        let group = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + delay;
+            while Instant::now() < deadline && target.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            if let Some(group) = group.upgrade() {
+                group
+                    .draining
+                    .lock()
+                    .unwrap()
+                    .retain(|t| !Arc::ptr_eq(t, &target));
+                group.emit(&target, Health::Draining, None);
+            }
+        });
+    }
+
+    /// Every registered and draining target, for status. An unused target whose old self is
+    /// still draining is shown once, as draining.
+    pub fn report(&self) -> Vec<TargetReport> {
+        let draining: Vec<TargetReport> = self
+            .draining
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.report())
+            .collect();
+        let mut out: Vec<TargetReport> = self
+            .targets()
+            .iter()
+            .filter(|t| {
+                t.health() != Health::Unused
+                    || t.instance.is_empty()
+                    || !draining.iter().any(|d| d.instance == t.instance)
+            })
+            .map(|t| t.report())
+            .collect();
+        out.extend(draining);
+        out
+    }
+
+    /// Picks a healthy target for a new request or connection: the one `sticky` names if it is
+    /// healthy, else by the group's algorithm, skipping `tried`.
+    pub fn pick(&self, sticky: Option<&str>, tried: &[Arc<Target>]) -> Option<Arc<Target>> {
+        let targets = self.targets();
+        let usable = |t: &&Arc<Target>| {
+            t.health() == Health::Healthy && !tried.iter().any(|x| Arc::ptr_eq(x, t))
+        };
+        if let Some(cookie) = sticky
+            && let Some(t) = targets.iter().filter(usable).find(|t| t.cookie == cookie)
+        {
+            return Some(t.clone());
+        }
+        let count = targets.iter().filter(usable).count();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let rotated = targets
+            .iter()
+            .filter(usable)
+            .cycle()
+            .skip(start)
+            .take(count);
+        let chosen = match self.settings().algorithm {
+            Algorithm::RoundRobin => rotated.take(1).next(),
+            Algorithm::LeastOutstandingRequests => {
+                rotated.min_by_key(|t| t.in_flight.load(Ordering::Relaxed))
+            }
+        };
+        chosen.cloned()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+/// Checks one target every interval until it drains or its group goes.
+async fn check_loop(group: Weak<Group>, target: Weak<Target>) {
+    loop {
+        let (Some(g), Some(t)) = (group.upgrade(), target.upgrade()) else {
+            return;
+        };
+        let config = g.settings().health_check.clone();
+        let address = t.check_address.lock().unwrap().clone();
+        drop((g, t));
+        let started = Instant::now();
+        let outcome = health::check(&address, &config).await;
+        let (Some(g), Some(t)) = (group.upgrade(), target.upgrade()) else {
+            return;
+        };
+        let changed = {
+            let mut status = t.status.lock().unwrap();
+            status.machine.observe(
+                outcome,
+                config.healthy_threshold,
+                config.unhealthy_threshold,
+            )
+        };
+        if let Some(state) = changed
+            && matches!(
+                t.health(),
+                Health::Initial | Health::Healthy | Health::Unhealthy
+            )
+            && let Some(from) = t.show(state.clone())
+        {
+            g.emit(&t, from, Some(state));
+            g.metrics.set_hosts(&g.targets());
+        }
+        drop((g, t));
+        tokio::time::sleep(config.interval.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthCheckConfig, Protocol};
+
+    fn target(address: &str) -> TargetConfig {
+        TargetConfig {
+            instance: String::new(),
+            address: address.into(),
+            check_address: address.into(),
+            unused: None,
+        }
+    }
+
+    fn group(targets: Vec<TargetConfig>, algorithm: Algorithm) -> GroupConfig {
+        GroupConfig {
+            name: "web".into(),
+            protocol: Protocol::Http,
+            targets,
+            health_check: HealthCheckConfig {
+                protocol: Protocol::Tcp,
+                interval: Duration::from_secs(3600),
+                ..HealthCheckConfig::default()
+            },
+            stickiness: None,
+            deregistration_delay: Duration::from_secs(300),
+            algorithm,
+        }
+    }
+
+    fn make_healthy(g: &Group) {
+        for t in g.targets().iter() {
+            t.show(HealthState {
+                health: Health::Healthy,
+                reason: String::new(),
+                description: String::new(),
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn round_robin_spreads_and_skips_the_unhealthy() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let g = Group::new(
+            group(
+                vec![target("a:1"), target("b:1"), target("c:1")],
+                Algorithm::RoundRobin,
+            ),
+            tx,
+        );
+        assert!(
+            g.pick(None, &[]).is_none(),
+            "initial targets get no traffic"
+        );
+        make_healthy(&g);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..300 {
+            *counts
+                .entry(g.pick(None, &[]).unwrap().address.clone())
+                .or_default() += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 3]);
+        g.targets()[1].show(HealthState {
+            health: Health::Unhealthy,
+            reason: "Target.Timeout".into(),
+            description: String::new(),
+        });
+        for _ in 0..20 {
+            assert_ne!(g.pick(None, &[]).unwrap().address, "b:1");
+        }
+        // Retries skip what was tried.
+        let a = g.targets()[0].clone();
+        let c = g.targets()[2].clone();
+        assert_eq!(
+            g.pick(None, std::slice::from_ref(&a)).unwrap().address,
+            "c:1"
+        );
+        assert!(g.pick(None, &[a, c]).is_none());
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_prefers_the_idle_target() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let g = Group::new(
+            group(
+                vec![target("a:1"), target("b:1")],
+                Algorithm::LeastOutstandingRequests,
+            ),
+            tx,
+        );
+        make_healthy(&g);
+        g.targets()[0].in_flight.store(5, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(g.pick(None, &[]).unwrap().address, "b:1");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sticky_client_keeps_its_target_until_it_fails() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let g = Group::new(
+            group(vec![target("a:1"), target("b:1")], Algorithm::RoundRobin),
+            tx,
+        );
+        make_healthy(&g);
+        let b = g.targets()[1].clone();
+        for _ in 0..10 {
+            assert_eq!(g.pick(Some(&b.cookie), &[]).unwrap().address, "b:1");
+        }
+        b.show(HealthState {
+            health: Health::Unhealthy,
+            reason: String::new(),
+            description: String::new(),
+        });
+        assert_eq!(g.pick(Some(&b.cookie), &[]).unwrap().address, "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_removed_target_drains_until_idle() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let g = Group::new(
+            group(vec![target("a:1"), target("b:1")], Algorithm::RoundRobin),
+            tx,
+        );
+        make_healthy(&g);
+        let b = g.targets()[1].clone();
+        b.in_flight.store(1, Ordering::Relaxed);
+        g.update(group(vec![target("a:1")], Algorithm::RoundRobin));
+        let report = g.report();
+        assert_eq!(report.len(), 2);
+        assert_eq!(report[1].state.health, Health::Draining);
+        for _ in 0..10 {
+            assert_eq!(g.pick(None, &[]).unwrap().address, "a:1");
+        }
+        let e = rx.recv().await.unwrap();
+        assert_eq!(
+            (e.from, e.to.map(|s| s.health)),
+            (Health::Healthy, Some(Health::Draining))
+        );
+        // In flight: still draining after a while; idle: dropped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(g.report().len(), 2);
+        b.in_flight.store(0, Ordering::Relaxed);
+        let e = rx.recv().await.unwrap();
+        assert_eq!((e.from, e.to), (Health::Draining, None));
+        assert_eq!(g.report().len(), 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! hanul's Elastic Load Balancing data plane, run by the agent of each node a load balancer is
+//! placed on.
+//!
+//! ```text
+//!   Config (from the store, via the agent) ──apply──▶ DataPlane
+//!                                                      ├─ listeners: http (hyper reverse proxy)
+//!                                                      │             tcp  (byte relay)
+//!                                                      │   rules ──▶ target group
+//!                                                      └─ groups: targets, health checks,
+//!                                                                 picking, stickiness, draining
+//!   HealthEvent ◀── health changes (the agent writes them to TargetGroup status and events)
+//! ```
+//!
+//! Modules: [`config`] (what to run, plain values), [`health`] (the check state machine and the
+//! checks), [`rules`] (listener rule matching), `group` (targets at run time), `http` and
+//! `tcp` (the proxies), `metrics`, `plane` ([`DataPlane`]).
+
+pub mod config;
+mod group;
+pub mod health;
+mod http;
+mod metrics;
+mod plane;
+pub mod rules;
+mod tcp;
+
+pub use config::Config;
+pub use group::{HealthEvent, TargetReport};
+pub use health::{Health, HealthState};
+pub use http::{APP_COOKIE, LB_COOKIE};
+pub use plane::{DataPlane, ListenerState};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The data plane's counters, named after ELB's CloudWatch metrics, kept in atomics (the hot
+//! path takes no lock) and rendered in the Prometheus text format on the agent's `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::group::Target;
+use crate::health::Health;
+
+/// Upper bounds of the target response time histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupMetrics {
+    pub requests: AtomicU64,
+    /// Responses from targets by class: 2xx, 3xx, 4xx, 5xx.
+    target_codes: [AtomicU64; 4],
+    /// Responses the load balancer made itself (no healthy target, target failed, timed out).
+    elb_502: AtomicU64,
+    elb_503: AtomicU64,
+    elb_504: AtomicU64,
+    response_time_buckets: [AtomicU64; BUCKETS.len()],
+    response_time_count: AtomicU64,
+    response_time_micros: AtomicU64,
+    healthy: AtomicU64,
+    unhealthy: AtomicU64,
+    /// TCP: connections opened to targets.
+    pub connections: AtomicU64,
+}
+
+impl GroupMetrics {
+    pub fn target_response(&self, status: u16, took: Duration) {
+        let class = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        self.target_codes[class].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.response_time_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.response_time_count.fetch_add(1, Ordering::Relaxed);
+        self.response_time_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn elb_error(&self, status: u16) {
+        match status {
+            502 => &self.elb_502,
+            503 => &self.elb_503,
+            _ => &self.elb_504,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_hosts(&self, targets: &[Arc<Target>]) {
+        let count = |h| targets.iter().filter(|t| t.health() == h).count() as u64;
+        self.healthy
+            .store(count(Health::Healthy), Ordering::Relaxed);
+        self.unhealthy
+            .store(count(Health::Unhealthy), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ListenerMetrics {
+    pub active_connections: AtomicU64,
+    pub new_connections: AtomicU64,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Appends the metrics of `groups` and `listeners` to `out`.
+pub(crate) fn render(
+    out: &mut String,
+    groups: &[(String, Arc<crate::group::Group>)],
+    listeners: &[(String, u16, Arc<ListenerMetrics>)],
+) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    header(
+        out,
+        "hanul_elb_request_count",
+        "counter",
+        "Requests a target group received.",
+    );
+    for (name, g) in groups {
+        let _ = writeln!(
+            out,
+            "hanul_elb_request_count{{target_group=\"{name}\"}} {}",
+            load(&g.metrics.requests)
+        );
+    }
+    header(
+        out,
+        "hanul_elb_target_responses",
+        "counter",
+        "Responses from targets by status class.",
+    );
+    for (name, g) in groups {
+        for (class, n) in ["2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(&g.metrics.target_codes)
+        {
+            let _ = writeln!(
+                out,
+                "hanul_elb_target_responses{{target_group=\"{name}\",code=\"{class}\"}} {}",
+                load(n)
+            );
+        }
+    }
+    header(
+        out,
+        "hanul_elb_responses",
+        "counter",
+        "Error responses the load balancer made itself.",
+    );
+    for (name, g) in groups {
+        let m = &g.metrics;
+        for (code, n) in [
+            ("502", &m.elb_502),
+            ("503", &m.elb_503),
+            ("504", &m.elb_504),
+        ] {
+            let _ = writeln!(
+                out,
+                "hanul_elb_responses{{target_group=\"{name}\",code=\"{code}\"}} {}",
+                load(n)
+            );
+        }
+    }
+    header(
+        out,
+        "hanul_elb_target_response_time_seconds",
+        "histogram",
+        "Time from sending a request to a target to its response headers.",
+    );
+    for (name, g) in groups {
+        let m = &g.metrics;
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&m.response_time_buckets) {
+            cumulative += load(n);
+            let _ = writeln!(
+                out,
+                "hanul_elb_target_response_time_seconds_bucket{{target_group=\"{name}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = load(&m.response_time_count);
+        let _ = writeln!(
+            out,
+            "hanul_elb_target_response_time_seconds_bucket{{target_group=\"{name}\",le=\"+Inf\"}} {count}\n\
+             hanul_elb_target_response_time_seconds_sum{{target_group=\"{name}\"}} {}\n\
+             hanul_elb_target_response_time_seconds_count{{target_group=\"{name}\"}} {count}",
+            load(&m.response_time_micros) as f64 / 1e6
+        );
+    }
+    header(
+        out,
+        "hanul_elb_healthy_host_count",
+        "gauge",
+        "Healthy targets.",
+    );
+    for (name, g) in groups {
+        let _ = writeln!(
+            out,
+            "hanul_elb_healthy_host_count{{target_group=\"{name}\"}} {}",
+            load(&g.metrics.healthy)
+        );
+    }
+    header(
+        out,
+        "hanul_elb_unhealthy_host_count",
+        "gauge",
+        "Unhealthy targets.",
+    );
+    for (name, g) in groups {
+        let _ = writeln!(
+            out,
+            "hanul_elb_unhealthy_host_count{{target_group=\"{name}\"}} {}",
+            load(&g.metrics.unhealthy)
+        );
+    }
+    header(
+        out,
+        "hanul_elb_active_connection_count",
+        "gauge",
+        "Open client connections of a listener.",
+    );
+    for (lb, port, m) in listeners {
+        let _ = writeln!(
+            out,
+            "hanul_elb_active_connection_count{{load_balancer=\"{lb}\",port=\"{port}\"}} {}",
+            load(&m.active_connections)
+        );
+    }
+    header(
+        out,
+        "hanul_elb_new_connection_count",
+        "counter",
+        "Client connections a listener accepted.",
+    );
+    for (lb, port, m) in listeners {
+        let _ = writeln!(
+            out,
+            "hanul_elb_new_connection_count{{load_balancer=\"{lb}\",port=\"{port}\"}} {}",
+            load(&m.new_connections)
+        );
+    }
+}
