@@ -18,6 +18,7 @@
 //! GET /{instance}/latest/meta-data/autoscaling/target-lifecycle-state
 //! GET /{instance}/latest/user-data                         404 when empty
 //! GET /v1/logs/{instance}?follow=true&tail=N               the console log (bearer token)
+//! GET /metrics                                             the node's load balancer metrics
 //! ```
 //!
 //! The metadata service needs no token, like IMDSv1: anything on the node may read it, which is
@@ -90,11 +91,15 @@ pub trait MetadataSource: Send + Sync + 'static {
 
 type ResponseBody = BoxBody<Bytes, Infallible>;
 
+/// Renders the node's metrics in the Prometheus text format (the load balancers' data plane).
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Everything a request handler needs; shared by all connections.
 struct Shared {
     source: Arc<dyn MetadataSource>,
     instances_dir: PathBuf,
     token: String,
+    metrics: MetricsFn,
     stop: watch::Receiver<bool>,
 }
 
@@ -105,6 +110,7 @@ pub async fn serve(
     source: Arc<dyn MetadataSource>,
     instances_dir: PathBuf,
     token: String,
+    metrics: MetricsFn,
     stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -114,6 +120,7 @@ pub async fn serve(
         source,
         instances_dir,
         token,
+        metrics,
         stop: stop.clone(),
     });
     let mut stopping = stop.clone();
@@ -175,6 +182,14 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ResponseBod
     debug!(path, "Endpoint request.");
     match segments.as_slice() {
         ["v1", "logs", instance] => logs(shared, &req, instance).await,
+        ["metrics"] => {
+            let mut resp = text(StatusCode::OK, (shared.metrics)());
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
         [instance, "latest", rest @ ..] => metadata(shared, instance, rest),
         _ => not_found(format!("no such path {path:?}")),
     }
@@ -608,6 +623,7 @@ mod tests {
             source.clone(),
             dir.path().to_owned(),
             TOKEN.into(),
+            Arc::new(|| "hanul_test_metric 1\n".to_owned()),
             stop_rx,
         ));
         Endpoint {

@@ -4,10 +4,12 @@
 //! Modules: [`node`] (registration and heartbeats), [`system`] (what the machine offers),
 //! [`driver`] (the process driver: sessions, cgroups, logs, re-adoption after a restart),
 //! [`instances`] (the instance loop: the EC2 lifecycle on top of the driver), [`endpoint`]
-//! (the instance metadata endpoint and the logs the server proxies).
+//! (the instance metadata endpoint, the logs the server proxies, metrics), [`elb`] (the load
+//! balancers placed on this node, on the `hanul-lb` data plane).
 //! The agent talks to the API server only through the gRPC client.
 
 pub mod driver;
+pub mod elb;
 pub mod endpoint;
 pub mod error;
 pub mod instances;
@@ -143,12 +145,32 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         },
     ));
     node::heartbeat(&client, &info, ctx.allocated()).await?;
+    let (plane, health) = hanul_lb::DataPlane::new();
+    let metrics: endpoint::MetricsFn = {
+        let plane = plane.clone();
+        Arc::new(move || {
+            let mut out = String::new();
+            plane.render_metrics(&mut out);
+            out
+        })
+    };
+    let elb = elb::run(
+        client.clone(),
+        elb::Settings {
+            node: config.name.clone(),
+            address: config.address.clone(),
+        },
+        plane,
+        health,
+        shutdown.clone(),
+    );
     info!(node = %info.name, zone = %info.zone, ?capacity, limits_enforced, "Agent ready.");
     let endpoint = endpoint::serve(
         listener,
         ctx.clone(),
         ctx.dirs.instances.clone(),
         config.token.clone(),
+        metrics,
         stop.clone(),
     );
     let heartbeats = {
@@ -164,6 +186,7 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
     tokio::join!(
         heartbeats,
         endpoint,
+        elb,
         instances::run(controller, ctx, shutdown, config.workers.max(1))
     );
     Ok(())

@@ -70,10 +70,16 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
+    // A load balancer's page shows the health of the targets behind it.
+    let target_groups = if objects.iter().any(|o| o.kind() == Some(Kind::LoadBalancer)) {
+        client.list(Some(Kind::TargetGroup), "").await?.0
+    } else {
+        Vec::new()
+    };
     let now = now_secs();
     let pages: Vec<String> = objects
         .iter()
-        .map(|o| describe(o, &events_for(o, &events), now))
+        .map(|o| describe_with(o, &events_for(o, &events), &target_groups, now))
         .collect();
     emit(&pages.join("\n\n"))?;
     Ok(if failed {
@@ -125,6 +131,78 @@ fn field_lines(out: &mut String, label: &str, values: &[String]) {
 
 /// The page for one object at `now`.
 pub fn describe(o: &Object, events: &[Object], now: i64) -> String {
+    describe_with(o, events, &[], now)
+}
+
+/// The page of a load balancer's target groups' health, one target a row.
+fn target_health(o: &Object, target_groups: &[Object]) -> Option<String> {
+    let Some(Resource::LoadBalancer(lb)) = &o.resource else {
+        return None;
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for l in lb.spec.iter().flat_map(|s| &s.listeners) {
+        let rules = l.rules.iter().map(|r| r.target_group.as_str());
+        for name in std::iter::once(l.default_target_group.as_str()).chain(rules) {
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let mut t = Table::new(&[
+        "TARGET-GROUP",
+        "TARGET",
+        "ADDRESS",
+        "HEALTH",
+        "REASON",
+        "DESCRIPTION",
+    ]);
+    for name in names {
+        let tg = target_groups.iter().find_map(|g| match &g.resource {
+            Some(Resource::TargetGroup(tg)) if g.name() == name => Some(tg),
+            _ => None,
+        });
+        let Some(tg) = tg else {
+            t.push(vec![
+                name.into(),
+                NONE.into(),
+                NONE.into(),
+                "(no such target group)".into(),
+                NONE.into(),
+                NONE.into(),
+            ]);
+            continue;
+        };
+        let targets = tg
+            .status
+            .as_ref()
+            .map(|s| s.targets.as_slice())
+            .unwrap_or_default();
+        if targets.is_empty() {
+            t.push(vec![
+                name.into(),
+                NONE.into(),
+                NONE.into(),
+                NONE.into(),
+                NONE.into(),
+                NONE.into(),
+            ]);
+        }
+        for target in targets {
+            t.push(vec![
+                name.into(),
+                or_none(&target.instance),
+                or_none(&target.address),
+                or_none(&target.health),
+                or_none(&target.reason),
+                or_none(&target.description),
+            ]);
+        }
+    }
+    Some(t.render())
+}
+
+/// [`describe`], with the target groups a load balancer's page shows the health of.
+pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], now: i64) -> String {
     let mut out = String::new();
     let meta = o.metadata().cloned().unwrap_or_default();
     field(&mut out, "Name", &meta.name);
@@ -239,6 +317,10 @@ pub fn describe(o: &Object, events: &[Object], now: i64) -> String {
             }
             _ => out.push_str(&format!("  {NONE}\n")),
         }
+    }
+    if let Some(health) = target_health(o, target_groups) {
+        out.push_str("Target Health:\n");
+        indent(&mut out, &health, 2);
     }
     if o.kind() != Some(Kind::Event) {
         out.push_str("Events:");
