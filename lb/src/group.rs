@@ -226,6 +226,19 @@ impl Group {
         self.metrics.set_hosts(&self.targets());
     }
 
+    /// The addresses of its targets, draining ones included.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.targets().iter().map(|t| t.address.clone()).collect();
+        out.extend(
+            self.draining
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|t| t.address.clone()),
+        );
+        out
+    }
+
     /// Stops everything: the group is gone.
     pub fn retire(&self) {
         for t in self.targets().iter() {
@@ -313,7 +326,12 @@ impl Group {
 
     /// Picks a healthy target for a new request or connection: the one `sticky` names if it is
     /// healthy, else by the group's algorithm, skipping `tried`.
-    pub fn pick(&self, sticky: Option<&str>, tried: &[Arc<Target>]) -> Option<Arc<Target>> {
+    pub fn pick(
+        &self,
+        settings: &GroupConfig,
+        sticky: Option<&str>,
+        tried: &[Arc<Target>],
+    ) -> Option<Arc<Target>> {
         let targets = self.targets();
         let usable = |t: &&Arc<Target>| {
             t.health() == Health::Healthy && !tried.iter().any(|x| Arc::ptr_eq(x, t))
@@ -334,7 +352,7 @@ impl Group {
             .cycle()
             .skip(start)
             .take(count);
-        let chosen = match self.settings().algorithm {
+        let chosen = match settings.algorithm {
             Algorithm::RoundRobin => rotated.take(1).next(),
             Algorithm::LeastOutstandingRequests => {
                 rotated.min_by_key(|t| t.in_flight.load(Ordering::Relaxed))
@@ -438,14 +456,14 @@ mod tests {
             tx,
         );
         assert!(
-            g.pick(None, &[]).is_none(),
+            g.pick(&g.settings(), None, &[]).is_none(),
             "initial targets get no traffic"
         );
         make_healthy(&g);
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..300 {
             *counts
-                .entry(g.pick(None, &[]).unwrap().address.clone())
+                .entry(g.pick(&g.settings(), None, &[]).unwrap().address.clone())
                 .or_default() += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 3]);
@@ -455,16 +473,18 @@ mod tests {
             description: String::new(),
         });
         for _ in 0..20 {
-            assert_ne!(g.pick(None, &[]).unwrap().address, "b:1");
+            assert_ne!(g.pick(&g.settings(), None, &[]).unwrap().address, "b:1");
         }
         // Retries skip what was tried.
         let a = g.targets()[0].clone();
         let c = g.targets()[2].clone();
         assert_eq!(
-            g.pick(None, std::slice::from_ref(&a)).unwrap().address,
+            g.pick(&g.settings(), None, std::slice::from_ref(&a))
+                .unwrap()
+                .address,
             "c:1"
         );
-        assert!(g.pick(None, &[a, c]).is_none());
+        assert!(g.pick(&g.settings(), None, &[a, c]).is_none());
     }
 
     #[tokio::test]
@@ -480,7 +500,7 @@ mod tests {
         make_healthy(&g);
         g.targets()[0].in_flight.store(5, Ordering::Relaxed);
         for _ in 0..10 {
-            assert_eq!(g.pick(None, &[]).unwrap().address, "b:1");
+            assert_eq!(g.pick(&g.settings(), None, &[]).unwrap().address, "b:1");
         }
     }
 
@@ -494,14 +514,20 @@ mod tests {
         make_healthy(&g);
         let b = g.targets()[1].clone();
         for _ in 0..10 {
-            assert_eq!(g.pick(Some(&b.cookie), &[]).unwrap().address, "b:1");
+            assert_eq!(
+                g.pick(&g.settings(), Some(&b.cookie), &[]).unwrap().address,
+                "b:1"
+            );
         }
         b.show(HealthState {
             health: Health::Unhealthy,
             reason: String::new(),
             description: String::new(),
         });
-        assert_eq!(g.pick(Some(&b.cookie), &[]).unwrap().address, "a:1");
+        assert_eq!(
+            g.pick(&g.settings(), Some(&b.cookie), &[]).unwrap().address,
+            "a:1"
+        );
     }
 
     #[tokio::test]
@@ -519,7 +545,7 @@ mod tests {
         assert_eq!(report.len(), 2);
         assert_eq!(report[1].state.health, Health::Draining);
         for _ in 0..10 {
-            assert_eq!(g.pick(None, &[]).unwrap().address, "a:1");
+            assert_eq!(g.pick(&g.settings(), None, &[]).unwrap().address, "a:1");
         }
         let e = rx.recv().await.unwrap();
         assert_eq!(

@@ -2,11 +2,13 @@
 //!
 //! Per request: the listener's rules pick an action (forward to a target group, a fixed
 //! response, a redirect); the group picks a healthy target (its sticky cookie's if that one is
-//! healthy); the request goes to the target over a keep-alive pool with hop-by-hop headers
-//! removed, `Host` kept and `X-Forwarded-For`/`-Proto`/`-Port` added. A request without a body
-//! whose target refuses the connection is tried on the next healthy target (nothing was sent
-//! yet). The load balancer answers itself with 503 when no target is healthy, 502 when the
-//! target fails, 504 when it does not answer in time.
+//! healthy); the request goes to the target over the worker's keep-alive pool with hop-by-hop
+//! headers removed, `Host` kept and `X-Forwarded-For`/`-Proto`/`-Port` added. A request is
+//! tried on another healthy target when its target refuses the connection or a pooled
+//! connection closes before taking it (nothing was sent), and, as nginx's
+//! `proxy_next_upstream error`, when it has no body and an idempotent method and its target
+//! fails before answering. The load balancer answers itself with 503 when no target is healthy,
+//! 502 when the target fails, 504 when it does not answer in time.
 //!
 //! Rules and targets are read per request from snapshots the data plane swaps, so changes apply
 //! to open connections at their next request without closing them.
@@ -26,9 +28,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
@@ -36,6 +36,7 @@ use tracing::debug;
 use crate::config::{Action, ListenerConfig, Stickiness};
 use crate::group::{Group, Target};
 use crate::metrics::ListenerMetrics;
+use crate::pool::{self, Checkin, Pool, SendError};
 use crate::rules;
 
 /// The cookie an lb_cookie group pins clients with (ELB's is AWSALB).
@@ -45,20 +46,8 @@ pub const LB_COOKIE: &str = "HANULLB";
 pub const APP_COOKIE: &str = "HANULLBAPP";
 /// How long a target gets to answer (ELB's idle timeout is 60 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub(crate) type TargetClient = Client<HttpConnector, ProxyBody>;
-
-pub(crate) fn client() -> TargetClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(1024)
-        .build(connector)
-}
+/// How many other targets a failed request without a body is tried on.
+const MAX_RETRIES: usize = 3;
 
 /// What a listener routes with; swapped whole on every change.
 #[derive(Clone)]
@@ -70,15 +59,15 @@ pub(crate) struct Routes {
 pub(crate) struct HttpListener {
     pub routes: RwLock<Arc<Routes>>,
     pub metrics: Arc<ListenerMetrics>,
-    client: TargetClient,
+    pool: Arc<Pool>,
 }
 
 impl HttpListener {
-    pub fn new(routes: Routes, metrics: Arc<ListenerMetrics>, client: TargetClient) -> Self {
+    pub fn new(routes: Routes, metrics: Arc<ListenerMetrics>, pool: Arc<Pool>) -> Self {
         HttpListener {
             routes: RwLock::new(Arc::new(routes)),
             metrics,
-            client,
+            pool,
         }
     }
 }
@@ -113,11 +102,13 @@ pub(crate) async fn serve(
                 .metrics
                 .active_connections
                 .fetch_add(1, Ordering::Relaxed);
+            let client = Arc::new(Client::new(peer));
             let service = {
                 let state = state.clone();
                 service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.handle(req, peer).await) }
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(state.handle(req, &client).await) }
                 })
             };
             if let Err(e) = http1::Builder::new()
@@ -135,8 +126,23 @@ pub(crate) async fn serve(
     }
 }
 
+/// What every request of one client connection shares.
+struct Client {
+    /// The client's IP, for X-Forwarded-For.
+    ip: HeaderValue,
+}
+
+impl Client {
+    fn new(peer: SocketAddr) -> Client {
+        Client {
+            ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 impl HttpListener {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
         let routes = self.routes.read().unwrap().clone();
         let host = req
             .headers()
@@ -157,7 +163,7 @@ impl HttpListener {
             }
         };
         match routes.groups.get(group) {
-            Some(group) => self.forward(group, req, peer, routes.config.port).await,
+            Some(group) => self.forward(group, req, client, routes.config.port).await,
             None => elb_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the target group does not exist",
@@ -169,10 +175,10 @@ impl HttpListener {
         &self,
         group: &Arc<Group>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
         port: u16,
     ) -> Response<ProxyBody> {
-        group.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        group.metrics.request();
         let settings = group.settings();
         let sticky_cookie = match &settings.stickiness {
             Some(Stickiness::LbCookie { .. }) => Some(LB_COOKIE),
@@ -182,43 +188,46 @@ impl HttpListener {
         let sticky = sticky_cookie.and_then(|name| cookie(req.headers(), name));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        forwarded_headers(&mut parts.headers, peer, port);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        // Without a body the request can be sent again to another target if the first one
-        // refuses the connection.
-        let retryable = body.is_end_stream();
-        let mut body = Some(body);
+        forwarded_headers(&mut parts.headers, &client.ip, port);
+        // The request goes to the target in origin form; Host stays the client's.
+        if parts.uri.scheme().is_some()
+            && let Some(pq) = parts.uri.path_and_query()
+            && let Ok(uri) = Uri::builder().path_and_query(pq.clone()).build()
+        {
+            parts.uri = uri;
+        }
+        // A request without a body whose method is idempotent may go to another target when
+        // its target fails before answering (a connection the target closed under it): keep
+        // its head for that, as nginx's proxy_next_upstream does.
+        let again = (body.is_end_stream() && parts.method.is_idempotent()).then(|| {
+            let mut head = Request::new(());
+            *head.method_mut() = parts.method.clone();
+            *head.uri_mut() = parts.uri.clone();
+            *head.version_mut() = parts.version;
+            *head.headers_mut() = parts.headers.clone();
+            head
+        });
+        let mut request = Request::from_parts(parts, ProxyBody::Incoming(body));
         let mut tried: Vec<Arc<Target>> = Vec::new();
         loop {
-            let Some(target) = group.pick(sticky.as_deref(), &tried) else {
+            let Some(target) = group.pick(&settings, sticky.as_deref(), &tried) else {
                 group.metrics.elb_error(503);
                 return elb_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy target");
             };
-            let Ok(uri) = format!("http://{}{path}", target.address).parse::<Uri>() else {
-                group.metrics.elb_error(502);
-                return elb_error(StatusCode::BAD_GATEWAY, "the target's address is not valid");
-            };
-            let mut out = match (retryable, body.take()) {
-                (false, Some(body)) => {
-                    let mut out = Request::new(ProxyBody::Incoming(body));
-                    *out.headers_mut() = std::mem::take(&mut parts.headers);
-                    out
-                }
-                _ => {
-                    let mut out = Request::new(ProxyBody::Empty);
-                    *out.headers_mut() = parts.headers.clone();
-                    out
-                }
-            };
-            *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
             let guard = InFlight::new(target.clone());
             let started = Instant::now();
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(out)).await {
+            let mut sender = match self.pool.checkout(&target.address).await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    // Nothing was sent: the next healthy target gets the request.
+                    debug!(target = %target.address, error = %e, "target refused; trying another");
+                    tried.push(target);
+                    continue;
+                }
+            };
+            let sent =
+                tokio::time::timeout(REQUEST_TIMEOUT, pool::send(&mut sender, request)).await;
+            match sent {
                 Ok(Ok(response)) => {
                     let (mut head, body) = response.into_parts();
                     group
@@ -231,20 +240,44 @@ impl HttpListener {
                         &target,
                         sticky.as_deref(),
                     );
+                    let mut checkin = Some(Checkin {
+                        pool: self.pool.clone(),
+                        target: target.clone(),
+                        sender,
+                    });
+                    if body.is_end_stream()
+                        && let Some(c) = checkin.take()
+                    {
+                        c.done();
+                    }
                     return Response::from_parts(
                         head,
                         ProxyBody::Tracked {
                             body,
+                            checkin,
                             _guard: guard,
                         },
                     );
                 }
-                Ok(Err(e)) if e.is_connect() && retryable => {
-                    debug!(target = %target.address, error = %e, "target refused; trying another");
+                Ok(Err(SendError {
+                    request: Some(back),
+                    error,
+                })) => {
+                    // The connection closed before taking the request: try again.
+                    debug!(target = %target.address, %error, "pooled connection closed; retrying");
+                    request = back;
                     tried.push(target);
                 }
-                Ok(Err(e)) => {
-                    debug!(target = %target.address, error = %e, "target failed");
+                Ok(Err(SendError { error, .. }))
+                    if let Some(head) = &again
+                        && tried.len() < MAX_RETRIES =>
+                {
+                    debug!(target = %target.address, %error, "target failed; trying another");
+                    request = head.clone().map(|()| ProxyBody::Full(None));
+                    tried.push(target);
+                }
+                Ok(Err(SendError { error, .. })) => {
+                    debug!(target = %target.address, %error, "target failed");
                     group.metrics.elb_error(502);
                     return elb_error(StatusCode::BAD_GATEWAY, "the target failed to answer");
                 }
@@ -278,12 +311,13 @@ impl Drop for InFlight {
 
 /// The bodies the proxy sends both ways.
 pub(crate) enum ProxyBody {
-    Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    /// A target's response; the request counts as in flight until it is dropped.
+    /// A target's response; the request counts as in flight until it is dropped, and its
+    /// connection goes back to the pool when the body ends.
     Tracked {
         body: Incoming,
+        checkin: Option<Checkin>,
         _guard: InFlight,
     },
 }
@@ -297,17 +331,22 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Incoming(body) | ProxyBody::Tracked { body, .. } => {
-                Pin::new(body).poll_frame(cx)
+            ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Tracked { body, checkin, .. } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                if (matches!(frame, Poll::Ready(None)) || body.is_end_stream())
+                    && let Some(c) = checkin.take()
+                {
+                    c.done();
+                }
+                frame
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Empty => true,
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Incoming(body) | ProxyBody::Tracked { body, .. } => body.is_end_stream(),
         }
@@ -315,7 +354,6 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -335,6 +373,13 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names spares the lookups.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -351,18 +396,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr, port: u16) {
-    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    let ip = peer.ip().to_string();
-    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {ip}"),
-        None => ip,
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+fn forwarded_headers(headers: &mut HeaderMap, ip: &HeaderValue, port: u16) {
+    let xff = match headers.get(&XFF) {
+        Some(before) => {
+            let mut v = before.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+        }
+        None => ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(XFF.clone(), v);
-    }
+    headers.insert(XFF.clone(), xff);
     headers.insert(XFP.clone(), HeaderValue::from_static("http"));
     headers.insert(XFPORT.clone(), HeaderValue::from(port));
 }
@@ -521,7 +569,7 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("web.example"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         strip_hop_by_hop(&mut h);
-        forwarded_headers(&mut h, "192.168.1.5:4000".parse().unwrap(), 8080);
+        forwarded_headers(&mut h, &HeaderValue::from_static("192.168.1.5"), 8080);
         assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h[header::HOST], "web.example");

@@ -13,7 +13,8 @@
 //!
 //! Modules: [`config`] (what to run, plain values), [`health`] (the check state machine and the
 //! checks), [`rules`] (listener rule matching), `group` (targets at run time), `http` and
-//! `tcp` (the proxies), `metrics`, `plane` ([`DataPlane`]).
+//! `tcp` (the proxies), `pool` (keep-alive connections to targets), `metrics`, `plane`
+//! ([`DataPlane`]).
 
 pub mod config;
 mod group;
@@ -21,6 +22,7 @@ pub mod health;
 mod http;
 mod metrics;
 mod plane;
+mod pool;
 pub mod rules;
 mod tcp;
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::group::Target;
@@ -14,49 +14,87 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Counters are kept in shards, one per thread (modulo), each on its own cache lines, so that
+/// the worker threads never write to the same line; reading sums them.
+const SHARDS: usize = 8;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
 #[derive(Debug, Default)]
-pub(crate) struct GroupMetrics {
-    pub requests: AtomicU64,
+#[repr(align(128))]
+struct Shard {
+    requests: AtomicU64,
     /// Responses from targets by class: 2xx, 3xx, 4xx, 5xx.
     target_codes: [AtomicU64; 4],
-    /// Responses the load balancer made itself (no healthy target, target failed, timed out).
-    elb_502: AtomicU64,
-    elb_503: AtomicU64,
-    elb_504: AtomicU64,
+    /// Responses the load balancer made itself: 502, 503, 504 (no healthy target, target
+    /// failed, timed out).
+    elb: [AtomicU64; 3],
     response_time_buckets: [AtomicU64; BUCKETS.len()],
     response_time_count: AtomicU64,
     response_time_micros: AtomicU64,
+    /// TCP: connections opened to targets.
+    connections: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupMetrics {
+    shards: [Shard; SHARDS],
     healthy: AtomicU64,
     unhealthy: AtomicU64,
-    /// TCP: connections opened to targets.
-    pub connections: AtomicU64,
 }
 
 impl GroupMetrics {
+    fn shard(&self) -> &Shard {
+        &self.shards[SHARD.with(|s| *s)]
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn request(&self) {
+        self.shard().requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection(&self) {
+        let shard = self.shard();
+        shard.requests.fetch_add(1, Ordering::Relaxed);
+        shard.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn target_response(&self, status: u16, took: Duration) {
+        let shard = self.shard();
         let class = match status {
             200..=299 => 0,
             300..=399 => 1,
             400..=499 => 2,
             _ => 3,
         };
-        self.target_codes[class].fetch_add(1, Ordering::Relaxed);
+        shard.target_codes[class].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.response_time_buckets[i].fetch_add(1, Ordering::Relaxed);
+            shard.response_time_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.response_time_count.fetch_add(1, Ordering::Relaxed);
-        self.response_time_micros
+        shard.response_time_count.fetch_add(1, Ordering::Relaxed);
+        shard
+            .response_time_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn elb_error(&self, status: u16) {
-        match status {
-            502 => &self.elb_502,
-            503 => &self.elb_503,
-            _ => &self.elb_504,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        let i = match status {
+            502 => 0,
+            503 => 1,
+            _ => 2,
+        };
+        self.shard().elb[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_hosts(&self, targets: &[Arc<Target>]) {
@@ -95,7 +133,7 @@ pub(crate) fn render(
         let _ = writeln!(
             out,
             "hanul_elb_request_count{{target_group=\"{name}\"}} {}",
-            load(&g.metrics.requests)
+            g.metrics.sum(|s| &s.requests)
         );
     }
     header(
@@ -105,14 +143,11 @@ pub(crate) fn render(
         "Responses from targets by status class.",
     );
     for (name, g) in groups {
-        for (class, n) in ["2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .zip(&g.metrics.target_codes)
-        {
+        for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             let _ = writeln!(
                 out,
                 "hanul_elb_target_responses{{target_group=\"{name}\",code=\"{class}\"}} {}",
-                load(n)
+                g.metrics.sum(|s| &s.target_codes[i])
             );
         }
     }
@@ -123,16 +158,11 @@ pub(crate) fn render(
         "Error responses the load balancer made itself.",
     );
     for (name, g) in groups {
-        let m = &g.metrics;
-        for (code, n) in [
-            ("502", &m.elb_502),
-            ("503", &m.elb_503),
-            ("504", &m.elb_504),
-        ] {
+        for (i, code) in ["502", "503", "504"].iter().enumerate() {
             let _ = writeln!(
                 out,
                 "hanul_elb_responses{{target_group=\"{name}\",code=\"{code}\"}} {}",
-                load(n)
+                g.metrics.sum(|s| &s.elb[i])
             );
         }
     }
@@ -145,20 +175,20 @@ pub(crate) fn render(
     for (name, g) in groups {
         let m = &g.metrics;
         let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&m.response_time_buckets) {
-            cumulative += load(n);
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += m.sum(|s| &s.response_time_buckets[i]);
             let _ = writeln!(
                 out,
                 "hanul_elb_target_response_time_seconds_bucket{{target_group=\"{name}\",le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count = load(&m.response_time_count);
+        let count = m.sum(|s| &s.response_time_count);
         let _ = writeln!(
             out,
             "hanul_elb_target_response_time_seconds_bucket{{target_group=\"{name}\",le=\"+Inf\"}} {count}\n\
              hanul_elb_target_response_time_seconds_sum{{target_group=\"{name}\"}} {}\n\
              hanul_elb_target_response_time_seconds_count{{target_group=\"{name}\"}} {count}",
-            load(&m.response_time_micros) as f64 / 1e6
+            m.sum(|s| &s.response_time_micros) as f64 / 1e6
         );
     }
     header(

@@ -1,5 +1,11 @@
 //! The data plane of one node: the listeners it runs and the target groups behind them, kept
 //! in step with a [`Config`] by [`DataPlane::apply`].
+//!
+//! Traffic is served by its own worker threads, one single-threaded tokio runtime each (one per
+//! core by default), as nginx's workers: every listening socket is shared by all workers (each
+//! accepts on its own handle of it), and a client connection, its requests and the pooled
+//! connections to the targets they use stay on the worker that accepted it — no hand-offs
+//! between threads on the hot path. Health checks and configuration run on the caller's runtime.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,8 +18,9 @@ use tracing::info;
 
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::group::{Group, HealthEvent, TargetReport};
-use crate::http::{self, HttpListener, Routes, TargetClient};
+use crate::http::{self, HttpListener, Routes};
 use crate::metrics::{self, ListenerMetrics};
+use crate::pool::Pool;
 use crate::tcp::{self, TcpProxy};
 
 /// Whether a listener is up, as the agent reports it in the load balancer's status.
@@ -39,8 +46,38 @@ impl std::fmt::Debug for DataPlane {
 struct Inner {
     groups: RwLock<Arc<HashMap<String, Arc<Group>>>>,
     listeners: Mutex<HashMap<(IpAddr, u16), Running>>,
-    client: TargetClient,
+    workers: Vec<Worker>,
     events: mpsc::UnboundedSender<HealthEvent>,
+}
+
+/// One traffic thread: its runtime and its own keep-alive pool to the targets.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    pool: Arc<Pool>,
+    /// Dropped with the data plane: the thread ends and its connections close.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Worker {
+    fn start(index: usize) -> io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("hanul-lb-{index}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Worker {
+            handle,
+            pool: Arc::new(Pool::default()),
+            _stop: stop,
+        })
+    }
 }
 
 struct Running {
@@ -50,18 +87,22 @@ struct Running {
     stop: watch::Sender<bool>,
 }
 
+/// A listener's state in each worker.
 enum Kind {
-    Http(Arc<HttpListener>),
-    Tcp(Arc<TcpProxy>),
+    Http(Vec<Arc<HttpListener>>),
+    Tcp(Vec<Arc<TcpProxy>>),
 }
 
 impl Kind {
     fn set_routes(&self, routes: Routes) {
-        let slot = match self {
-            Kind::Http(l) => &l.routes,
-            Kind::Tcp(l) => &l.routes,
+        let routes = Arc::new(routes);
+        let slots: Vec<&RwLock<Arc<Routes>>> = match self {
+            Kind::Http(ls) => ls.iter().map(|l| &l.routes).collect(),
+            Kind::Tcp(ls) => ls.iter().map(|l| &l.routes).collect(),
         };
-        *slot.write().unwrap() = Arc::new(routes);
+        for slot in slots {
+            *slot.write().unwrap() = routes.clone();
+        }
     }
 }
 
@@ -72,18 +113,35 @@ impl Drop for Running {
 }
 
 impl DataPlane {
-    /// A data plane with nothing to run, and the receiver of its targets' health changes.
+    /// A data plane with nothing to run and one worker thread per core, and the receiver of
+    /// its targets' health changes.
     pub fn new() -> (DataPlane, mpsc::UnboundedReceiver<HealthEvent>) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_workers(cores).expect("starting the load balancer's worker threads")
+    }
+
+    /// A data plane with `workers` traffic threads (at least one).
+    pub fn with_workers(
+        workers: usize,
+    ) -> io::Result<(DataPlane, mpsc::UnboundedReceiver<HealthEvent>)> {
         let (events, rx) = mpsc::unbounded_channel();
+        let workers = (0..workers.max(1))
+            .map(Worker::start)
+            .collect::<io::Result<Vec<_>>>()?;
         let plane = DataPlane {
             inner: Arc::new(Inner {
                 groups: RwLock::new(Arc::new(HashMap::new())),
                 listeners: Mutex::new(HashMap::new()),
-                client: http::client(),
+                workers,
                 events,
             }),
         };
-        (plane, rx)
+        Ok((plane, rx))
+    }
+
+    /// How many threads serve traffic.
+    pub fn workers(&self) -> usize {
+        self.inner.workers.len()
     }
 
     /// Runs `config`: target groups are updated in place (their targets keep their health;
@@ -114,6 +172,12 @@ impl DataPlane {
             }
             let next = Arc::new(next);
             *inner.groups.write().unwrap() = next.clone();
+            // Idle connections to targets no group has any more are closed.
+            let addresses: std::collections::HashSet<String> =
+                next.values().flat_map(|g| g.addresses()).collect();
+            for w in &inner.workers {
+                w.pool.retain(&|a| addresses.contains(a));
+            }
             next
         };
 
@@ -173,33 +237,55 @@ impl DataPlane {
     }
 
     fn start(&self, lc: &ListenerConfig, routes: Routes) -> Result<Running, String> {
-        let listener = bind(SocketAddr::new(lc.bind, lc.port)).map_err(|e| {
+        let cannot = |e: io::Error| {
             if e.kind() == io::ErrorKind::AddrInUse {
                 format!("port {} is already in use on this node", lc.port)
             } else {
                 format!("cannot listen on {}:{}: {e}", lc.bind, lc.port)
             }
-        })?;
+        };
+        let socket = bind(SocketAddr::new(lc.bind, lc.port)).map_err(cannot)?;
         let metrics = Arc::new(ListenerMetrics::default());
         let (stop, stopped) = watch::channel(false);
+        let mut http_states = Vec::new();
+        let mut tcp_states = Vec::new();
+        for worker in &self.inner.workers {
+            // Each worker accepts on its own handle of the one socket, in its own reactor.
+            let listener = {
+                let _entered = worker.handle.enter();
+                socket
+                    .try_clone()
+                    .and_then(TcpListener::from_std)
+                    .map_err(cannot)?
+            };
+            let stopped = stopped.clone();
+            match lc.protocol {
+                Protocol::Http => {
+                    let state = Arc::new(HttpListener::new(
+                        routes.clone(),
+                        metrics.clone(),
+                        worker.pool.clone(),
+                    ));
+                    worker
+                        .handle
+                        .spawn(http::serve(listener, state.clone(), stopped));
+                    http_states.push(state);
+                }
+                Protocol::Tcp => {
+                    let state = Arc::new(TcpProxy {
+                        routes: RwLock::new(Arc::new(routes.clone())),
+                        metrics: metrics.clone(),
+                    });
+                    worker
+                        .handle
+                        .spawn(tcp::serve(listener, state.clone(), stopped));
+                    tcp_states.push(state);
+                }
+            }
+        }
         let kind = match lc.protocol {
-            Protocol::Http => {
-                let state = Arc::new(HttpListener::new(
-                    routes,
-                    metrics.clone(),
-                    self.inner.client.clone(),
-                ));
-                tokio::spawn(http::serve(listener, state.clone(), stopped));
-                Kind::Http(state)
-            }
-            Protocol::Tcp => {
-                let state = Arc::new(TcpProxy {
-                    routes: RwLock::new(Arc::new(routes)),
-                    metrics: metrics.clone(),
-                });
-                tokio::spawn(tcp::serve(listener, state.clone(), stopped));
-                Kind::Tcp(state)
-            }
+            Protocol::Http => Kind::Http(http_states),
+            Protocol::Tcp => Kind::Tcp(tcp_states),
         };
         Ok(Running {
             config: lc.clone(),
@@ -240,14 +326,18 @@ impl DataPlane {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    // A restarted agent takes its ports back at once, past connections in TIME_WAIT.
+    // A restarted agent takes its ports back at once, past connections in TIME_WAIT. (Not
+    // SO_REUSEPORT: a port another process listens on must be refused, not shared.)
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    let listener = socket.listen(1024)?;
+    let listener = listener.into_std()?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }

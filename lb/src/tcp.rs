@@ -69,7 +69,7 @@ impl TcpProxy {
         };
         let mut tried: Vec<Arc<Target>> = Vec::new();
         let (mut upstream, _guard) = loop {
-            let Some(target) = group.pick(None, &tried) else {
+            let Some(target) = group.pick(&group.settings(), None, &tried) else {
                 group.metrics.elb_error(503);
                 return Ok(());
             };
@@ -80,8 +80,7 @@ impl TcpProxy {
             }
             tried.push(target);
         };
-        group.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        group.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        group.metrics.connection();
         let _ = upstream.set_nodelay(true);
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
         Ok(())
