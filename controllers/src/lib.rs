@@ -16,8 +16,12 @@
 //! - [`terminated`]: deletes terminated instances an hour after they terminated, and settles
 //!   instances never placed that are wanted stopped or terminated.
 //!
+//! - [`elb`]: places load balancers' listeners on Ready nodes per zone, checks the target
+//!   groups they name, and sums up their status.
+//!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 
+pub mod elb;
 pub mod error;
 pub mod gc;
 pub mod node_lifecycle;
@@ -76,6 +80,10 @@ pub async fn run_all(
                 Arc::new(SystemClock),
                 config.node_lifecycle,
             )),
+        ),
+        (
+            elb::CONTROLLER_NAME,
+            tokio::spawn(elb::run(client.clone(), metrics.clone(), shutdown.clone())),
         ),
         (
             terminated::CONTROLLER_NAME,
