@@ -2,8 +2,8 @@
 //! checks that keep the health current, target selection, and deregistration draining.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -11,7 +11,8 @@ use tokio::task::AbortHandle;
 
 use crate::config::{Algorithm, GroupConfig, TargetConfig};
 use crate::health::{self, Health, HealthState, Machine};
-use crate::metrics::GroupMetrics;
+use crate::metrics::{GroupMetrics, ShardedCount};
+use arc_swap::ArcSwap;
 
 /// How often a draining target is looked at to see whether it went idle.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -44,7 +45,8 @@ pub(crate) struct Target {
     check_address: Mutex<String>,
     health: AtomicU8,
     status: Mutex<TargetStatus>,
-    pub in_flight: AtomicUsize,
+    /// Requests (connections for TCP) in flight, per thread shard.
+    pub in_flight: ShardedCount,
     checker: Mutex<Option<AbortHandle>>,
 }
 
@@ -81,7 +83,7 @@ impl Target {
                 shown,
                 last_change: wall_clock(),
             }),
-            in_flight: AtomicUsize::new(0),
+            in_flight: ShardedCount::default(),
             checker: Mutex::new(None),
         }
     }
@@ -140,11 +142,12 @@ fn cookie_of(key: &str) -> String {
 
 pub(crate) struct Group {
     pub name: String,
-    settings: RwLock<Arc<GroupConfig>>,
+    settings: ArcSwap<GroupConfig>,
     /// Registered targets, in the order given (draining ones are not here).
-    active: RwLock<Arc<[Arc<Target>]>>,
+    active: ArcSwap<Vec<Arc<Target>>>,
     draining: Mutex<Vec<Arc<Target>>>,
-    next: AtomicUsize,
+    /// Round robin position, per thread shard.
+    next: ShardedCount,
     pub metrics: GroupMetrics,
     events: mpsc::UnboundedSender<HealthEvent>,
 }
@@ -153,13 +156,13 @@ impl Group {
     pub fn new(config: GroupConfig, events: mpsc::UnboundedSender<HealthEvent>) -> Arc<Group> {
         let group = Arc::new(Group {
             name: config.name.clone(),
-            settings: RwLock::new(Arc::new(GroupConfig {
+            settings: ArcSwap::from_pointee(GroupConfig {
                 targets: Vec::new(),
                 ..config.clone()
-            })),
-            active: RwLock::new(Arc::from(Vec::new())),
+            }),
+            active: ArcSwap::from_pointee(Vec::new()),
             draining: Mutex::new(Vec::new()),
-            next: AtomicUsize::new(0),
+            next: ShardedCount::default(),
             metrics: GroupMetrics::default(),
             events,
         });
@@ -168,11 +171,11 @@ impl Group {
     }
 
     pub fn settings(&self) -> Arc<GroupConfig> {
-        self.settings.read().unwrap().clone()
+        self.settings.load_full()
     }
 
-    fn targets(&self) -> Arc<[Arc<Target>]> {
-        self.active.read().unwrap().clone()
+    fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        self.active.load_full()
     }
 
     /// Takes a new configuration: new targets start their checks, removed ones drain, kept ones
@@ -211,15 +214,15 @@ impl Group {
                 }
             }
         }
-        *self.settings.write().unwrap() = Arc::new(GroupConfig {
+        self.settings.store(Arc::new(GroupConfig {
             targets: Vec::new(),
             ..config
-        });
+        }));
         let gone: Vec<Arc<Target>> = old
             .into_values()
             .filter(|t| !kept.iter().any(|k| Arc::ptr_eq(k, t)))
             .collect();
-        *self.active.write().unwrap() = Arc::from(kept);
+        self.active.store(Arc::new(kept));
         for t in gone {
             self.drain(t);
         }
@@ -286,7 +289,7 @@ impl Group {
         let group = Arc::downgrade(self);
         tokio::spawn(async move {
             let deadline = Instant::now() + delay;
-            while Instant::now() < deadline && target.in_flight.load(Ordering::Acquire) > 0 {
+            while Instant::now() < deadline && target.in_flight.sum() > 0 {
                 tokio::time::sleep(DRAIN_POLL).await;
             }
             if let Some(group) = group.upgrade() {
@@ -332,7 +335,8 @@ impl Group {
         sticky: Option<&str>,
         tried: &[Arc<Target>],
     ) -> Option<Arc<Target>> {
-        let targets = self.targets();
+        // A guard, not a clone: no write to a line the other workers read.
+        let targets = self.active.load();
         let usable = |t: &&Arc<Target>| {
             t.health() == Health::Healthy && !tried.iter().any(|x| Arc::ptr_eq(x, t))
         };
@@ -345,7 +349,7 @@ impl Group {
         if count == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let start = self.next.local().fetch_add(1, Ordering::Relaxed) % count;
         let rotated = targets
             .iter()
             .filter(usable)
@@ -354,9 +358,7 @@ impl Group {
             .take(count);
         let chosen = match settings.algorithm {
             Algorithm::RoundRobin => rotated.take(1).next(),
-            Algorithm::LeastOutstandingRequests => {
-                rotated.min_by_key(|t| t.in_flight.load(Ordering::Relaxed))
-            }
+            Algorithm::LeastOutstandingRequests => rotated.min_by_key(|t| t.in_flight.sum()),
         };
         chosen.cloned()
     }
@@ -498,7 +500,7 @@ mod tests {
             tx,
         );
         make_healthy(&g);
-        g.targets()[0].in_flight.store(5, Ordering::Relaxed);
+        g.targets()[0].in_flight.local().store(5, Ordering::Relaxed);
         for _ in 0..10 {
             assert_eq!(g.pick(&g.settings(), None, &[]).unwrap().address, "b:1");
         }
@@ -539,7 +541,7 @@ mod tests {
         );
         make_healthy(&g);
         let b = g.targets()[1].clone();
-        b.in_flight.store(1, Ordering::Relaxed);
+        b.in_flight.local().store(1, Ordering::Relaxed);
         g.update(group(vec![target("a:1")], Algorithm::RoundRobin));
         let report = g.report();
         assert_eq!(report.len(), 2);
@@ -555,7 +557,7 @@ mod tests {
         // In flight: still draining after a while; idle: dropped.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(g.report().len(), 2);
-        b.in_flight.store(0, Ordering::Relaxed);
+        b.in_flight.local().store(0, Ordering::Relaxed);
         let e = rx.recv().await.unwrap();
         assert_eq!((e.from, e.to), (Health::Draining, None));
         assert_eq!(g.report().len(), 1);

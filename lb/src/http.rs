@@ -214,14 +214,15 @@ impl HttpListener {
                 group.metrics.elb_error(503);
                 return elb_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy target");
             };
-            let guard = InFlight::new(target.clone());
+            let guard = InFlight::new(target);
+            let target = &guard.0;
             let started = Instant::now();
             let mut sender = match self.pool.checkout(&target.address).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     // Nothing was sent: the next healthy target gets the request.
                     debug!(target = %target.address, error = %e, "target refused; trying another");
-                    tried.push(target);
+                    tried.push(target.clone());
                     continue;
                 }
             };
@@ -237,25 +238,24 @@ impl HttpListener {
                     stick(
                         &mut head.headers,
                         &settings.stickiness,
-                        &target,
+                        target,
                         sticky.as_deref(),
                     );
                     let mut checkin = Some(Checkin {
                         pool: self.pool.clone(),
-                        target: target.clone(),
                         sender,
                     });
                     if body.is_end_stream()
                         && let Some(c) = checkin.take()
                     {
-                        c.done();
+                        c.done(&target.address);
                     }
                     return Response::from_parts(
                         head,
                         ProxyBody::Tracked {
                             body,
                             checkin,
-                            _guard: guard,
+                            guard,
                         },
                     );
                 }
@@ -266,7 +266,7 @@ impl HttpListener {
                     // The connection closed before taking the request: try again.
                     debug!(target = %target.address, %error, "pooled connection closed; retrying");
                     request = back;
-                    tried.push(target);
+                    tried.push(target.clone());
                 }
                 Ok(Err(SendError { error, .. }))
                     if let Some(head) = &again
@@ -274,7 +274,7 @@ impl HttpListener {
                 {
                     debug!(target = %target.address, %error, "target failed; trying another");
                     request = head.clone().map(|()| ProxyBody::Full(None));
-                    tried.push(target);
+                    tried.push(target.clone());
                 }
                 Ok(Err(SendError { error, .. })) => {
                     debug!(target = %target.address, %error, "target failed");
@@ -298,14 +298,15 @@ pub(crate) struct InFlight(Arc<Target>);
 
 impl InFlight {
     pub fn new(target: Arc<Target>) -> InFlight {
-        target.in_flight.fetch_add(1, Ordering::AcqRel);
+        target.in_flight.local().fetch_add(1, Ordering::AcqRel);
         InFlight(target)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Perhaps another thread's shard than the increment's: the sum stays right.
+        self.0.in_flight.local().fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -318,7 +319,7 @@ pub(crate) enum ProxyBody {
     Tracked {
         body: Incoming,
         checkin: Option<Checkin>,
-        _guard: InFlight,
+        guard: InFlight,
     },
 }
 
@@ -333,12 +334,16 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx),
-            ProxyBody::Tracked { body, checkin, .. } => {
+            ProxyBody::Tracked {
+                body,
+                checkin,
+                guard,
+            } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if (matches!(frame, Poll::Ready(None)) || body.is_end_stream())
                     && let Some(c) = checkin.take()
                 {
-                    c.done();
+                    c.done(&guard.0.address);
                 }
                 frame
             }

@@ -16,12 +16,39 @@ const BUCKETS: [f64; 12] = [
 
 /// Counters are kept in shards, one per thread (modulo), each on its own cache lines, so that
 /// the worker threads never write to the same line; reading sums them.
-const SHARDS: usize = 8;
+pub(crate) const SHARDS: usize = 8;
 
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// This thread's shard.
+pub(crate) fn shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+/// A counter split in shards on their own cache lines.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedCount([Padded; SHARDS]);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicUsize);
+
+impl ShardedCount {
+    /// This thread's shard, for its own increments and decrements.
+    pub fn local(&self) -> &AtomicUsize {
+        &self.0[shard()].0
+    }
+
+    /// The total (shards may be transiently negative on their own: wrapping sum).
+    pub fn sum(&self) -> usize {
+        self.0.iter().fold(0usize, |acc, p| {
+            acc.wrapping_add(p.0.load(Ordering::Acquire))
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +76,7 @@ pub(crate) struct GroupMetrics {
 
 impl GroupMetrics {
     fn shard(&self) -> &Shard {
-        &self.shards[SHARD.with(|s| *s)]
+        &self.shards[shard()]
     }
 
     fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {

@@ -16,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::group::Target;
 use crate::http::ProxyBody;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,12 +115,11 @@ pub(crate) async fn send(
 /// What checks a connection back in once its response body ends.
 pub(crate) struct Checkin {
     pub pool: Arc<Pool>,
-    pub target: Arc<Target>,
     pub sender: Sender,
 }
 
 impl Checkin {
-    pub fn done(self) {
-        self.pool.checkin(&self.target.address, self.sender);
+    pub fn done(self, address: &str) {
+        self.pool.checkin(address, self.sender);
     }
 }
