@@ -49,6 +49,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Instances reconciled at once.
     pub workers: usize,
+    /// Threads serving load balancer traffic; 0: one per core.
+    pub lb_workers: usize,
 }
 
 /// Runs the agent until `stop` turns true. The instances keep running when it returns (a new
@@ -145,7 +147,12 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         },
     ));
     node::heartbeat(&client, &info, ctx.allocated()).await?;
-    let (plane, health) = hanul_lb::DataPlane::new();
+    let (plane, health) = if config.lb_workers == 0 {
+        hanul_lb::DataPlane::new()
+    } else {
+        hanul_lb::DataPlane::with_workers(config.lb_workers)
+            .map_err(|e| Error::Config(format!("cannot start the load balancer's threads: {e}")))?
+    };
     let metrics: endpoint::MetricsFn = {
         let plane = plane.clone();
         Arc::new(move || {

@@ -6,9 +6,13 @@
 //! closed-loop durable creates at each concurrency (one acknowledged write per request), and
 //! watch delivery (one watcher, a writer at a steady rate; write started → event received).
 //! Each server is killed when its run ends, also on error, panic or Ctrl-C.
+//!
+//! `instances` measures apply → running on real agents ([`instances`]); `lb` measures hanul's
+//! application load balancer against nginx as the same reverse proxy ([`lb`]).
 
 pub mod hanul;
 pub mod instances;
+pub mod lb;
 pub mod load;
 pub mod payload;
 pub mod process;
@@ -35,6 +39,9 @@ pub enum Command {
     Store(StoreArgs),
     /// Apply → running for one and for many instances on two agents, and the agents' RSS.
     Instances(instances::InstancesArgs),
+    /// Requests/s and p99 through hanul's application load balancer against nginx, same
+    /// backends, same wrk.
+    Lb(lb::LbArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -92,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => store(args).await,
         Command::Instances(args) => instances::run(args).await,
+        Command::Lb(args) => lb::run(args).await,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Args {
     /// Instances started, stopped or terminated at once.
     #[arg(long, default_value_t = 16)]
     pub workers: usize,
+    /// Threads that serve load balancer traffic (as nginx's worker_processes); 0: one per core.
+    #[arg(long, default_value_t = 0)]
+    pub lb_workers: usize,
 }
 
 /// This machine's host name: the default node name.
@@ -86,6 +89,7 @@ impl Args {
             endpoint_port: self.endpoint_port,
             stop_grace: self.stop_grace,
             workers: self.workers,
+            lb_workers: self.lb_workers,
         })
     }
 }

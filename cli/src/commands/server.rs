@@ -109,6 +109,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             endpoint_port: 0,
             stop_grace: Duration::from_secs(10),
             workers: 16,
+            lb_workers: 0,
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
