@@ -2,7 +2,7 @@
 //! checks that keep the health current, target selection, and deregistration draining.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -146,8 +146,8 @@ pub(crate) struct Group {
     /// Registered targets, in the order given (draining ones are not here).
     active: ArcSwap<Vec<Arc<Target>>>,
     draining: Mutex<Vec<Arc<Target>>>,
-    /// Round robin position, per thread shard.
-    next: ShardedCount,
+    /// Round robin position: shared by the workers, so that the rotation is exact.
+    next: AtomicUsize,
     pub metrics: GroupMetrics,
     events: mpsc::UnboundedSender<HealthEvent>,
 }
@@ -162,7 +162,7 @@ impl Group {
             }),
             active: ArcSwap::from_pointee(Vec::new()),
             draining: Mutex::new(Vec::new()),
-            next: ShardedCount::default(),
+            next: AtomicUsize::new(0),
             metrics: GroupMetrics::default(),
             events,
         });
@@ -349,7 +349,7 @@ impl Group {
         if count == 0 {
             return None;
         }
-        let start = self.next.local().fetch_add(1, Ordering::Relaxed) % count;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
         let rotated = targets
             .iter()
             .filter(usable)

@@ -23,8 +23,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -36,8 +36,9 @@ use tracing::debug;
 use crate::config::{Action, ListenerConfig, Stickiness};
 use crate::group::{Group, Target};
 use crate::metrics::ListenerMetrics;
-use crate::pool::{self, Checkin, Pool, SendError};
+use crate::pool::Pool;
 use crate::rules;
+use crate::upstream::{self, BoxError, UpstreamBody};
 
 /// The cookie an lb_cookie group pins clients with (ELB's is AWSALB).
 pub const LB_COOKIE: &str = "HANULLB";
@@ -102,7 +103,8 @@ pub(crate) async fn serve(
                 .metrics
                 .active_connections
                 .fetch_add(1, Ordering::Relaxed);
-            let client = Arc::new(Client::new(peer));
+            let port = state.routes.read().unwrap().config.port;
+            let client = Arc::new(Client::new(peer, port));
             let service = {
                 let state = state.clone();
                 service_fn(move |req| {
@@ -130,13 +132,16 @@ pub(crate) async fn serve(
 struct Client {
     /// The client's IP, for X-Forwarded-For.
     ip: HeaderValue,
+    /// The listener's port, for X-Forwarded-Port.
+    port: HeaderValue,
 }
 
 impl Client {
-    fn new(peer: SocketAddr) -> Client {
+    fn new(peer: SocketAddr, port: u16) -> Client {
         Client {
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
+            port: HeaderValue::from(port),
         }
     }
 }
@@ -163,7 +168,7 @@ impl HttpListener {
             }
         };
         match routes.groups.get(group) {
-            Some(group) => self.forward(group, req, client, routes.config.port).await,
+            Some(group) => self.forward(group, req, client).await,
             None => elb_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the target group does not exist",
@@ -176,7 +181,6 @@ impl HttpListener {
         group: &Arc<Group>,
         req: Request<Incoming>,
         client: &Client,
-        port: u16,
     ) -> Response<ProxyBody> {
         group.metrics.request();
         let settings = group.settings();
@@ -186,28 +190,23 @@ impl HttpListener {
             None => None,
         };
         let sticky = sticky_cookie.and_then(|name| cookie(req.headers(), name));
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        forwarded_headers(&mut parts.headers, &client.ip, port);
-        // The request goes to the target in origin form; Host stays the client's.
-        if parts.uri.scheme().is_some()
-            && let Some(pq) = parts.uri.path_and_query()
-            && let Ok(uri) = Uri::builder().path_and_query(pq.clone()).build()
-        {
-            parts.uri = uri;
-        }
-        // A request without a body whose method is idempotent may go to another target when
-        // its target fails before answering (a connection the target closed under it): keep
-        // its head for that, as nginx's proxy_next_upstream does.
-        let again = (body.is_end_stream() && parts.method.is_idempotent()).then(|| {
-            let mut head = Request::new(());
-            *head.method_mut() = parts.method.clone();
-            *head.uri_mut() = parts.uri.clone();
-            *head.version_mut() = parts.version;
-            *head.headers_mut() = parts.headers.clone();
-            head
-        });
-        let mut request = Request::from_parts(parts, ProxyBody::Incoming(body));
+        let (parts, body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        // Encoded once: the same bytes go to whichever target takes the request.
+        let mut head = Vec::with_capacity(512);
+        upstream::encode_head(
+            &parts,
+            has_body,
+            &upstream::Forwarded {
+                ip: &client.ip,
+                port: &client.port,
+            },
+            &mut head,
+        );
+        // Without a body and with an idempotent method a request may be sent again when its
+        // target fails before answering, as nginx's `proxy_next_upstream error`.
+        let resend = !has_body && parts.method.is_idempotent();
+        let mut body = has_body.then_some(body);
         let mut tried: Vec<Arc<Target>> = Vec::new();
         loop {
             let Some(target) = group.pick(&settings, sticky.as_deref(), &tried) else {
@@ -217,8 +216,8 @@ impl HttpListener {
             let guard = InFlight::new(target);
             let target = &guard.0;
             let started = Instant::now();
-            let mut sender = match self.pool.checkout(&target.address).await {
-                Ok(sender) => sender,
+            let mut conn = match self.pool.checkout(&target.address).await {
+                Ok(conn) => conn,
                 Err(e) => {
                     // Nothing was sent: the next healthy target gets the request.
                     debug!(target = %target.address, error = %e, "target refused; trying another");
@@ -226,58 +225,29 @@ impl HttpListener {
                     continue;
                 }
             };
-            let sent =
-                tokio::time::timeout(REQUEST_TIMEOUT, pool::send(&mut sender, request)).await;
-            match sent {
-                Ok(Ok(response)) => {
-                    let (mut head, body) = response.into_parts();
+            let exchange = upstream::exchange(&mut conn, &head, body.take(), &parts.method);
+            match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+                Ok(Ok(upstream::Answer { mut head, plan })) => {
                     group
                         .metrics
                         .target_response(head.status.as_u16(), started.elapsed());
-                    strip_hop_by_hop(&mut head.headers);
                     stick(
                         &mut head.headers,
                         &settings.stickiness,
                         target,
                         sticky.as_deref(),
                     );
-                    let mut checkin = Some(Checkin {
-                        pool: self.pool.clone(),
-                        sender,
-                    });
-                    if body.is_end_stream()
-                        && let Some(c) = checkin.take()
-                    {
-                        c.done(&target.address);
-                    }
-                    return Response::from_parts(
-                        head,
-                        ProxyBody::Tracked {
-                            body,
-                            checkin,
-                            guard,
-                        },
-                    );
+                    let body = UpstreamBody::new(conn, plan, self.pool.clone(), guard);
+                    return Response::from_parts(head, ProxyBody::Upstream(body));
                 }
-                Ok(Err(SendError {
-                    request: Some(back),
-                    error,
-                })) => {
-                    // The connection closed before taking the request: try again.
-                    debug!(target = %target.address, %error, "pooled connection closed; retrying");
-                    request = back;
-                    tried.push(target.clone());
-                }
-                Ok(Err(SendError { error, .. }))
-                    if let Some(head) = &again
-                        && tried.len() < MAX_RETRIES =>
+                Ok(Err(e))
+                    if (resend || (e.unanswered && !has_body)) && tried.len() < MAX_RETRIES =>
                 {
-                    debug!(target = %target.address, %error, "target failed; trying another");
-                    request = head.clone().map(|()| ProxyBody::Full(None));
+                    debug!(target = %target.address, error = %e.error, "target failed; trying another");
                     tried.push(target.clone());
                 }
-                Ok(Err(SendError { error, .. })) => {
-                    debug!(target = %target.address, %error, "target failed");
+                Ok(Err(e)) => {
+                    debug!(target = %target.address, error = %e.error, "target failed");
                     group.metrics.elb_error(502);
                     return elb_error(StatusCode::BAD_GATEWAY, "the target failed to answer");
                 }
@@ -294,7 +264,7 @@ impl HttpListener {
 }
 
 /// Counts a request against its target until the response body is done.
-pub(crate) struct InFlight(Arc<Target>);
+pub(crate) struct InFlight(pub(crate) Arc<Target>);
 
 impl InFlight {
     pub fn new(target: Arc<Target>) -> InFlight {
@@ -312,48 +282,30 @@ impl Drop for InFlight {
 
 /// The bodies the proxy sends both ways.
 pub(crate) enum ProxyBody {
+    /// The load balancer's own answers.
     Full(Option<Bytes>),
-    Incoming(Incoming),
-    /// A target's response; the request counts as in flight until it is dropped, and its
-    /// connection goes back to the pool when the body ends.
-    Tracked {
-        body: Incoming,
-        checkin: Option<Checkin>,
-        guard: InFlight,
-    },
+    /// A target's response.
+    Upstream(UpstreamBody),
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx),
-            ProxyBody::Tracked {
-                body,
-                checkin,
-                guard,
-            } => {
-                let frame = Pin::new(&mut *body).poll_frame(cx);
-                if (matches!(frame, Poll::Ready(None)) || body.is_end_stream())
-                    && let Some(c) = checkin.take()
-                {
-                    c.done(&guard.0.address);
-                }
-                frame
-            }
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Incoming(body) | ProxyBody::Tracked { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
         }
     }
 
@@ -362,62 +314,9 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ProxyBody::Incoming(body) | ProxyBody::Tracked { body, .. } => body.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
         }
     }
-}
-
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names spares the lookups.
-    if !headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
-    {
-        return;
-    }
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-
-fn forwarded_headers(headers: &mut HeaderMap, ip: &HeaderValue, port: u16) {
-    let xff = match headers.get(&XFF) {
-        Some(before) => {
-            let mut v = before.as_bytes().to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
-        }
-        None => ip.clone(),
-    };
-    headers.insert(XFF.clone(), xff);
-    headers.insert(XFP.clone(), HeaderValue::from_static("http"));
-    headers.insert(XFPORT.clone(), HeaderValue::from(port));
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -560,26 +459,5 @@ mod tests {
         assert_eq!(cookie(&h, LB_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "b").as_deref(), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_and_forwarded_ones_come() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::HOST, HeaderValue::from_static("web.example"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        strip_hop_by_hop(&mut h);
-        forwarded_headers(&mut h, &HeaderValue::from_static("192.168.1.5"), 8080);
-        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
-        assert!(h.get(header::CONNECTION).is_none());
-        assert_eq!(h[header::HOST], "web.example");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.168.1.5");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-port"], "8080");
     }
 }

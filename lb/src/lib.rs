@@ -13,7 +13,8 @@
 //!
 //! Modules: [`config`] (what to run, plain values), [`health`] (the check state machine and the
 //! checks), [`rules`] (listener rule matching), `group` (targets at run time), `http` and
-//! `tcp` (the proxies), `pool` (keep-alive connections to targets), `metrics`, `plane`
+//! `tcp` (the proxies), `upstream` (the proxy's HTTP/1.1 client side),
+//! `pool` (keep-alive connections to targets), `metrics`, `plane`
 //! ([`DataPlane`]).
 
 pub mod config;
@@ -25,6 +26,7 @@ mod plane;
 mod pool;
 pub mod rules;
 mod tcp;
+mod upstream;
 
 pub use config::Config;
 pub use group::{HealthEvent, TargetReport};

@@ -25,9 +25,11 @@ struct Lab {
 }
 
 impl Lab {
-    fn start() -> Lab {
+    /// `tag` makes the node's name unique among the tests of this process: an agent's
+    /// leftovers are found (and killed) by node name.
+    fn start(tag: &str) -> Lab {
         let server = ServerProcess::start_in(tempfile::tempdir().unwrap(), &[]).unwrap();
-        let node = format!("n{}-elb", std::process::id());
+        let node = format!("n{}-{tag}", std::process::id());
         let agent = AgentProcess::start(&server, &node, "az-a", 4, 4096).unwrap();
         let lab = Lab {
             server,
@@ -250,7 +252,7 @@ fn ip_group(name: &str, backends: &[&Backend], extra: &str) -> String {
 
 #[test]
 fn an_application_load_balancer_spreads_fails_over_and_sticks() {
-    let lab = Lab::start();
+    let lab = Lab::start("alb");
     let mut backends: Vec<Backend> = ["b1", "b2", "b3"]
         .iter()
         .map(|n| Backend::start(n))
@@ -386,7 +388,7 @@ spec: {vcpu: 1, memoryMib: 256}
 
 #[test]
 fn instance_targets_route_by_rules_and_drain_without_failed_requests() {
-    let lab = Lab::start();
+    let lab = Lab::start("inst");
     lab.apply("web.yaml", WEB);
     let port = free_port();
     let instance = |name: &str| {
@@ -502,7 +504,7 @@ fn instance_targets_route_by_rules_and_drain_without_failed_requests() {
 
 #[test]
 fn a_network_load_balancer_relays_tcp_and_bad_listeners_are_reported() {
-    let lab = Lab::start();
+    let lab = Lab::start("nlb");
     // An upper-casing echo server in this process.
     let echo = TcpListener::bind("127.0.0.1:0").unwrap();
     let echo_port = echo.local_addr().unwrap().port();
