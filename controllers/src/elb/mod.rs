@@ -8,7 +8,9 @@
 //!  TargetGroup ──┘                            runs the listeners (see the agent's elb module)
 //! ```
 //!
-//! Placement is sticky: a node keeps its load balancers while it is Ready. A new placement
+//! Placement is sticky: a node keeps its load balancers while it is Ready (if two were placed
+//! on one node with one port at once, from caches that had not seen each other, the older
+//! keeps it and the younger moves). A new placement
 //! prefers schedulable nodes, skips nodes where another load balancer holds one of the listener
 //! ports, and then takes the node with the fewest load balancers. The controller writes which
 //! nodes; each node's agent writes whether its listeners are up; the overall state is `failed`
@@ -57,10 +59,24 @@ pub fn plan(
     let ports: Vec<u32> = spec.listeners.iter().map(|l| l.port).collect();
     let ready = |n: &str| nodes.iter().find(|v| v.name == n && v.ready);
 
-    // Where other load balancers hold ports, and how many each node runs.
+    // Where other load balancers hold ports, and how many each node runs. Two placed on one
+    // node with one port (placed at once, from caches that did not show each other yet): the
+    // older one keeps the node, the younger moves.
+    let age = |o: &LoadBalancer, name: &str| {
+        let created = o
+            .metadata
+            .as_ref()
+            .and_then(|m| m.created_at.as_ref())
+            .map(|t| (t.seconds, t.nanos))
+            .unwrap_or((i64::MAX, 0));
+        (created, name.to_owned())
+    };
+    let me = age(lb, name);
     let mut taken: HashMap<(&str, u32), &str> = HashMap::new();
+    let mut held_by_older: HashMap<(&str, u32), &str> = HashMap::new();
     let mut load: HashMap<&str, usize> = HashMap::new();
     for (other, o) in others {
+        let older = age(o, other) < me;
         let other_ports: Vec<u32> = o
             .spec
             .iter()
@@ -71,11 +87,19 @@ pub fn plan(
             *load.entry(n.node.as_str()).or_default() += 1;
             for p in &other_ports {
                 taken.insert((n.node.as_str(), *p), other);
+                if older {
+                    held_by_older.insert((n.node.as_str(), *p), other);
+                }
             }
         }
     }
 
-    let mut zones = spec.zones.clone();
+    let mut zones: Vec<String> = Vec::new();
+    for z in &spec.zones {
+        if !zones.contains(z) {
+            zones.push(z.clone());
+        }
+    }
     if zones.is_empty() {
         // One zone: the one it is in while its node is Ready, else the first Ready node's.
         let kept = old
@@ -94,10 +118,15 @@ pub fn plan(
     let mut waiting = Vec::new();
     let mut failure: Option<String> = None;
     for zone in &zones {
+        let clashes = |node: &str| {
+            ports
+                .iter()
+                .any(|p| held_by_older.contains_key(&(node, *p)))
+        };
         if let Some(e) = old
             .nodes
             .iter()
-            .find(|e| &e.zone == zone && ready(&e.node).is_some())
+            .find(|e| &e.zone == zone && ready(&e.node).is_some() && !clashes(&e.node))
         {
             let mut e = e.clone();
             if let Some(n) = ready(&e.node) {

@@ -165,6 +165,32 @@ fn ports_taken_by_other_load_balancers_are_avoided() {
 }
 
 #[test]
+fn of_two_placed_on_one_port_at_once_the_younger_moves_and_zones_count_once() {
+    let nodes = [node("n1", "az-a", true), node("n2", "az-a", true)];
+    let g = groups(&[("web", "HTTP"), ("api", "HTTP")]);
+    let created = |b: &mut LoadBalancer, seconds| {
+        b.metadata.as_mut().unwrap().created_at =
+            Some(pbjson_types::Timestamp { seconds, nanos: 0 });
+    };
+    // Both were placed on n1 with port 80 from caches that did not show each other.
+    let mut older = lb(&["az-a"], &[(80, "api")]);
+    created(&mut older, 100);
+    older.status = Some(plan("api", &older, &nodes, &[], &g));
+    let mut younger = lb(&["az-a", "az-a"], &[(80, "web")]);
+    created(&mut younger, 200);
+    younger.status = Some(plan("web", &younger, &nodes, &[], &g));
+    assert_eq!(
+        placed(younger.status.as_ref().unwrap()),
+        [("n1", "az-a")],
+        "one entry per zone"
+    );
+    let s = plan("web", &younger, &nodes, &[("api", &older)], &g);
+    assert_eq!(placed(&s), [("n2", "az-a")]);
+    let s = plan("api", &older, &nodes, &[("web", &younger)], &g);
+    assert_eq!(placed(&s), [("n1", "az-a")]);
+}
+
+#[test]
 fn unknown_or_mismatched_target_groups_fail_with_the_listener() {
     let nodes = [node("n1", "az-a", true)];
     let mut b = lb(&[], &[(80, "web"), (81, "tcp")]);
