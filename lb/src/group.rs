@@ -174,6 +174,12 @@ impl Group {
         self.settings.load_full()
     }
 
+    /// What a request needs of the settings, read without touching the shared reference count.
+    pub fn request_settings(&self) -> (Option<crate::config::Stickiness>, Algorithm) {
+        let settings = self.settings.load();
+        (settings.stickiness.clone(), settings.algorithm)
+    }
+
     fn targets(&self) -> Arc<Vec<Arc<Target>>> {
         self.active.load_full()
     }
@@ -331,7 +337,7 @@ impl Group {
     /// healthy, else by the group's algorithm, skipping `tried`.
     pub fn pick(
         &self,
-        settings: &GroupConfig,
+        algorithm: Algorithm,
         sticky: Option<&str>,
         tried: &[Arc<Target>],
     ) -> Option<Arc<Target>> {
@@ -356,7 +362,7 @@ impl Group {
             .cycle()
             .skip(start)
             .take(count);
-        let chosen = match settings.algorithm {
+        let chosen = match algorithm {
             Algorithm::RoundRobin => rotated.take(1).next(),
             Algorithm::LeastOutstandingRequests => rotated.min_by_key(|t| t.in_flight.sum()),
         };
@@ -458,14 +464,19 @@ mod tests {
             tx,
         );
         assert!(
-            g.pick(&g.settings(), None, &[]).is_none(),
+            g.pick(g.settings().algorithm, None, &[]).is_none(),
             "initial targets get no traffic"
         );
         make_healthy(&g);
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..300 {
             *counts
-                .entry(g.pick(&g.settings(), None, &[]).unwrap().address.clone())
+                .entry(
+                    g.pick(g.settings().algorithm, None, &[])
+                        .unwrap()
+                        .address
+                        .clone(),
+                )
                 .or_default() += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100; 3]);
@@ -475,18 +486,21 @@ mod tests {
             description: String::new(),
         });
         for _ in 0..20 {
-            assert_ne!(g.pick(&g.settings(), None, &[]).unwrap().address, "b:1");
+            assert_ne!(
+                g.pick(g.settings().algorithm, None, &[]).unwrap().address,
+                "b:1"
+            );
         }
         // Retries skip what was tried.
         let a = g.targets()[0].clone();
         let c = g.targets()[2].clone();
         assert_eq!(
-            g.pick(&g.settings(), None, std::slice::from_ref(&a))
+            g.pick(g.settings().algorithm, None, std::slice::from_ref(&a))
                 .unwrap()
                 .address,
             "c:1"
         );
-        assert!(g.pick(&g.settings(), None, &[a, c]).is_none());
+        assert!(g.pick(g.settings().algorithm, None, &[a, c]).is_none());
     }
 
     #[tokio::test]
@@ -502,7 +516,10 @@ mod tests {
         make_healthy(&g);
         g.targets()[0].in_flight.local().store(5, Ordering::Relaxed);
         for _ in 0..10 {
-            assert_eq!(g.pick(&g.settings(), None, &[]).unwrap().address, "b:1");
+            assert_eq!(
+                g.pick(g.settings().algorithm, None, &[]).unwrap().address,
+                "b:1"
+            );
         }
     }
 
@@ -517,7 +534,9 @@ mod tests {
         let b = g.targets()[1].clone();
         for _ in 0..10 {
             assert_eq!(
-                g.pick(&g.settings(), Some(&b.cookie), &[]).unwrap().address,
+                g.pick(g.settings().algorithm, Some(&b.cookie), &[])
+                    .unwrap()
+                    .address,
                 "b:1"
             );
         }
@@ -527,7 +546,9 @@ mod tests {
             description: String::new(),
         });
         assert_eq!(
-            g.pick(&g.settings(), Some(&b.cookie), &[]).unwrap().address,
+            g.pick(g.settings().algorithm, Some(&b.cookie), &[])
+                .unwrap()
+                .address,
             "a:1"
         );
     }
@@ -547,7 +568,10 @@ mod tests {
         assert_eq!(report.len(), 2);
         assert_eq!(report[1].state.health, Health::Draining);
         for _ in 0..10 {
-            assert_eq!(g.pick(&g.settings(), None, &[]).unwrap().address, "a:1");
+            assert_eq!(
+                g.pick(g.settings().algorithm, None, &[]).unwrap().address,
+                "a:1"
+            );
         }
         let e = rx.recv().await.unwrap();
         assert_eq!(

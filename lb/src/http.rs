@@ -183,8 +183,8 @@ impl HttpListener {
         client: &Client,
     ) -> Response<ProxyBody> {
         group.metrics.request();
-        let settings = group.settings();
-        let sticky_cookie = match &settings.stickiness {
+        let (stickiness, algorithm) = group.request_settings();
+        let sticky_cookie = match &stickiness {
             Some(Stickiness::LbCookie { .. }) => Some(LB_COOKIE),
             Some(Stickiness::AppCookie { .. }) => Some(APP_COOKIE),
             None => None,
@@ -209,7 +209,7 @@ impl HttpListener {
         let mut body = has_body.then_some(body);
         let mut tried: Vec<Arc<Target>> = Vec::new();
         loop {
-            let Some(target) = group.pick(&settings, sticky.as_deref(), &tried) else {
+            let Some(target) = group.pick(algorithm, sticky.as_deref(), &tried) else {
                 group.metrics.elb_error(503);
                 return elb_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy target");
             };
@@ -231,12 +231,7 @@ impl HttpListener {
                     group
                         .metrics
                         .target_response(head.status.as_u16(), started.elapsed());
-                    stick(
-                        &mut head.headers,
-                        &settings.stickiness,
-                        target,
-                        sticky.as_deref(),
-                    );
+                    stick(&mut head.headers, &stickiness, target, sticky.as_deref());
                     let body = UpstreamBody::new(conn, plan, self.pool.clone(), guard);
                     return Response::from_parts(head, ProxyBody::Upstream(body));
                 }

@@ -69,7 +69,7 @@ impl TcpProxy {
         };
         let mut tried: Vec<Arc<Target>> = Vec::new();
         let (mut upstream, _guard) = loop {
-            let Some(target) = group.pick(&group.settings(), None, &tried) else {
+            let Some(target) = group.pick(group.request_settings().1, None, &tried) else {
                 group.metrics.elb_error(503);
                 return Ok(());
             };
