@@ -9,7 +9,9 @@
 //!                    by name, of the nodes running a load balancer that routes to it)
 //! ```
 //!
-//! The loop is level-triggered: every change of a watched object, every health change and a
+//! Until a load balancer is placed on this node only load balancers are watched (an agent
+//! without any keeps no cache of target groups, instances and nodes). The loop is
+//! level-triggered: every change of a watched object, every health change and a
 //! periodic tick recompute the whole configuration; `apply` keeps what did not change (open
 //! connections, target health) and retries listeners that could not bind.
 
@@ -54,21 +56,12 @@ pub async fn run(
     mut health: mpsc::UnboundedReceiver<HealthEvent>,
     shutdown: Shutdown,
 ) {
-    let caches: Vec<Cache> = [
-        Kind::LoadBalancer,
-        Kind::TargetGroup,
-        Kind::Instance,
-        Kind::Node,
-    ]
-    .into_iter()
-    .map(|kind| {
+    // Only load balancers are watched until one is placed here: a node without any pays
+    // nothing for the other kinds.
+    let changed = Arc::new(Notify::new());
+    let start = |kind| {
         let cache = Cache::new(Some(kind));
         cache.start(&client, shutdown.clone());
-        cache
-    })
-    .collect();
-    let changed = Arc::new(Notify::new());
-    for cache in &caches {
         let mut events = cache.subscribe();
         let changed = changed.clone();
         tokio::spawn(async move {
@@ -80,6 +73,30 @@ pub async fn run(
                 changed.notify_one();
             }
         });
+        cache
+    };
+    let load_balancers = start(Kind::LoadBalancer);
+    load_balancers.wait_synced().await;
+    loop {
+        let here = load_balancers.list().iter().any(|o| match &o.resource {
+            Some(Resource::LoadBalancer(lb)) => lb
+                .status
+                .iter()
+                .flat_map(|s| &s.nodes)
+                .any(|n| n.node == settings.node),
+            _ => false,
+        });
+        if here {
+            break;
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+    let mut caches = vec![load_balancers];
+    for kind in [Kind::TargetGroup, Kind::Instance, Kind::Node] {
+        caches.push(start(kind));
     }
     for cache in &caches {
         cache.wait_synced().await;
