@@ -278,8 +278,8 @@ impl Group {
     /// A target leaves: no new requests; it is dropped once idle or after the delay.
     fn drain(self: &Arc<Group>, target: Arc<Target>) {
         target.stop_checks();
+        // A target that never took traffic (its instance not running) just goes: no event.
         if target.health() == Health::Unused {
-            self.emit(&target, Health::Unused, None);
             return;
         }
         let from = target.show(HealthState {
