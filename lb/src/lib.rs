@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   Config (from the store, via the agent) ──apply──▶ DataPlane
-//!                                                      ├─ listeners: http (hyper reverse proxy)
+//!                                                      ├─ listeners: http (HTTP/1.1 reverse proxy)
 //!                                                      │             tcp  (byte relay)
 //!                                                      │   rules ──▶ target group
 //!                                                      └─ groups: targets, health checks,
@@ -13,7 +13,7 @@
 //!
 //! Modules: [`config`] (what to run, plain values), [`health`] (the check state machine and the
 //! checks), [`rules`] (listener rule matching), `group` (targets at run time), `http` and
-//! `tcp` (the proxies), `upstream` (the proxy's HTTP/1.1 client side),
+//! `tcp` (the proxies), `wire` (HTTP/1.1 heads and bodies), `upstream` (connections and heads to targets),
 //! `pool` (keep-alive connections to targets), `metrics`, `plane`
 //! ([`DataPlane`]).
 
@@ -27,6 +27,7 @@ mod pool;
 pub mod rules;
 mod tcp;
 mod upstream;
+mod wire;
 
 pub use config::Config;
 pub use group::{HealthEvent, TargetReport};

@@ -516,3 +516,117 @@ async fn a_port_in_use_is_reported_and_retried() {
     let (status, _, _) = get(&http_client(), port, "/", &[]).await;
     assert_eq!(status, 200);
 }
+
+/// A backend written against the wire, answering with each kind of framing: chunked, by
+/// length (echoing the request body, whatever its framing), and to the end of the connection.
+async fn framing_backend() -> (u16, tokio::task::JoinHandle<()>) {
+    use crate::wire::{BodyReader, read_request};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                while let Ok(Some(req)) = read_request(&mut s, &mut buf).await {
+                    let mut body = Vec::new();
+                    let mut reader = BodyReader {
+                        framing: req.framing(),
+                    };
+                    while let Ok(Some(d)) = reader.next(&mut s, &mut buf).await {
+                        body.extend_from_slice(&d);
+                    }
+                    let reply: Vec<u8> = match req.path() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n".to_vec(),
+                        "/close" => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end".to_vec(),
+                        _ => {
+                            let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                            r.extend_from_slice(&body);
+                            r
+                        }
+                    };
+                    if s.write_all(&reply).await.is_err() || req.path() == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn bodies_are_relayed_by_their_framing_both_ways() {
+    let (backend_port, task) = framing_backend().await;
+    let (plane, _events) = DataPlane::new();
+    let port = free_port();
+    let mut g = group("web", &[]);
+    g.health_check.protocol = Protocol::Tcp;
+    g.targets = vec![target(backend_port)];
+    plane.apply(Config {
+        listeners: vec![listener(port, "web", Protocol::Http)],
+        groups: vec![g],
+    });
+    wait_healthy(&plane, "web", 1).await;
+    let client = http_client();
+    let (status, body, _) = get(&client, port, "/chunked", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "hello, world"));
+    let (status, body, _) = get(&client, port, "/close", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "until the end"));
+    // A body by length, and a streamed (chunked) one, echoed.
+    let full_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+    let resp = full_client
+        .request(
+            hyper::Request::post(format!("http://127.0.0.1:{port}/echo"))
+                .body(Full::new(Bytes::from_static(b"by length")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&echoed[..], b"by length");
+    let stream_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::StreamBody<
+            futures::stream::Iter<
+                std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>,
+            >,
+        >>();
+    let frames = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"in "))),
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"chunks"))),
+    ];
+    let resp = stream_client
+        .request(
+            hyper::Request::post(format!("http://127.0.0.1:{port}/echo"))
+                .body(http_body_util::StreamBody::new(futures::stream::iter(
+                    frames,
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&echoed[..], b"in chunks");
+    // HEAD: the head only.
+    let resp = client
+        .request(
+            hyper::Request::head(format!("http://127.0.0.1:{port}/chunked"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    task.abort();
+}
