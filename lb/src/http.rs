@@ -443,7 +443,8 @@ fn write_response_head(
         .unwrap_or("");
     out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", resp.status).as_bytes());
     for (name, value) in resp.headers() {
-        if resp.meta.hop(name) {
+        // A re-chunked body carries no length of its own.
+        if resp.meta.hop(name) || (rechunk && name.eq_ignore_ascii_case(b"content-length")) {
             continue;
         }
         out.extend_from_slice(name);
@@ -619,6 +620,17 @@ mod tests {
         }
         assert!(text.ends_with("\r\n\r\n"));
         assert_eq!(req.path(), "/a");
+        // Chunked wins over a length, which is not sent along.
+        let both = head_of(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await;
+        let text = String::from_utf8(upstream::encode_head(&both, "10.0.0.9", 80, false)).unwrap();
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("content-length"),
+            "{text}"
+        );
         assert_eq!(req.query(), Some("b=1"));
     }
 }

@@ -44,7 +44,10 @@ pub(crate) fn encode_head(req: &RequestHead, ip: &str, port: u16, drop_expect: b
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff = false;
     for (name, value) in req.headers() {
+        // With chunked framing a Content-Length is not sent along (RFC 9112 6.3: chunked
+        // wins; both would let the target read the body differently from the proxy).
         if req.meta.hop(name)
+            || (req.meta.chunked && name.eq_ignore_ascii_case(b"content-length"))
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
             || (drop_expect && name.eq_ignore_ascii_case(b"expect"))
