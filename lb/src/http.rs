@@ -21,6 +21,8 @@
 //! to open connections at their next request without closing them.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -28,13 +30,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::config::{Action, ListenerConfig, Stickiness};
 use crate::group::{Group, Target};
-use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
 use crate::rules;
 use crate::upstream::{self, Conn};
@@ -61,58 +61,34 @@ pub(crate) struct Routes {
 
 pub(crate) struct HttpListener {
     pub routes: RwLock<Arc<Routes>>,
-    pub metrics: Arc<ListenerMetrics>,
     pool: Arc<Pool>,
 }
 
 impl HttpListener {
-    pub fn new(routes: Routes, metrics: Arc<ListenerMetrics>, pool: Arc<Pool>) -> Self {
+    pub fn new(routes: Routes, pool: Arc<Pool>) -> Self {
         HttpListener {
             routes: RwLock::new(Arc::new(routes)),
-            metrics,
             pool,
         }
     }
 }
 
-/// Accepts connections until `stop` fires; open connections carry on to their end.
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// Serves one client connection to its end.
+pub(crate) async fn serve_connection(
     state: Arc<HttpListener>,
-    mut stop: watch::Receiver<bool>,
+    stream: TcpStream,
+    peer: SocketAddr,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let m = &state.metrics;
-            m.new_connections.fetch_add(1, Ordering::Relaxed);
-            m.active_connections.fetch_add(1, Ordering::Relaxed);
-            let port = state.routes.read().unwrap().config.port;
-            let mut client = Client {
-                stream,
-                buf: BytesMut::with_capacity(READ_CHUNK),
-                ip: peer.ip().to_string(),
-                port,
-                out: Vec::with_capacity(1024),
-            };
-            if let Err(e) = state.serve_client(&mut client).await {
-                debug!(error = %e, %peer, "client connection ended with an error");
-            }
-            m.active_connections.fetch_sub(1, Ordering::Relaxed);
-        });
+    let port = state.routes.read().unwrap().config.port;
+    let mut client = Client {
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        ip: peer.ip().to_string(),
+        port,
+        out: Vec::with_capacity(1024),
+    };
+    if let Err(e) = state.serve_client(&mut client).await {
+        debug!(error = %e, %peer, "client connection ended with an error");
     }
 }
 
@@ -153,12 +129,12 @@ impl Client {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
         let out = &mut self.out;
-        out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
         out.extend_from_slice(b"server: hanul-elb\r\ncontent-type: ");
         out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(format!("\r\ncontent-length: {}\r\n", body.len()).as_bytes());
+        let _ = write!(out, "\r\ncontent-length: {}\r\n", body.len());
         for (k, v) in extra {
-            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            let _ = write!(out, "{k}: {v}\r\n");
         }
         connection_header(out, req.http10, keep);
         out.extend_from_slice(b"\r\n");
@@ -441,7 +417,7 @@ fn write_response_head(
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", resp.status).as_bytes());
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
     for (name, value) in resp.headers() {
         // A re-chunked body carries no length of its own.
         if resp.meta.hop(name) || (rechunk && name.eq_ignore_ascii_case(b"content-length")) {
@@ -565,7 +541,7 @@ mod tests {
     use super::*;
 
     async fn head_of(raw: &'static [u8]) -> RequestHead {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let writer = tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();

@@ -12,9 +12,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::net::{TcpListener, TcpSocket};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::group::{Group, HealthEvent, TargetReport};
@@ -261,24 +265,25 @@ impl DataPlane {
             let stopped = stopped.clone();
             match lc.protocol {
                 Protocol::Http => {
-                    let state = Arc::new(HttpListener::new(
-                        routes.clone(),
-                        metrics.clone(),
-                        worker.pool.clone(),
-                    ));
+                    let state = Arc::new(HttpListener::new(routes.clone(), worker.pool.clone()));
+                    let serve = state.clone();
                     worker
                         .handle
-                        .spawn(http::serve(listener, state.clone(), stopped));
+                        .spawn(accept(listener, metrics.clone(), stopped, move |s, p| {
+                            http::serve_connection(serve.clone(), s, p)
+                        }));
                     http_states.push(state);
                 }
                 Protocol::Tcp => {
                     let state = Arc::new(TcpProxy {
                         routes: RwLock::new(Arc::new(routes.clone())),
-                        metrics: metrics.clone(),
                     });
+                    let serve = state.clone();
                     worker
                         .handle
-                        .spawn(tcp::serve(listener, state.clone(), stopped));
+                        .spawn(accept(listener, metrics.clone(), stopped, move |s, p| {
+                            tcp::serve_connection(serve.clone(), s, p)
+                        }));
                     tcp_states.push(state);
                 }
             }
@@ -323,6 +328,42 @@ impl DataPlane {
             .collect();
         listeners.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         metrics::render(out, &groups, &listeners);
+    }
+}
+
+/// Accepts connections until `stop` fires, each served by `serve` in its own task and counted
+/// in the listener's metrics; open connections carry on to their end.
+async fn accept<F, Fut>(
+    listener: TcpListener,
+    metrics: Arc<ListenerMetrics>,
+    mut stop: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = serve(stream, peer);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            metrics.new_connections.fetch_add(1, Ordering::Relaxed);
+            metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+            connection.await;
+            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 

@@ -2,62 +2,26 @@
 //! healthy target (the next one if the first refuses) and bytes are copied both ways until
 //! either side closes.
 
-use std::sync::Arc;
-use std::sync::RwLock;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::group::Target;
 use crate::http::{InFlight, Routes};
-use crate::metrics::ListenerMetrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct TcpProxy {
     pub routes: RwLock<Arc<Routes>>,
-    pub metrics: Arc<ListenerMetrics>,
 }
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<TcpProxy>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (client, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = client.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            state
-                .metrics
-                .new_connections
-                .fetch_add(1, Ordering::Relaxed);
-            state
-                .metrics
-                .active_connections
-                .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = state.relay(client).await {
-                debug!(%peer, error = %e, "tcp connection ended with an error");
-            }
-            state
-                .metrics
-                .active_connections
-                .fetch_sub(1, Ordering::Relaxed);
-        });
+/// Relays one client connection to its end.
+pub(crate) async fn serve_connection(state: Arc<TcpProxy>, client: TcpStream, peer: SocketAddr) {
+    if let Err(e) = state.relay(client).await {
+        debug!(%peer, error = %e, "tcp connection ended with an error");
     }
 }
 

@@ -2,7 +2,7 @@
 //! the request head sent on them, encoded once from the client's so that a retry sends the
 //! same bytes to another target.
 
-use std::io;
+use std::io::{self, Write as _};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -71,7 +71,7 @@ pub(crate) fn encode_head(req: &RequestHead, ip: &str, port: u16, drop_expect: b
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-port: ");
-    out.extend_from_slice(port.to_string().as_bytes());
+    let _ = write!(out, "{port}");
     out.extend_from_slice(b"\r\n");
     if req.meta.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

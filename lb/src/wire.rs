@@ -3,7 +3,7 @@
 //! bodies read by their framing (RFC 9112: `Content-Length`, chunked, or to the end of the
 //! connection).
 
-use std::io;
+use std::io::{self, Write as _};
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -473,7 +473,7 @@ pub(crate) fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
