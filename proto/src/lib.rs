@@ -14,6 +14,7 @@ pub mod v1 {
 }
 
 pub mod client;
+pub mod elb;
 pub mod events;
 pub mod instance;
 pub mod manifest;

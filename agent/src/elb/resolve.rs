@@ -10,11 +10,9 @@ use hanul_lb::config::{
     Action, Algorithm, Config, GroupConfig, HealthCheckConfig, ListenerConfig, Matcher, Protocol,
     RuleConfig, Stickiness, TargetConfig,
 };
+use hanul_proto::elb::{DEFAULT_DEREGISTRATION_DELAY, TRAFFIC_PORT, default_target_group};
 use hanul_proto::instance::InstanceState;
 use hanul_proto::v1::{Instance, LoadBalancer, Node, Target, TargetGroup, TargetGroupSpec};
-
-/// The health check port meaning "the port traffic goes to".
-const TRAFFIC_PORT: &str = "traffic-port";
 
 /// What the resolution reads, by name.
 #[derive(Debug, Default)]
@@ -120,36 +118,23 @@ fn rule(r: &hanul_proto::v1::Rule) -> RuleConfig {
 }
 
 fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
+    // The store's specs have their defaults already; filling them again on a copy keeps this
+    // free of knowing them.
+    let mut spec = spec.clone();
+    default_target_group(&mut spec);
     let protocol = Protocol::parse(&spec.protocol).unwrap_or(Protocol::Http);
     let hc = spec.health_check.clone().unwrap_or_default();
-    let secs = |s: u32, default: u64| Duration::from_secs(if s == 0 { default } else { s.into() });
     let health_check = HealthCheckConfig {
         protocol: Protocol::parse(&hc.protocol).unwrap_or(protocol),
-        path: if hc.path.is_empty() {
-            "/".into()
-        } else {
-            hc.path.clone()
-        },
-        interval: secs(hc.interval_seconds, 30),
-        timeout: secs(hc.timeout_seconds, 5),
-        healthy_threshold: if hc.healthy_threshold == 0 {
-            5
-        } else {
-            hc.healthy_threshold
-        },
-        unhealthy_threshold: if hc.unhealthy_threshold == 0 {
-            2
-        } else {
-            hc.unhealthy_threshold
-        },
+        path: hc.path.clone(),
+        interval: Duration::from_secs(hc.interval_seconds.into()),
+        timeout: Duration::from_secs(hc.timeout_seconds.into()),
+        healthy_threshold: hc.healthy_threshold,
+        unhealthy_threshold: hc.unhealthy_threshold,
         matcher: Matcher::parse(&hc.matcher).unwrap_or_default(),
     };
     let stickiness = spec.stickiness.as_ref().filter(|s| s.enabled).map(|s| {
-        let duration = Duration::from_secs(if s.duration_seconds == 0 {
-            86_400
-        } else {
-            s.duration_seconds.into()
-        });
+        let duration = Duration::from_secs(s.duration_seconds.into());
         if s.r#type == "app_cookie" {
             Stickiness::AppCookie {
                 cookie_name: s.cookie_name.clone(),
@@ -159,11 +144,7 @@ fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
             Stickiness::LbCookie { duration }
         }
     });
-    let check_port = if hc.port.is_empty() {
-        TRAFFIC_PORT
-    } else {
-        hc.port.as_str()
-    };
+    let check_port = hc.port.as_str();
     GroupConfig {
         name: name.to_owned(),
         protocol,
@@ -175,7 +156,9 @@ fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
         health_check,
         stickiness,
         deregistration_delay: Duration::from_secs(
-            spec.deregistration_delay_seconds.unwrap_or(300).into(),
+            spec.deregistration_delay_seconds
+                .unwrap_or(DEFAULT_DEREGISTRATION_DELAY)
+                .into(),
         ),
         algorithm: if spec.algorithm == "least_outstanding_requests" {
             Algorithm::LeastOutstandingRequests

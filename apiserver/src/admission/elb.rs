@@ -3,9 +3,8 @@
 //! controller, which reports them in status: they may be created in any order.
 
 use super::{Errors, is_dns_name};
-use hanul_proto::v1::{
-    HealthCheck, LoadBalancer, LoadBalancerSpec, Rule, Stickiness, TargetGroup, TargetGroupSpec,
-};
+use hanul_proto::elb::TRAFFIC_PORT;
+use hanul_proto::v1::{LoadBalancer, LoadBalancerSpec, Rule, Stickiness, TargetGroup};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -13,57 +12,6 @@ const PROTOCOLS: &[&str] = &["HTTP", "TCP"];
 const ALGORITHMS: &[&str] = &["round_robin", "least_outstanding_requests"];
 const STICKINESS_TYPES: &[&str] = &["lb_cookie", "app_cookie"];
 const LB_TYPES: &[&str] = &["application", "network"];
-/// ELB's default deregistration delay.
-pub const DEFAULT_DEREGISTRATION_DELAY: u32 = 300;
-/// The health check port meaning "the port traffic goes to".
-pub const TRAFFIC_PORT: &str = "traffic-port";
-/// One day, ELB's default lb_cookie duration.
-const DEFAULT_STICKINESS_SECONDS: u32 = 86_400;
-
-pub(super) fn default_target_group(spec: &mut TargetGroupSpec) {
-    if spec.protocol.is_empty() {
-        spec.protocol = "HTTP".into();
-    }
-    if spec.algorithm.is_empty() {
-        spec.algorithm = "round_robin".into();
-    }
-    spec.deregistration_delay_seconds
-        .get_or_insert(DEFAULT_DEREGISTRATION_DELAY);
-    let hc = spec.health_check.get_or_insert_with(HealthCheck::default);
-    if hc.protocol.is_empty() {
-        hc.protocol = spec.protocol.clone();
-    }
-    if hc.protocol == "HTTP" && hc.path.is_empty() {
-        hc.path = "/".into();
-    }
-    if hc.port.is_empty() {
-        hc.port = TRAFFIC_PORT.into();
-    }
-    for (field, default) in [
-        (&mut hc.interval_seconds, 30),
-        (&mut hc.timeout_seconds, 5),
-        (&mut hc.healthy_threshold, 5),
-        (&mut hc.unhealthy_threshold, 2),
-    ] {
-        if *field == 0 {
-            *field = default;
-        }
-    }
-    if hc.protocol == "HTTP" && hc.matcher.is_empty() {
-        hc.matcher = "200".into();
-    }
-    if let Some(st) = &mut spec.stickiness
-        && st.enabled
-    {
-        if st.r#type.is_empty() {
-            st.r#type = "lb_cookie".into();
-        }
-        if st.duration_seconds == 0 {
-            st.duration_seconds = DEFAULT_STICKINESS_SECONDS;
-        }
-    }
-}
-
 /// A port given as a name or a number: a number must be 1..65535, a name a port name.
 fn check_port(field: &str, port: &str, errs: &mut Errors) {
     match port.parse::<u32>() {

@@ -76,7 +76,7 @@ pub fn default(obj: &mut Object) {
         }
         Some(Resource::Event(o)) => event::default(o),
         Some(Resource::TargetGroup(o)) => {
-            elb::default_target_group(o.spec.get_or_insert_with(Default::default))
+            hanul_proto::elb::default_target_group(o.spec.get_or_insert_with(Default::default))
         }
         Some(Resource::LoadBalancer(o)) => {
             elb::default_load_balancer(o.spec.get_or_insert_with(Default::default))
