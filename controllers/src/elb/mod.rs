@@ -263,8 +263,7 @@ fn node_view(o: &Object) -> Option<NodeView> {
         name: o.name().to_owned(),
         zone: spec.zone,
         address: spec.address,
-        ready: conditions::find(&status.conditions, CONDITION_READY)
-            .is_some_and(|c| c.status == conditions::TRUE),
+        ready: conditions::is_true(&status.conditions, CONDITION_READY),
         unschedulable: spec.unschedulable,
     })
 }

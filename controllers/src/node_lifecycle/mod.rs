@@ -132,8 +132,7 @@ pub async fn reconcile(node: Arc<Object>, ctx: Arc<Context>) -> Result<Action> {
         .map(conditions::system_time)
         .unwrap_or(now);
     let health = node_health(last, now, ctx.config.grace);
-    let mut ready = conditions::find(&status.conditions, CONDITION_READY)
-        .is_some_and(|c| c.status == conditions::TRUE);
+    let mut ready = conditions::is_true(&status.conditions, CONDITION_READY);
 
     if let Health::Expired { .. } = health
         && conditions::find(&status.conditions, CONDITION_READY)

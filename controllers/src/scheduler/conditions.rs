@@ -14,6 +14,11 @@ pub fn find<'a>(conditions: &'a [Condition], ty: &str) -> Option<&'a Condition> 
     conditions.iter().find(|c| c.r#type == ty)
 }
 
+/// Whether the condition of type `ty` is there and `True` (a node's `Ready`).
+pub fn is_true(conditions: &[Condition], ty: &str) -> bool {
+    find(conditions, ty).is_some_and(|c| c.status == TRUE)
+}
+
 /// Sets the condition of type `ty`, keeping its `lastTransitionTime` unless its status changes.
 /// Returns whether anything changed.
 pub fn set(

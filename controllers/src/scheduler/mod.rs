@@ -449,8 +449,7 @@ fn node_view(n: &Node) -> NodeView {
             .map(|m| m.name.clone())
             .unwrap_or_default(),
         zone: spec.zone,
-        ready: conditions::find(&status.conditions, CONDITION_READY)
-            .is_some_and(|c| c.status == conditions::TRUE),
+        ready: conditions::is_true(&status.conditions, CONDITION_READY),
         unschedulable: spec.unschedulable,
         allocatable: Size::new(u64::from(allocatable.cpu_millis), allocatable.memory_mib),
     }
