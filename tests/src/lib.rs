@@ -146,6 +146,29 @@ impl ServerProcess {
         run_cli(&self.url, Some(&self.token_file()), args, stdin)
     }
 
+    /// `hanul get TARGET -o json`, parsed; the CLI's stderr when it fails.
+    pub fn get_json(&self, target: &str) -> Result<serde_json::Value, String> {
+        let out = self.cli(&["get", target, "-o", "json"]);
+        if out.code != 0 {
+            return Err(out.stderr);
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Waits until node `name` reports `Ready=True`.
+    pub fn wait_node_ready(&self, name: &str, timeout: Duration) {
+        poll(timeout, &format!("node {name} to be Ready"), || {
+            let v = self.get_json(&format!("node/{name}"))?;
+            Ok(v["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(()))
+        })
+        .unwrap();
+    }
+
     /// A gRPC client with the admin token.
     pub async fn client(&self) -> anyhow::Result<hanul_proto::Client> {
         Ok(hanul_proto::Client::connect(&self.url, &self.admin_token()).await?)

@@ -36,16 +36,7 @@ impl Lab {
             agent,
             manifests: tempfile::tempdir().unwrap(),
         };
-        poll(WAIT, "the node to be Ready", || {
-            let v = lab.json(&format!("node/{node}"))?;
-            Ok(v["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                .then_some(()))
-        })
-        .unwrap();
+        lab.server.wait_node_ready(&node, WAIT);
         lab
     }
 
@@ -55,11 +46,7 @@ impl Lab {
     }
 
     fn json(&self, target: &str) -> Result<Value, String> {
-        let out = self.server.cli(&["get", target, "-o", "json"]);
-        if out.code != 0 {
-            return Err(out.stderr);
-        }
-        serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+        self.server.get_json(target)
     }
 
     fn logs(&self) -> String {

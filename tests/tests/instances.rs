@@ -20,7 +20,11 @@ impl Cluster {
     fn start(server_args: &[&str], cpus: u32, memory_mib: u64) -> Cluster {
         let server = ServerProcess::start_in(tempfile::tempdir().unwrap(), server_args).unwrap();
         let pid = std::process::id();
-        let nodes = [format!("n{pid}-a"), format!("n{pid}-b")];
+        // Unique per cluster too: under `cargo test` the tests share a process, and an agent's
+        // leftovers are found (and killed) by node name.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nodes = [format!("n{pid}-{seq}-a"), format!("n{pid}-{seq}-b")];
         let agents = vec![
             Some(AgentProcess::start(&server, &nodes[0], "az-a", cpus, memory_mib).unwrap()),
             Some(AgentProcess::start(&server, &nodes[1], "az-b", cpus, memory_mib).unwrap()),
@@ -32,16 +36,7 @@ impl Cluster {
             manifests: tempfile::tempdir().unwrap(),
         };
         for n in &c.nodes {
-            poll(WAIT, "the node to be Ready", || {
-                let v = c.json(&format!("node/{n}"))?;
-                Ok(v["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    .then_some(()))
-            })
-            .unwrap();
+            c.server.wait_node_ready(n, WAIT);
         }
         c
     }
@@ -52,11 +47,7 @@ impl Cluster {
     }
 
     fn json(&self, target: &str) -> Result<Value, String> {
-        let out = self.server.cli(&["get", target, "-o", "json"]);
-        if out.code != 0 {
-            return Err(out.stderr);
-        }
-        serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+        self.server.get_json(target)
     }
 
     /// Waits until the instance's `status.state` is `state`; returns the instance.
