@@ -139,8 +139,18 @@ pub(crate) struct ListenerMetrics {
     pub new_connections: AtomicU64,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// One metric family: its HELP and TYPE lines, then a line per (labels, value).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 /// Appends the metrics of `groups` and `listeners` to `out`.
@@ -150,54 +160,61 @@ pub(crate) fn render(
     listeners: &[(String, u16, Arc<ListenerMetrics>)],
 ) {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    header(
+    let per_group = |value: &dyn Fn(&GroupMetrics) -> u64| {
+        groups
+            .iter()
+            .map(|(name, g)| (format!("target_group=\"{name}\""), value(&g.metrics)))
+            .collect::<Vec<_>>()
+    };
+    let per_class = |classes: &[&str], value: &dyn Fn(&GroupMetrics, usize) -> u64| {
+        groups
+            .iter()
+            .flat_map(|(name, g)| {
+                classes.iter().enumerate().map(move |(i, code)| {
+                    (
+                        format!("target_group=\"{name}\",code=\"{code}\""),
+                        value(&g.metrics, i),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let per_listener = |value: &dyn Fn(&ListenerMetrics) -> u64| {
+        listeners
+            .iter()
+            .map(|(lb, port, m)| (format!("load_balancer=\"{lb}\",port=\"{port}\""), value(m)))
+            .collect::<Vec<_>>()
+    };
+    family(
         out,
         "hanul_elb_request_count",
         "counter",
         "Requests a target group received.",
+        per_group(&|m| m.sum(|s| &s.requests)),
     );
-    for (name, g) in groups {
-        let _ = writeln!(
-            out,
-            "hanul_elb_request_count{{target_group=\"{name}\"}} {}",
-            g.metrics.sum(|s| &s.requests)
-        );
-    }
-    header(
+    family(
         out,
         "hanul_elb_target_responses",
         "counter",
         "Responses from targets by status class.",
+        per_class(&["2xx", "3xx", "4xx", "5xx"], &|m, i| {
+            m.sum(|s| &s.target_codes[i])
+        }),
     );
-    for (name, g) in groups {
-        for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hanul_elb_target_responses{{target_group=\"{name}\",code=\"{class}\"}} {}",
-                g.metrics.sum(|s| &s.target_codes[i])
-            );
-        }
-    }
-    header(
+    family(
         out,
         "hanul_elb_responses",
         "counter",
         "Error responses the load balancer made itself.",
+        per_class(&["502", "503", "504"], &|m, i| m.sum(|s| &s.elb[i])),
     );
-    for (name, g) in groups {
-        for (i, code) in ["502", "503", "504"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hanul_elb_responses{{target_group=\"{name}\",code=\"{code}\"}} {}",
-                g.metrics.sum(|s| &s.elb[i])
-            );
-        }
-    }
-    header(
+    // The histogram's lines are its own: buckets, sum and count per group.
+    family(
         out,
         "hanul_elb_target_response_time_seconds",
         "histogram",
         "Time from sending a request to a target to its response headers.",
+        [],
     );
     for (name, g) in groups {
         let m = &g.metrics;
@@ -218,56 +235,32 @@ pub(crate) fn render(
             m.sum(|s| &s.response_time_micros) as f64 / 1e6
         );
     }
-    header(
+    family(
         out,
         "hanul_elb_healthy_host_count",
         "gauge",
         "Healthy targets.",
+        per_group(&|m| load(&m.healthy)),
     );
-    for (name, g) in groups {
-        let _ = writeln!(
-            out,
-            "hanul_elb_healthy_host_count{{target_group=\"{name}\"}} {}",
-            load(&g.metrics.healthy)
-        );
-    }
-    header(
+    family(
         out,
         "hanul_elb_unhealthy_host_count",
         "gauge",
         "Unhealthy targets.",
+        per_group(&|m| load(&m.unhealthy)),
     );
-    for (name, g) in groups {
-        let _ = writeln!(
-            out,
-            "hanul_elb_unhealthy_host_count{{target_group=\"{name}\"}} {}",
-            load(&g.metrics.unhealthy)
-        );
-    }
-    header(
+    family(
         out,
         "hanul_elb_active_connection_count",
         "gauge",
         "Open client connections of a listener.",
+        per_listener(&|m| load(&m.active_connections)),
     );
-    for (lb, port, m) in listeners {
-        let _ = writeln!(
-            out,
-            "hanul_elb_active_connection_count{{load_balancer=\"{lb}\",port=\"{port}\"}} {}",
-            load(&m.active_connections)
-        );
-    }
-    header(
+    family(
         out,
         "hanul_elb_new_connection_count",
         "counter",
         "Client connections a listener accepted.",
+        per_listener(&|m| load(&m.new_connections)),
     );
-    for (lb, port, m) in listeners {
-        let _ = writeln!(
-            out,
-            "hanul_elb_new_connection_count{{load_balancer=\"{lb}\",port=\"{port}\"}} {}",
-            load(&m.new_connections)
-        );
-    }
 }
