@@ -10,8 +10,8 @@ use hanul_proto::{
     Kind,
     manifest::{to_value, to_yaml},
     v1::{
-        Condition, Event, Image, Instance, InstanceType, LoadBalancer, Node, Object, Resources,
-        TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, Condition, Event, Image, Instance, InstanceType, LoadBalancer, Node,
+        Object, Resources, TargetGroup, Volume, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -275,6 +275,10 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["NAME", "TYPE", "STATE", "LISTENERS", "AGE"],
             &["ZONES", "ADDRESSES", "REASON"],
         ),
+        Kind::AutoScalingGroup => (
+            &["NAME", "MIN", "DESIRED", "MAX", "IN-SERVICE", "AGE"],
+            &["ZONES", "LIFECYCLE", "TEMPLATE", "REFRESH"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -298,6 +302,7 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::Event(o)) => event_row(o, wide, now),
         Some(Resource::TargetGroup(o)) => target_group_row(o, wide, now),
         Some(Resource::LoadBalancer(o)) => load_balancer_row(o, wide, now),
+        Some(Resource::AutoScalingGroup(o)) => auto_scaling_group_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -492,6 +497,49 @@ fn target_group_row(o: &TargetGroup, wide: bool, now: i64) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(",");
         row.extend([or_none(&spec.algorithm), sticky, check, or_none(&health)]);
+    }
+    row
+}
+
+fn auto_scaling_group_row(o: &AutoScalingGroup, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let desired = spec.desired_capacity.unwrap_or(spec.min_size);
+    let mut row = vec![
+        name,
+        spec.min_size.to_string(),
+        desired.to_string(),
+        spec.max_size.to_string(),
+        format!("{}/{desired}", status.in_service),
+        age,
+    ];
+    if wide {
+        let mut zones: Vec<String> = status
+            .in_service_by_zone
+            .iter()
+            .map(|(z, n)| format!("{z}={n}"))
+            .collect();
+        zones.sort();
+        let mut states: Vec<(String, usize)> = Vec::new();
+        for i in &status.instances {
+            match states.iter_mut().find(|(s, _)| *s == i.lifecycle_state) {
+                Some((_, n)) => *n += 1,
+                None => states.push((i.lifecycle_state.clone(), 1)),
+            }
+        }
+        let states: Vec<String> = states.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        let template = spec.launch_template.unwrap_or_default();
+        let refresh = status
+            .instance_refresh
+            .map(|r| format!("{} {}%", r.status, r.percentage_complete))
+            .unwrap_or_default();
+        row.extend([
+            or_none(&zones.join(",")),
+            or_none(&states.join(",")),
+            format!("{}:v{}", template.image, status.launch_template_version),
+            or_none(&refresh),
+        ]);
     }
     row
 }

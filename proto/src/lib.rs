@@ -13,6 +13,7 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hanul_descriptor");
 }
 
+pub mod autoscaling;
 pub mod client;
 pub mod elb;
 pub mod events;

@@ -5,8 +5,8 @@
 use crate::{
     Kind,
     v1::{
-        Event, Image, Instance, InstanceType, LoadBalancer, Node, Object, TargetGroup, Volume,
-        object::Resource,
+        AutoScalingGroup, Event, Image, Instance, InstanceType, LoadBalancer, Node, Object,
+        TargetGroup, Volume, object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -148,6 +148,7 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::Event => typed::<Event>(rest).map(Resource::Event),
         Kind::TargetGroup => typed::<TargetGroup>(rest).map(Resource::TargetGroup),
         Kind::LoadBalancer => typed::<LoadBalancer>(rest).map(Resource::LoadBalancer),
+        Kind::AutoScalingGroup => typed::<AutoScalingGroup>(rest).map(Resource::AutoScalingGroup),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -193,6 +194,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::Event(o)) => serde_json::to_value(o),
         Some(Resource::TargetGroup(o)) => serde_json::to_value(o),
         Some(Resource::LoadBalancer(o)) => serde_json::to_value(o),
+        Some(Resource::AutoScalingGroup(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

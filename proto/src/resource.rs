@@ -157,6 +157,7 @@ kinds! {
     Event { plural: "events", short: ["ev"], status: false },
     TargetGroup { plural: "targetgroups", short: ["tg", "target-groups"], status: true },
     LoadBalancer { plural: "loadbalancers", short: ["lb", "elb", "alb", "nlb", "load-balancers"], status: true },
+    AutoScalingGroup { plural: "autoscalinggroups", short: ["asg", "asgs", "auto-scaling-groups"], status: true },
 }
 
 impl Kind {
@@ -247,7 +248,8 @@ into_object!(
     Volume,
     Event,
     TargetGroup,
-    LoadBalancer
+    LoadBalancer,
+    AutoScalingGroup
 );
 
 #[cfg(test)]

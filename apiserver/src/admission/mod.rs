@@ -4,6 +4,7 @@
 //! `default(&mut spec)` and a `validate(new, old, ctx, &mut Errors)`; errors name the field path
 //! and what is allowed, and all of an object's errors are reported at once.
 
+mod autoscaling;
 mod elb;
 mod event;
 mod image;
@@ -81,6 +82,9 @@ pub fn default(obj: &mut Object) {
         Some(Resource::LoadBalancer(o)) => {
             elb::default_load_balancer(o.spec.get_or_insert_with(Default::default))
         }
+        Some(Resource::AutoScalingGroup(o)) => {
+            autoscaling::default(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -137,6 +141,13 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
                 _ => None,
             };
             elb::validate_load_balancer(n, old, &mut errs)
+        }
+        (Some(Resource::AutoScalingGroup(n)), old) => {
+            let old = match old {
+                Some(Resource::AutoScalingGroup(o)) => Some(o),
+                _ => None,
+            };
+            autoscaling::validate(n, old, ctx, &mut errs)
         }
         (None, _) => errs.add("kind", "required"),
     }

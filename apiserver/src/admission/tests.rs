@@ -275,3 +275,56 @@ fn health_check_matchers_are_http_code_lists() {
     );
     admit(&mut o, None).unwrap();
 }
+
+#[test]
+fn an_auto_scaling_group_gets_aws_defaults_and_its_template_the_instance_defaults() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec: {minSize: 2, maxSize: 4, launchTemplate: {image: web, ports: [{name: http}]}, lifecycleHooks: [{name: warm, transition: 'autoscaling:EC2_INSTANCE_LAUNCHING'}]}\n",
+    );
+    admit(&mut o, None).unwrap();
+    let Some(Resource::AutoScalingGroup(g)) = &o.resource else {
+        panic!()
+    };
+    let s = g.spec.as_ref().unwrap();
+    assert_eq!(s.desired_capacity, Some(2));
+    assert_eq!(s.health_check_type, "EC2");
+    let t = s.launch_template.as_ref().unwrap();
+    assert_eq!(
+        (t.instance_type.as_str(), t.market.as_str()),
+        ("t3.micro", "on-demand")
+    );
+    assert_eq!(t.ports[0].protocol, "tcp");
+    let h = &s.lifecycle_hooks[0];
+    assert_eq!(
+        (h.heartbeat_timeout_seconds, h.default_result.as_str()),
+        (Some(3600), "ABANDON")
+    );
+}
+
+#[test]
+fn an_auto_scaling_group_reports_every_bad_field_by_path() {
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec:\n  minSize: 3\n  maxSize: 2\n  desiredCapacity: 5\n  healthCheckType: HTTP\n  zones: [a, a]\n  terminationPolicies: [Newest]\n  suspendedProcesses: [Launch, Launch]\n  launchTemplate: {image: web, instanceType: t3.micr}\n  lifecycleHooks: [{name: 'bad name', transition: launch, heartbeatTimeoutSeconds: 5, notificationTarget: 'ftp://x'}]\n  instanceRefresh: {minHealthyPercentage: 120}\n",
+    );
+    let m = message(admit(&mut o, None));
+    for want in [
+        "spec.minSize: 3 is more than spec.maxSize (2)",
+        "spec.desiredCapacity: 5 is outside spec.minSize..spec.maxSize (3..2)",
+        "spec.healthCheckType: \"HTTP\" is not allowed; use one of: EC2, ELB",
+        "spec.zones[1]: \"a\" is listed twice",
+        "spec.terminationPolicies[0]: \"Newest\" is not allowed",
+        "spec.suspendedProcesses[1]: \"Launch\" is listed twice",
+        "spec.launchTemplate.instanceType: unknown instance type \"t3.micr\"",
+        "spec.lifecycleHooks[0].name: \"bad name\" is not a hook name",
+        "spec.lifecycleHooks[0].transition: \"launch\" is not allowed",
+        "spec.lifecycleHooks[0].heartbeatTimeoutSeconds: 5 is outside 30..7200",
+        "spec.lifecycleHooks[0].notificationTarget: \"ftp://x\" is not an http:// URL",
+        "spec.instanceRefresh.minHealthyPercentage: 120 is outside 0..100",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+    let mut o = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec: {maxSize: 1}\n",
+    );
+    assert!(message(admit(&mut o, None)).contains("spec.launchTemplate.image: required"));
+}
