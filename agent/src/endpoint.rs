@@ -79,7 +79,7 @@ pub struct InstanceMetadata {
     pub ports: BTreeMap<String, u32>,
     /// End of a spot interruption notice, if the instance has one.
     pub spot_interruption: Option<SystemTime>,
-    /// Auto Scaling lifecycle state ("InService", ...) once groups exist; None for now.
+    /// Auto Scaling lifecycle state ("InService", ...) of an instance of a group.
     pub lifecycle_state: Option<String>,
 }
 

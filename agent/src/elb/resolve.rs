@@ -10,6 +10,7 @@ use hanul_lb::config::{
     Action, Algorithm, Config, GroupConfig, HealthCheckConfig, ListenerConfig, Matcher, Protocol,
     RuleConfig, Stickiness, TargetConfig,
 };
+use hanul_proto::autoscaling::TARGET_GROUPS_ANNOTATION;
 use hanul_proto::elb::{DEFAULT_DEREGISTRATION_DELAY, TRAFFIC_PORT, default_target_group};
 use hanul_proto::instance::InstanceState;
 use hanul_proto::v1::{Instance, LoadBalancer, Node, Target, TargetGroup, TargetGroupSpec};
@@ -145,14 +146,32 @@ fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
         }
     });
     let check_port = hc.port.as_str();
+    let mut targets: Vec<TargetConfig> = spec
+        .targets
+        .iter()
+        .map(|t| target(t, &spec.port, check_port, world))
+        .collect();
+    // Instances an Auto Scaling group registered (by annotation), unless also listed.
+    let mut registered: Vec<&str> = world
+        .instances
+        .iter()
+        .filter(|(n, i)| {
+            registered_with(i, name) && !spec.targets.iter().any(|t| t.instance == **n)
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    registered.sort_unstable();
+    for n in registered {
+        let t = Target {
+            instance: n.to_owned(),
+            ..Default::default()
+        };
+        targets.push(target(&t, &spec.port, check_port, world));
+    }
     GroupConfig {
         name: name.to_owned(),
         protocol,
-        targets: spec
-            .targets
-            .iter()
-            .map(|t| target(t, &spec.port, check_port, world))
-            .collect(),
+        targets,
         health_check,
         stickiness,
         deregistration_delay: Duration::from_secs(
@@ -166,6 +185,15 @@ fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
             Algorithm::RoundRobin
         },
     }
+}
+
+/// Whether an Auto Scaling group registered `i` with `group` (see
+/// [`TARGET_GROUPS_ANNOTATION`]).
+pub fn registered_with(i: &Instance, group: &str) -> bool {
+    i.metadata
+        .as_ref()
+        .and_then(|m| m.annotations.get(TARGET_GROUPS_ANNOTATION))
+        .is_some_and(|v| v.split(',').any(|g| g.trim() == group))
 }
 
 fn unused(instance: &str, reason: &str, description: String) -> TargetConfig {
@@ -421,5 +449,44 @@ mod tests {
             "Instance gone does not exist"
         );
         assert_eq!(web[3].address, "192.168.1.20:8080");
+    }
+
+    #[test]
+    fn instances_an_auto_scaling_group_registered_are_targets_once() {
+        let tg = TargetGroup {
+            metadata: meta("web"),
+            spec: Some(TargetGroupSpec {
+                protocol: "HTTP".into(),
+                port: "http".into(),
+                targets: vec![Target {
+                    instance: "web-1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let annotated = |name: &str, port: u32, groups: &str| {
+            let mut i = running(name, &[("http", port)]);
+            i.metadata
+                .as_mut()
+                .unwrap()
+                .annotations
+                .insert(TARGET_GROUPS_ANNOTATION.into(), groups.into());
+            i
+        };
+        // web-1 is both listed and registered: it is one target.
+        let web1 = annotated("web-1", 30001, "web");
+        let web2 = annotated("web-2", 30002, "api, web");
+        let web3 = annotated("web-3", 30003, "api");
+        let world = World {
+            target_groups: [("web", &tg)].into(),
+            instances: [("web-1", &web1), ("web-2", &web2), ("web-3", &web3)].into(),
+            ..Default::default()
+        };
+        let g = group("web", tg.spec.as_ref().unwrap(), &world);
+        let addresses: Vec<&str> = g.targets.iter().map(|t| t.address.as_str()).collect();
+        assert_eq!(addresses, ["10.0.0.5:30001", "10.0.0.5:30002"]);
+        assert!(registered_with(&web2, "api") && !registered_with(&web1, "api"));
     }
 }

@@ -33,6 +33,7 @@ use hanul_controllers::runtime::{
 };
 use hanul_proto::{
     Client, Kind,
+    autoscaling::LIFECYCLE_STATE_ANNOTATION,
     events::Recorder,
     instance::{
         DesiredState, InstanceState, REBOOT_ANNOTATION, SPOT_INTERRUPTION_ANNOTATION,
@@ -1002,7 +1003,7 @@ impl MetadataSource for Context {
                 .annotations
                 .get(SPOT_INTERRUPTION_ANNOTATION)
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
-            lifecycle_state: None,
+            lifecycle_state: meta.annotations.get(LIFECYCLE_STATE_ANNOTATION).cloned(),
         })
     }
 }
