@@ -16,11 +16,15 @@
 //! - [`terminated`]: deletes terminated instances an hour after they terminated, and settles
 //!   instances never placed that are wanted stopped or terminated.
 //!
+//! - [`autoscaling`]: keeps Auto Scaling groups at their desired capacity across zones,
+//!   replaces unhealthy instances, holds them at lifecycle hooks, registers them with target
+//!   groups and runs instance refreshes.
 //! - [`elb`]: places load balancers' listeners on Ready nodes per zone, checks the target
 //!   groups they name, and sums up their status.
 //!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 
+pub mod autoscaling;
 pub mod elb;
 pub mod error;
 pub mod gc;
@@ -84,6 +88,15 @@ pub async fn run_all(
         (
             elb::CONTROLLER_NAME,
             tokio::spawn(elb::run(client.clone(), metrics.clone(), shutdown.clone())),
+        ),
+        (
+            autoscaling::CONTROLLER_NAME,
+            tokio::spawn(autoscaling::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+            )),
         ),
         (
             terminated::CONTROLLER_NAME,
