@@ -862,10 +862,20 @@ impl Planner<'_, '_> {
         (active, holding)
     }
 
+    /// In service, healthy and warmed up; with ELB health checks, also reported healthy by
+    /// every target group of the group (as AWS's instance refresh waits for).
     fn warm(&self, r: &AutoScalingInstance) -> bool {
+        let elb_ok = self.spec().health_check_type != HealthCheckType::Elb.as_str()
+            || self.spec().target_groups.iter().all(|g| {
+                self.input
+                    .target_health
+                    .get(&r.instance)
+                    .is_some_and(|h| h.iter().any(|(tg, s)| tg == g && s == "healthy"))
+            });
         r.lifecycle_state == LifecycleState::InService.as_str()
             && r.health_status != "Unhealthy"
             && self.now >= at(&r.in_service_at) + self.warmup()
+            && elb_ok
     }
 
     fn capacity(&mut self, names: &mut dyn FnMut() -> String) {

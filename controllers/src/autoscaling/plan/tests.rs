@@ -537,6 +537,37 @@ fn a_new_launch_template_is_rolled_out_launching_first() {
 }
 
 #[test]
+fn with_elb_health_checks_a_refresh_waits_for_the_target_groups_to_call_new_instances_healthy() {
+    let mut s = spec(1, 1, 2);
+    s.health_check_type = "ELB".into();
+    s.target_groups = vec!["web".into()];
+    s.instance_refresh.as_mut().unwrap().instance_warmup_seconds = Some(0);
+    let mut w = World::new(s);
+    w.settle();
+    let old = w.in_service()[0].instance.clone();
+    w.health
+        .insert(old.clone(), vec![("web".into(), "healthy".into())]);
+    w.refresh = Some("now".into());
+    w.settle();
+    let new: Vec<String> = w
+        .in_service()
+        .iter()
+        .filter(|r| r.launch_template_version == 2)
+        .map(|r| r.instance.clone())
+        .collect();
+    assert_eq!(new.len(), 1);
+    // The new one is in service but its target group still says "initial": the old stays.
+    w.health
+        .insert(new[0].clone(), vec![("web".into(), "initial".into())]);
+    w.settle();
+    assert_eq!(w.record(&old).lifecycle_state, "InService");
+    w.health
+        .insert(new[0].clone(), vec![("web".into(), "healthy".into())]);
+    w.step();
+    assert!(w.record(&old).lifecycle_state.starts_with("Terminating"));
+}
+
+#[test]
 fn a_refresh_whose_instances_never_work_stops_and_keeps_the_old_ones() {
     let mut s = spec(1, 2, 3);
     s.instance_refresh.as_mut().unwrap().instance_warmup_seconds = Some(30);
