@@ -14,7 +14,7 @@ use crate::{
 use futures::{Stream, StreamExt};
 use hanul_proto::{
     Kind, Selector,
-    v1::{ApplyResult, EventType, Object, WatchEvent},
+    v1::{ApplyResult, EventType, Object, WatchEvent, object::Resource},
 };
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
@@ -137,15 +137,19 @@ impl Registry {
         also: &[String],
     ) -> Result<admission::Context> {
         let mut ctx = admission::Context::default();
-        // The known instance types matter only when an instance's type is chosen (admission
-        // checks it then); an update that keeps the type reads nothing.
-        let type_of = |o: &Object| {
-            o.as_instance()
-                .and_then(|i| i.spec.as_ref())
-                .map(|s| s.instance_type.clone())
+        // The known instance types matter only when an instance's type is chosen, or a
+        // group's launch template's (admission checks it then); an update that keeps the type
+        // reads nothing.
+        let type_of = |o: &Object| match &o.resource {
+            Some(Resource::Instance(i)) => i.spec.as_ref().map(|s| s.instance_type.clone()),
+            Some(Resource::AutoScalingGroup(g)) => g
+                .spec
+                .as_ref()
+                .and_then(|s| s.launch_template.as_ref())
+                .map(|t| t.instance_type.clone()),
+            _ => None,
         };
-        if obj.kind() == Some(Kind::Instance) && old.is_none_or(|old| type_of(old) != type_of(obj))
-        {
+        if type_of(obj).is_some() && old.is_none_or(|old| type_of(old) != type_of(obj)) {
             let (kvs, _) = self.store.list(&prefix(Some(Kind::InstanceType))).await?;
             ctx.instance_types = kvs
                 .iter()
