@@ -1,5 +1,6 @@
 //! The `hanul` binary's library: the kubectl-like user commands (`apply`, `get`, `describe`,
-//! `delete`, `diff`, `wait`, `logs`, `events`, `api-resources`, `completion`, `version`).
+//! `delete`, `diff`, `wait`, `scale`, `logs`, `events`, `api-resources`, `completion`,
+//! `version`) and the cloud's own verbs (`instance`, `asg`).
 //!
 //! Every user command talks to the API server only through [`hanul_proto::Client`]. The
 //! server, agent and dev subcommands are wired beside these in `main.rs`: the top-level parser
@@ -74,8 +75,12 @@ pub enum UserCommand {
     Diff(commands::diff::Args),
     /// Wait until objects meet a condition or are deleted.
     Wait(commands::wait::Args),
+    /// Set an auto scaling group's desired capacity.
+    Scale(commands::scale::Args),
     /// Start, stop, reboot or terminate instances.
     Instance(commands::instance::Args),
+    /// Auto scaling group actions: activities, lifecycle actions, instance refresh.
+    Asg(commands::asg::Args),
     /// Print an instance's console log (stdout and stderr); -f follows it.
     Logs(commands::logs::Args),
     /// List events, newest last.
@@ -123,7 +128,9 @@ pub async fn run_user<C: CommandFactory>(
         UserCommand::Delete(a) => commands::delete::run(global, a).await,
         UserCommand::Diff(a) => commands::diff::run(global, a).await,
         UserCommand::Wait(a) => commands::wait::run(global, a).await,
+        UserCommand::Scale(a) => commands::scale::run(global, a).await,
         UserCommand::Instance(a) => commands::instance::run(global, a).await,
+        UserCommand::Asg(a) => commands::asg::run(global, a).await,
         UserCommand::Logs(a) => commands::logs::run(global, a).await,
         UserCommand::Events(a) => commands::events::run(global, a).await,
         UserCommand::ApiResources => commands::misc::api_resources(),
@@ -192,6 +199,8 @@ mod tests {
             &["hanul", "events", "-w", "--for", "i/web-1"],
             &["hanul", "describe", "i", "web-1"],
             &["hanul", "diff", "-f", "web.yaml"],
+            &["hanul", "scale", "asg", "web", "--desired", "3"],
+            &["hanul", "describe", "asg", "web"],
             &["hanul", "completion", "bash"],
             &["hanul", "api-resources"],
             &["hanul", "version"],

@@ -1,11 +1,14 @@
 //! `hanul describe KIND [NAME...] [-l SELECTOR]`: one readable page per object — metadata,
-//! spec, status, conditions as a table, and the object's recent events.
+//! spec, status, conditions as a table, and the object's recent events. Some kinds add a
+//! section of their own: a load balancer its targets' health, an auto scaling group its
+//! capacity, instances, instance refresh, hooks and latest activities.
 
-use super::{check_selector, emit};
+use super::{asg, check_selector, emit};
 use crate::{
     error::{is_not_found, report},
     output::{
-        NONE, Table, age, event_sort_key, event_time, manifest_value, now_secs, or_none, timestamp,
+        NONE, Table, age, event_sort_key, event_time, format_age, manifest_value, now_secs,
+        or_none, timestamp,
     },
     target::{Targets, parse_targets},
 };
@@ -15,10 +18,12 @@ use hanul_proto::{
     v1::{Object, object::Resource},
 };
 use serde_json::Value;
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 /// Width of the label column of the metadata section.
 const LABEL_WIDTH: usize = 20;
+/// How many of a group's activities its page shows (`hanul asg activities` lists them all).
+const GROUP_ACTIVITIES: usize = 10;
 
 /// Arguments of `hanul describe`.
 #[derive(Debug, clap::Args)]
@@ -201,6 +206,183 @@ fn target_health(o: &Object, target_groups: &[Object]) -> Option<String> {
     Some(t.render())
 }
 
+/// An auto scaling group's own section: what `aws autoscaling describe-auto-scaling-groups`
+/// and `describe-instance-refreshes` show, read from its spec and status.
+fn auto_scaling_group(o: &Object, now: i64) -> Option<String> {
+    let Some(Resource::AutoScalingGroup(g)) = &o.resource else {
+        return None;
+    };
+    let spec = g.spec.clone().unwrap_or_default();
+    let status = g.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let desired = spec.desired_capacity.unwrap_or(spec.min_size);
+    field(
+        &mut out,
+        "Min/Desired/Max",
+        &format!("{}/{desired}/{}", spec.min_size, spec.max_size),
+    );
+    let mut zones: Vec<String> = status
+        .in_service_by_zone
+        .iter()
+        .map(|(z, n)| format!("{z}={n}"))
+        .collect();
+    zones.sort();
+    let mut in_service = format!("{}/{desired}", status.in_service);
+    if !zones.is_empty() {
+        in_service.push_str(&format!(" ({})", zones.join(", ")));
+    }
+    field(&mut out, "In Service", &in_service);
+    let grace = spec
+        .health_check_grace_period_seconds
+        .map(|s| format!(", grace period {s}s"))
+        .unwrap_or_default();
+    field(
+        &mut out,
+        "Health Check",
+        &format!("{}{grace}", or_none(&spec.health_check_type)),
+    );
+    field(
+        &mut out,
+        "Target Groups",
+        &or_none(&spec.target_groups.join(", ")),
+    );
+    let t = spec.launch_template.unwrap_or_default();
+    field(
+        &mut out,
+        "Launch Template",
+        &format!(
+            "image {}, type {}, version {}",
+            or_none(&t.image),
+            or_none(&t.instance_type),
+            status.launch_template_version
+        ),
+    );
+    field(
+        &mut out,
+        "Suspended",
+        &or_none(&spec.suspended_processes.join(", ")),
+    );
+    match &status.instance_refresh {
+        Some(r) => {
+            let mut lines = vec![format!(
+                "{} {}% ({} to update, to version {}, min healthy {}%, id {})",
+                or_none(&r.status),
+                r.percentage_complete,
+                r.instances_to_update,
+                r.launch_template_version,
+                r.min_healthy_percentage,
+                or_none(&r.id)
+            )];
+            if r.start_time.is_some() {
+                let mut when = format!("started {} ago", age(r.start_time.as_ref(), now));
+                if r.end_time.is_some() {
+                    when.push_str(&format!(", ended {} ago", age(r.end_time.as_ref(), now)));
+                }
+                lines.push(when);
+            }
+            if r.failed_instances > 0 {
+                lines.push(format!("{} instances failed", r.failed_instances));
+            }
+            if !r.status_reason.is_empty() {
+                lines.push(r.status_reason.clone());
+            }
+            field_lines(&mut out, "Instance Refresh", &lines);
+        }
+        None => field(&mut out, "Instance Refresh", NONE),
+    }
+
+    out.push_str("Lifecycle Hooks:");
+    if spec.lifecycle_hooks.is_empty() {
+        out.push_str(&format!(" {NONE}\n"));
+    } else {
+        out.push('\n');
+        let mut t = Table::new(&[
+            "NAME",
+            "TRANSITION",
+            "HEARTBEAT-TIMEOUT",
+            "DEFAULT-RESULT",
+            "NOTIFICATION-TARGET",
+        ]);
+        for h in &spec.lifecycle_hooks {
+            t.push(vec![
+                h.name.clone(),
+                or_none(&h.transition),
+                h.heartbeat_timeout_seconds
+                    .map(|s| format!("{s}s"))
+                    .unwrap_or_else(|| NONE.into()),
+                or_none(&h.default_result),
+                or_none(&h.notification_target),
+            ]);
+        }
+        indent(&mut out, &t.render(), 2);
+    }
+
+    out.push_str("Instances:");
+    if status.instances.is_empty() {
+        out.push_str(&format!(" {NONE}\n"));
+    } else {
+        out.push('\n');
+        let mut t = Table::new(&[
+            "INSTANCE",
+            "ZONE",
+            "LIFECYCLE",
+            "HEALTH",
+            "VERSION",
+            "AGE",
+            "REASON",
+        ]);
+        for i in &status.instances {
+            let mut reasons = Vec::new();
+            if !i.reason.is_empty() {
+                reasons.push(i.reason.clone());
+            }
+            for w in &i.waits {
+                reasons.push(if !w.result.is_empty() {
+                    format!("hook {}: {}", w.hook, w.result)
+                } else {
+                    let left = w.deadline.as_ref().map(|d| d.seconds - now).unwrap_or(0);
+                    let timeout = if left > 0 {
+                        format!(
+                            "times out in {}",
+                            format_age(Duration::from_secs(left as u64))
+                        )
+                    } else {
+                        "timed out".into()
+                    };
+                    format!("waiting for hook {} ({timeout})", w.hook)
+                });
+            }
+            t.push(vec![
+                i.instance.clone(),
+                or_none(&i.zone),
+                or_none(&i.lifecycle_state),
+                or_none(&i.health_status),
+                i.launch_template_version.to_string(),
+                age(i.launched_at.as_ref(), now),
+                or_none(&reasons.join("; ")),
+            ]);
+        }
+        indent(&mut out, &t.render(), 2);
+    }
+
+    let total = status.activities.len();
+    out.push_str("Activities:");
+    if total == 0 {
+        out.push_str(&format!(" {NONE}\n"));
+    } else {
+        if total > GROUP_ACTIVITIES {
+            out.push_str(&format!(
+                " (latest {GROUP_ACTIVITIES} of {total}; `hanul asg activities {}` lists all)",
+                o.name()
+            ));
+        }
+        out.push('\n');
+        let t = asg::activities_table(asg::newest_first(g).take(GROUP_ACTIVITIES), now);
+        indent(&mut out, &t.render(), 2);
+    }
+    Some(out)
+}
+
 /// [`describe`], with the target groups a load balancer's page shows the health of.
 pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], now: i64) -> String {
     let mut out = String::new();
@@ -280,6 +462,14 @@ pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], no
         .as_mut()
         .and_then(Value::as_object_mut)
         .and_then(|m| m.remove("conditions"));
+    if o.kind() == Some(Kind::AutoScalingGroup)
+        && let Some(m) = status.as_mut().and_then(Value::as_object_mut)
+    {
+        // The group's section shows these as tables; as YAML, up to 100 activities would bury
+        // the page.
+        m.remove("instances");
+        m.remove("activities");
+    }
     if o.kind().is_some_and(Kind::has_status) {
         out.push_str("Spec:\n");
         render_section(&mut out, spec.as_ref());
@@ -317,6 +507,9 @@ pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], no
             }
             _ => out.push_str(&format!("  {NONE}\n")),
         }
+    }
+    if let Some(section) = auto_scaling_group(o, now) {
+        out.push_str(&section);
     }
     if let Some(health) = target_health(o, target_groups) {
         out.push_str("Target Health:\n");
@@ -569,5 +762,72 @@ mod tests {
             ),
             "{page}"
         );
+    }
+
+    #[test]
+    fn a_group_page_has_capacity_template_refresh_hooks_instances_and_activities() {
+        let o: Object = crate::commands::asg::tests::web().into();
+        let page = describe(&o, &[], NOW);
+        for want in [
+            "Kind:               AutoScalingGroup\n",
+            "Min/Desired/Max:    1/3/5\n",
+            "In Service:         1/3 (az-a=1)\n",
+            "Health Check:       ELB, grace period 120s\n",
+            "Target Groups:      web-tg\n",
+            "Launch Template:    image web-v2, type t3.micro, version 2\n",
+            "Suspended:          AZRebalance\n",
+            "Instance Refresh:   InProgress 50% (2 to update, to version 2, min healthy 90%, id 1)\n\
+             \x20                   started 5m ago\n\
+             \x20                   Waiting for instances to warm up.\n",
+            "Lifecycle Hooks:\n  NAME   TRANSITION                           HEARTBEAT-TIMEOUT   \
+             DEFAULT-RESULT   NOTIFICATION-TARGET\n\
+             \x20 warm   autoscaling:EC2_INSTANCE_LAUNCHING   3600s               ABANDON          \
+             <none>\n",
+            "Instances:\n  INSTANCE    ZONE   LIFECYCLE      HEALTH      VERSION   AGE   REASON\n",
+            "  web-abc12   az-a   InService      Healthy     2         10m   <none>\n",
+            "  web-def34   az-a   Pending:Wait   Healthy     2         10m   \
+             waiting for hook warm (times out in 50m)\n",
+            "  web-ghi56   az-a   Pending:Wait   Healthy     2         10m   hook warm: CONTINUE\n",
+            "  web-old01   az-a   Terminating    Unhealthy   2         10m   \
+             Instance stopped unexpectedly.\n",
+            "Activities:\n  ID   STATUS ",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+        // Newest first, after the group's own sections and before the events.
+        let three = page.find("\n  3    InProgress").expect(&page);
+        let one = page.find("\n  1    Successful").expect(&page);
+        assert!(three < one, "{page}");
+        assert!(page.find("Activities:").unwrap() < page.find("Events:").unwrap());
+        // The status dump leaves the lists to the tables.
+        let status = &page[page.find("Status:\n").unwrap()..page.find("Conditions:").unwrap()];
+        assert!(status.contains("inService: 1"), "{status}");
+        assert!(
+            !status.contains("activities") && !status.contains("instances:"),
+            "{status}"
+        );
+    }
+
+    #[test]
+    fn a_group_page_shows_only_the_latest_activities_and_says_so() {
+        let mut g = crate::commands::asg::tests::web();
+        let status = g.status.as_mut().unwrap();
+        let first = status.activities[0].clone();
+        status.activities = (1..=25)
+            .map(|id| hanul_proto::v1::ScalingActivity {
+                id,
+                ..first.clone()
+            })
+            .collect();
+        status.instance_refresh = None;
+        let page = describe(&g.into(), &[], NOW);
+        assert!(
+            page.contains("Activities: (latest 10 of 25; `hanul asg activities web` lists all)\n"),
+            "{page}"
+        );
+        assert!(page.contains("\n  25   Successful"), "{page}");
+        assert!(page.contains("\n  16   Successful"), "{page}");
+        assert!(!page.contains("\n  15   Successful"), "{page}");
+        assert!(page.contains("Instance Refresh:   <none>\n"), "{page}");
     }
 }

@@ -5,17 +5,15 @@
 //! manifest would; reboot asks the agent through an annotation (the instance stays `running`).
 //! With `--wait` the command returns once the instance reached the state it asked for.
 
-use super::parse_duration;
+use super::{name_of_kind, parse_duration, request_stamp, update_retrying};
 use anyhow::{Result, bail};
 use hanul_proto::{
     Client, Kind,
     instance::{DesiredState, InstanceState, REBOOT_ANNOTATION},
-    time::now,
     v1::Object,
 };
 use std::{process::ExitCode, time::Duration};
 use tokio::time::Instant;
-use tonic::Code;
 
 /// What to do to the instances.
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -42,14 +40,6 @@ pub struct Args {
     pub timeout: Duration,
 }
 
-fn instance_name(arg: &str) -> Result<&str> {
-    match arg.split_once('/') {
-        None => Ok(arg),
-        Some((kind, name)) if Kind::lookup(kind) == Some(Kind::Instance) => Ok(name),
-        Some((kind, _)) => bail!("{arg:?}: expected an instance name or instance/NAME, not {kind}"),
-    }
-}
-
 fn observed(o: &Object) -> Option<InstanceState> {
     o.as_instance()?
         .status
@@ -59,8 +49,7 @@ fn observed(o: &Object) -> Option<InstanceState> {
 
 /// Changes one instance, retrying when someone else wrote it in between.
 async fn change(client: &Client, name: &str, verb: Verb) -> Result<Object> {
-    loop {
-        let mut o = client.get(Kind::Instance, name).await?;
+    update_retrying(client, Kind::Instance, name, |o| {
         let Some(i) = o.as_instance_mut() else {
             bail!("instance/{name} is not an instance");
         };
@@ -73,18 +62,14 @@ async fn change(client: &Client, name: &str, verb: Verb) -> Result<Object> {
                 if spec.state != DesiredState::Running.as_str() {
                     bail!("instance/{name} is not running; start it instead");
                 }
-                let at = humantime::format_rfc3339_nanos(hanul_proto::time::system_time(&now()));
                 o.metadata_mut()
                     .annotations
-                    .insert(REBOOT_ANNOTATION.to_string(), at.to_string());
+                    .insert(REBOOT_ANNOTATION.to_string(), request_stamp());
             }
         }
-        match client.update(o).await {
-            Ok(o) => return Ok(o),
-            Err(s) if s.code() == Code::Aborted => continue,
-            Err(s) => return Err(s.into()),
-        }
-    }
+        Ok(())
+    })
+    .await
 }
 
 /// Whether `o` reached what `verb` asked for.
@@ -107,7 +92,7 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
     let client = global.connect().await?;
     let mut changed = Vec::new();
     for arg in &args.names {
-        let name = instance_name(arg)?;
+        let name = name_of_kind(arg, Kind::Instance)?;
         let o = change(&client, name, args.verb).await?;
         let past = match args.verb {
             Verb::Start => "starting",
@@ -145,16 +130,4 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_may_carry_the_kind() {
-        assert_eq!(instance_name("web-1").unwrap(), "web-1");
-        assert_eq!(instance_name("instance/web-1").unwrap(), "web-1");
-        assert!(instance_name("volume/data").is_err());
-    }
 }
