@@ -6,6 +6,8 @@
 
 use anyhow::{Context, bail};
 use std::{
+    io::{Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::OnceLock,
@@ -451,4 +453,54 @@ pub fn processes_with_env(pairs: &[(&str, &str)]) -> Vec<u32> {
     }
     pids.sort();
     pids
+}
+
+/// An HTTP response as [`request`] read it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The `name=value` of the cookie `name` that the response sets.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = v.trim();
+            (k.eq_ignore_ascii_case("set-cookie") && v.starts_with(&format!("{name}=")))
+                .then(|| v.split(';').next().unwrap().to_owned())
+        })
+    }
+}
+
+/// One HTTP/1.1 GET to 127.0.0.1:`port` with `Connection: close`.
+pub fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("Host: web.example\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no head: {raw:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("no status: {head:?}"))?;
+    Ok(Reply {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    })
 }

@@ -3,7 +3,7 @@
 //! HTTP and TCP through real listeners to real processes (instances, and `ip` targets the test
 //! starts itself so that it can kill and restart them).
 
-use hanul_e2e::{AgentProcess, ServerProcess, poll, write_manifest};
+use hanul_e2e::{AgentProcess, ServerProcess, poll, request, write_manifest};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -178,52 +178,6 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Reply {
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            let v = v.trim();
-            (k.eq_ignore_ascii_case("set-cookie") && v.starts_with(&format!("{name}=")))
-                .then(|| v.split(';').next().unwrap().to_owned())
-        })
-    }
-}
-
-fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str("Host: web.example\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or(format!("no head: {raw:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or(format!("no status: {head:?}"))?;
-    Ok(Reply {
-        status,
-        headers: head.to_owned(),
-        body: body.to_owned(),
-    })
 }
 
 fn ip_group(name: &str, backends: &[&Backend], extra: &str) -> String {
