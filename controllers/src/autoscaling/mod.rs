@@ -26,7 +26,7 @@ use crate::{
         Action, Cache, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
         default_error_policy,
     },
-    scheduler::{CONDITION_READY, conditions},
+    scheduler::{CONDITION_READY, CONDITION_SCHEDULED, REASON_INSUFFICIENT_CAPACITY, conditions},
 };
 use hanul_proto::{
     Client, Kind,
@@ -57,6 +57,7 @@ pub struct Context {
     pub instances: Cache,
     pub target_groups: Cache,
     pub nodes: Cache,
+    pub instance_types: Cache,
 }
 
 impl std::fmt::Debug for Context {
@@ -92,6 +93,8 @@ fn observed(o: &Object, nodes: &Cache) -> Option<(String, Observed)> {
             });
     let impaired = conditions::find(&status.conditions, CONDITION_STATUS_CHECK)
         .is_some_and(|c| c.status == conditions::FALSE);
+    let unschedulable = conditions::find(&status.conditions, CONDITION_SCHEDULED)
+        .is_some_and(|c| c.status == conditions::FALSE && c.reason == REASON_INSUFFICIENT_CAPACITY);
     Some((
         o.name().to_owned(),
         Observed {
@@ -104,6 +107,8 @@ fn observed(o: &Object, nodes: &Cache) -> Option<(String, Observed)> {
             terminate_requested: spec.state == DesiredState::Terminated.as_str(),
             impaired,
             node_lost,
+            bound: !status.node.is_empty(),
+            unschedulable,
             version: meta
                 .labels
                 .get(VERSION_LABEL)
@@ -117,6 +122,40 @@ fn observed(o: &Object, nodes: &Cache) -> Option<(String, Observed)> {
                 .collect(),
         },
     ))
+}
+
+/// How many more instances of `instance_type` the Ready, schedulable nodes of each zone have
+/// room for (by their allocatable less allocated CPU and memory, as the scheduler counts);
+/// empty when the type is unknown.
+fn room(instance_type: &str, types: &Cache, nodes: &Cache) -> BTreeMap<String, u32> {
+    let Some(Resource::InstanceType(t)) = types
+        .get(Kind::InstanceType, instance_type)
+        .and_then(|o| o.resource.clone())
+    else {
+        return BTreeMap::new();
+    };
+    let t = t.spec.unwrap_or_default();
+    let (cpu, mem) = (u64::from(t.vcpu.max(1)) * 1000, t.memory_mib.max(1));
+    let mut room: BTreeMap<String, u32> = BTreeMap::new();
+    for n in nodes.list() {
+        let Some(Resource::Node(node)) = &n.resource else {
+            continue;
+        };
+        let spec = node.spec.clone().unwrap_or_default();
+        let status = node.status.clone().unwrap_or_default();
+        let entry = room.entry(spec.zone.clone()).or_default();
+        if spec.unschedulable || !conditions::is_true(&status.conditions, CONDITION_READY) {
+            continue;
+        }
+        let (total, used) = (
+            status.allocatable.unwrap_or_default(),
+            status.allocated.unwrap_or_default(),
+        );
+        let free_cpu = u64::from(total.cpu_millis).saturating_sub(u64::from(used.cpu_millis));
+        let free_mem = total.memory_mib.saturating_sub(used.memory_mib);
+        *entry += (free_cpu / cpu).min(free_mem / mem) as u32;
+    }
+    room
 }
 
 /// The zones to spread over: the group's, else those of every node; each with whether a
@@ -192,6 +231,12 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         }
     }
     let zones = zones(&spec.zones, &ctx.nodes);
+    let instance_type = spec
+        .launch_template
+        .as_ref()
+        .map(|t| t.instance_type.as_str())
+        .unwrap_or_default();
+    let room = room(instance_type, &ctx.instance_types, &ctx.nodes);
     let input = Input {
         name: object.name(),
         generation: meta.generation,
@@ -206,6 +251,7 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         target_health: &target_health,
         deregistration_delay: Duration::from_secs(delay.into()),
         zones: &zones,
+        room: &room,
         now: ctx.clock.now(),
     };
     let group_name = object.name().to_owned();
@@ -389,10 +435,11 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         cache.start(&client, shutdown.clone());
         cache
     };
-    let (instances, target_groups, nodes) = (
+    let (instances, target_groups, nodes, instance_types) = (
         Cache::new(Some(Kind::Instance)),
         start(Kind::TargetGroup),
         start(Kind::Node),
+        start(Kind::InstanceType),
     );
     // Node and target group changes may concern any group: there are few of them.
     let every: KeyMapper = {
@@ -415,6 +462,7 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         instances,
         target_groups,
         nodes,
+        instance_types,
     });
     controller
         .run(reconcile, default_error_policy, ctx, 4)

@@ -39,6 +39,8 @@ use std::time::{Duration, SystemTime};
 
 /// How long a recorded launch may be missing from the store before it counts as gone.
 pub const LAUNCH_GRACE: Duration = Duration::from_secs(30);
+/// How long a launch may wait for room before it is given up and tried in another zone.
+pub const CAPACITY_WAIT: Duration = Duration::from_secs(10);
 /// The scaling activities kept in status.
 pub const MAX_ACTIVITIES: usize = 100;
 /// Instances of a refresh's new version that may fail before the refresh stops.
@@ -61,6 +63,10 @@ pub struct Observed {
     pub impaired: bool,
     /// Its node is known and not Ready.
     pub node_lost: bool,
+    /// Bound to a node (it holds capacity there).
+    pub bound: bool,
+    /// The scheduler found no node with room for it (`InsufficientInstanceCapacity`).
+    pub unschedulable: bool,
     /// Its launch template version label.
     pub version: u32,
     pub created: Option<SystemTime>,
@@ -86,6 +92,9 @@ pub struct Input<'a> {
     pub deregistration_delay: Duration,
     /// The zones to spread over, each with whether a Ready node can take instances there.
     pub zones: &'a [(String, bool)],
+    /// How many more instances of the launch template's type the Ready nodes of each zone
+    /// have room for, not counting the group's launches not yet bound; absent: unknown.
+    pub room: &'a BTreeMap<String, u32>,
     pub now: SystemTime,
 }
 
@@ -469,6 +478,20 @@ impl Planner<'_, '_> {
                     );
                 }
                 let zone_ready = self.input.zones.iter().any(|(z, ok)| *ok && *z == r.zone);
+                if state == LifecycleState::Pending && o.unschedulable && !o.bound {
+                    let give_up = at(&r.launched_at) + CAPACITY_WAIT;
+                    if self.now >= give_up {
+                        return self.fail_launch(
+                            r,
+                            format!(
+                                "InsufficientInstanceCapacity: no node in zone {} has room for the instance",
+                                r.zone
+                            ),
+                            true,
+                        );
+                    }
+                    self.wake_at(give_up);
+                }
                 if state == LifecycleState::Pending
                     && observed_state != Some(InstanceState::Running)
                     && !zone_ready
@@ -805,19 +828,51 @@ impl Planner<'_, '_> {
         counts
     }
 
-    /// The available zone with the fewest active instances (the first listed on a tie).
+    /// Whether the zone's nodes have room for one more launch, counting the launches of the
+    /// group not yet bound to a node.
+    fn has_room(&self, zone: &str) -> bool {
+        let Some(room) = self.input.room.get(zone) else {
+            return true;
+        };
+        let unbound = self
+            .status
+            .instances
+            .iter()
+            .filter(|r| {
+                r.zone == zone
+                    && r.lifecycle_state == LifecycleState::Pending.as_str()
+                    && self
+                        .input
+                        .instances
+                        .get(&r.instance)
+                        .is_none_or(|o| !o.bound)
+            })
+            .count() as u32;
+        *room > unbound
+    }
+
+    /// The available zone with room and the fewest active instances (the first listed on a
+    /// tie).
     fn launch_zone(&self) -> Option<String> {
         let counts = self.zone_counts();
         self.input
             .zones
             .iter()
-            .filter(|(_, ok)| *ok)
+            .filter(|(z, ok)| *ok && self.has_room(z))
             .min_by_key(|(z, _)| counts.get(z).copied().unwrap_or(0))
             .map(|(z, _)| z.clone())
     }
 
     fn launch(&mut self, names: &mut dyn FnMut() -> String, version: u32, cause: &str) -> bool {
         let Some(zone) = self.launch_zone() else {
+            let full: Vec<String> = self
+                .input
+                .zones
+                .iter()
+                .filter(|(z, ok)| *ok && !self.has_room(z))
+                .map(|(z, _)| format!("no room in zone {z}"))
+                .collect();
+            self.waiting_zones.extend(full);
             return false;
         };
         let taken = names_taken(&self.status.instances, self.input.instances);
@@ -887,7 +942,7 @@ impl Planner<'_, '_> {
             .zones
             .iter()
             .filter(|(_, ok)| !ok)
-            .map(|(z, _)| z.clone())
+            .map(|(z, _)| format!("no Ready node in zone {z}"))
             .collect();
         let (active, holding) = self.counts();
 
@@ -1159,6 +1214,14 @@ impl Planner<'_, '_> {
         if hi - lo <= 1 && !misplaced {
             return;
         }
+        // Only a zone with room can take what the fullest gives up.
+        let emptiest = counts
+            .iter()
+            .find(|(_, n)| **n == *lo)
+            .map(|(z, _)| z.clone());
+        if emptiest.is_some_and(|z| !self.has_room(&z)) && !misplaced {
+            return;
+        }
         let (_, holding) = self.counts();
         let version = self.status.launch_template_version;
         if holding < self.spec().max_size && !self.suspended(Process::Launch) {
@@ -1228,10 +1291,8 @@ impl Planner<'_, '_> {
             )
         };
         if !self.waiting_zones.is_empty() {
-            message.push_str(&format!(
-                "; no Ready node in zone {}",
-                self.waiting_zones.join(", ")
-            ));
+            self.waiting_zones.dedup();
+            message.push_str(&format!("; {}", self.waiting_zones.join(", ")));
         }
         conditions::set(
             &mut self.status.conditions,

@@ -35,6 +35,7 @@ struct World {
     instances: BTreeMap<String, Observed>,
     health: BTreeMap<String, Vec<(String, String)>>,
     zones: Vec<(String, bool)>,
+    room: BTreeMap<String, u32>,
     now: u64,
     counter: u32,
     refresh: Option<String>,
@@ -49,6 +50,7 @@ impl World {
             instances: BTreeMap::new(),
             health: BTreeMap::new(),
             zones: vec![("a".into(), true), ("b".into(), true)],
+            room: BTreeMap::new(),
             now: 0,
             counter: 0,
             refresh: None,
@@ -69,6 +71,7 @@ impl World {
             target_health: &self.health,
             deregistration_delay: Duration::from_secs(10),
             zones: &self.zones,
+            room: &self.room,
             now: time(self.now),
         };
         let mut counter = self.counter;
@@ -119,13 +122,29 @@ impl World {
     }
 
     /// The agents: pending instances in a zone with a node start; terminated ones stop.
+    /// The scheduler binds what has room (counting what is bound in the zone), marking the
+    /// rest unschedulable; the agents start what is bound and stop what is terminated.
     fn agents(&mut self) {
-        for o in self.instances.values_mut() {
-            let up = self.zones.iter().any(|(z, ok)| *ok && *z == o.zone);
+        let names: Vec<String> = self.instances.keys().cloned().collect();
+        for name in names {
+            let zone = self.instances[&name].zone.clone();
+            let up = self.zones.iter().any(|(z, ok)| *ok && *z == zone);
+            let used = self
+                .instances
+                .values()
+                .filter(|o| o.zone == zone && o.bound)
+                .count() as u32;
+            let fits = self.room.get(&zone).is_none_or(|r| used < *r);
+            let o = self.instances.get_mut(&name).unwrap();
             if o.terminate_requested {
                 o.state = "terminated".into();
-            } else if o.state == "pending" && up {
+                o.bound = false;
+            } else if o.state == "pending" && up && (o.bound || fits) {
                 o.state = "running".into();
+                o.bound = true;
+                o.unschedulable = false;
+            } else if o.state == "pending" && !fits {
+                o.unschedulable = true;
             }
         }
     }
@@ -501,6 +520,50 @@ fn a_lost_zone_is_refilled_elsewhere_and_rebalanced_when_it_returns() {
 }
 
 #[test]
+fn a_zone_without_room_gets_no_launches_and_a_stuck_launch_is_given_up() {
+    // Room is what is left beside the group's own bound instances; this fake keeps it fixed,
+    // so "1" means zone a never takes more than one of them.
+    let mut w = World::new(spec(0, 4, 6));
+    w.room.insert("a".into(), 1);
+    w.step();
+    let per: BTreeMap<String, usize> =
+        w.status.instances.iter().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.zone.clone()).or_default() += 1;
+            m
+        });
+    assert_eq!(per, [("a".into(), 1), ("b".into(), 3)].into());
+    let cond = conditions::find(&w.status.conditions, CONDITION_READY).unwrap();
+    assert!(!cond.message.contains("no room"), "{}", cond.message);
+
+    // The scheduler finds no room after all: the launch is given up after a while.
+    let mut w = World::new(spec(0, 1, 2));
+    w.step();
+    let name = w.status.instances[0].instance.clone();
+    w.instances.get_mut(&name).unwrap().unschedulable = true;
+    w.now = 5;
+    w.step();
+    assert_eq!(w.record(&name).lifecycle_state, "Pending");
+    w.now = 10;
+    w.room.insert("a".into(), 0);
+    w.step();
+    let r = w.record(&name);
+    assert!(r.lifecycle_state.starts_with("Terminating"), "{r:?}");
+    assert!(
+        r.reason.contains("InsufficientInstanceCapacity"),
+        "{}",
+        r.reason
+    );
+    // Its replacement goes to the zone with room.
+    let replacement = w
+        .status
+        .instances
+        .iter()
+        .find(|r| r.lifecycle_state == "Pending")
+        .unwrap();
+    assert_eq!(replacement.zone, "b");
+}
+
+#[test]
 fn a_new_launch_template_is_rolled_out_launching_first() {
     let mut s = spec(1, 4, 5);
     s.instance_refresh.as_mut().unwrap().instance_warmup_seconds = Some(10);
@@ -637,6 +700,7 @@ enum Event {
     Complete(usize, bool),
     Beat(usize),
     Time(u64),
+    Room(usize, u32),
     Agents,
     Refresh,
 }
@@ -649,6 +713,7 @@ fn event() -> impl Strategy<Value = Event> {
         (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Event::Complete(i, c)),
         any::<usize>().prop_map(Event::Beat),
         (1u64..400).prop_map(Event::Time),
+        (0usize..3, 0u32..5).prop_map(|(z, r)| Event::Room(z, r)),
         Just(Event::Agents),
         Just(Event::Agents),
         Just(Event::Refresh),
@@ -728,6 +793,10 @@ proptest! {
                     }
                 }
                 Event::Time(s) => w.now += s,
+                Event::Room(z, r) => {
+                    let zone = w.zones[z].0.clone();
+                    w.room.insert(zone, r);
+                }
                 Event::Agents => w.agents(),
                 Event::Refresh => w.refresh = Some(format!("r-{}", w.now)),
             }
@@ -787,6 +856,7 @@ proptest! {
         // Left alone with every zone up and the hooks answered, the group converges: desired
         // in service, zones within one of each other.
         for z in &mut w.zones { z.1 = true; }
+        w.room.clear();
         for o in w.instances.values_mut() { o.node_lost = false; o.impaired = false; }
         w.spec.lifecycle_hooks.clear();
         for _ in 0..40 {
