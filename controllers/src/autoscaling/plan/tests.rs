@@ -631,6 +631,46 @@ fn with_elb_health_checks_a_refresh_waits_for_the_target_groups_to_call_new_inst
 }
 
 #[test]
+fn a_cancelled_refresh_stops_replacing() {
+    let mut s = spec(1, 2, 3);
+    s.instance_refresh.as_mut().unwrap().instance_warmup_seconds = Some(60);
+    let mut w = World::new(s);
+    w.settle();
+    w.refresh = Some("go".into());
+    w.settle();
+    assert_eq!(
+        w.status.instance_refresh.as_ref().unwrap().status,
+        "InProgress"
+    );
+    // One new instance is warming up; cancel.
+    let cancel = Some("stop");
+    let input = Input {
+        name: "web",
+        generation: 1,
+        spec: &w.spec,
+        status: &w.status,
+        refresh_request: w.refresh.as_deref(),
+        cancel_request: cancel,
+        instances: &w.instances,
+        target_health: &w.health,
+        deregistration_delay: Duration::ZERO,
+        zones: &w.zones,
+        room: &w.room,
+        now: time(w.now),
+    };
+    let plan = plan(&input, &mut || "web-x".into());
+    let r = plan.status.instance_refresh.clone().unwrap();
+    assert_eq!(r.status, "Cancelled");
+    assert_eq!(plan.status.cancel_request_handled, "stop");
+    // Nothing more is launched for it; the group goes back to desired.
+    w.status = plan.status;
+    w.now += 120;
+    w.settle();
+    assert_eq!(w.in_service().len(), 2);
+    assert_eq!(w.status.instance_refresh.unwrap().status, "Cancelled");
+}
+
+#[test]
 fn a_refresh_whose_instances_never_work_stops_and_keeps_the_old_ones() {
     let mut s = spec(1, 2, 3);
     s.instance_refresh.as_mut().unwrap().instance_warmup_seconds = Some(30);
