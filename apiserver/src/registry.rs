@@ -147,6 +147,7 @@ impl Registry {
                 .as_ref()
                 .and_then(|s| s.launch_template.as_ref())
                 .map(|t| t.instance_type.clone()),
+            Some(Resource::LaunchTemplate(t)) => t.spec.as_ref().map(|s| s.instance_type.clone()),
             _ => None,
         };
         if type_of(obj).is_some() && old.is_none_or(|old| type_of(old) != type_of(obj)) {

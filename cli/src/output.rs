@@ -10,8 +10,8 @@ use hanul_proto::{
     Kind,
     manifest::{to_value, to_yaml},
     v1::{
-        AutoScalingGroup, Condition, Event, Image, Instance, InstanceType, LoadBalancer, Node,
-        Object, Resources, TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, Condition, Event, Image, Instance, InstanceType, LaunchTemplate,
+        LoadBalancer, Node, Object, Resources, TargetGroup, Volume, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -279,6 +279,10 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["NAME", "MIN", "DESIRED", "MAX", "IN-SERVICE", "AGE"],
             &["ZONES", "LIFECYCLE", "TEMPLATE", "REFRESH"],
         ),
+        Kind::LaunchTemplate => (
+            &["NAME", "LATEST", "DEFAULT", "IMAGE", "TYPE", "AGE"],
+            &["MARKET", "PORTS"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -303,6 +307,7 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::TargetGroup(o)) => target_group_row(o, wide, now),
         Some(Resource::LoadBalancer(o)) => load_balancer_row(o, wide, now),
         Some(Resource::AutoScalingGroup(o)) => auto_scaling_group_row(o, wide, now),
+        Some(Resource::LaunchTemplate(o)) => launch_template_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -529,7 +534,10 @@ fn auto_scaling_group_row(o: &AutoScalingGroup, wide: bool, now: i64) -> Vec<Str
             }
         }
         let states: Vec<String> = states.iter().map(|(s, n)| format!("{s}={n}")).collect();
-        let template = spec.launch_template.unwrap_or_default();
+        let template = match &spec.launch_template_ref {
+            Some(r) => format!("lt/{}", r.name),
+            None => spec.launch_template.unwrap_or_default().image,
+        };
         let refresh = status
             .instance_refresh
             .map(|r| format!("{} {}%", r.status, r.percentage_complete))
@@ -537,9 +545,28 @@ fn auto_scaling_group_row(o: &AutoScalingGroup, wide: bool, now: i64) -> Vec<Str
         row.extend([
             or_none(&zones.join(",")),
             or_none(&states.join(",")),
-            format!("{}:v{}", template.image, status.launch_template_version),
+            format!("{template}:v{}", status.launch_template_version),
             or_none(&refresh),
         ]);
+    }
+    row
+}
+
+fn launch_template_row(o: &LaunchTemplate, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let mut row = vec![
+        name,
+        status.latest_version.to_string(),
+        status.default_version.to_string(),
+        or_none(&spec.image),
+        or_none(&spec.instance_type),
+        age,
+    ];
+    if wide {
+        let ports: Vec<&str> = spec.ports.iter().map(|p| p.name.as_str()).collect();
+        row.extend([or_none(&spec.market), or_none(&ports.join(","))]);
     }
     row
 }

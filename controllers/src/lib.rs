@@ -99,6 +99,15 @@ pub async fn run_all(
             )),
         ),
         (
+            autoscaling::launch_templates::CONTROLLER_NAME,
+            tokio::spawn(autoscaling::launch_templates::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+            )),
+        ),
+        (
             terminated::CONTROLLER_NAME,
             tokio::spawn(terminated::run_with(
                 client.clone(),

@@ -13,7 +13,7 @@
 
 use crate::{
     instance::string_enum,
-    v1::{AutoScalingGroupSpec, InstanceRefreshPreferences, InstanceSpec, LaunchTemplate},
+    v1::{AutoScalingGroupSpec, InstanceRefreshPreferences, InstanceSpec, LaunchTemplateData},
 };
 use prost::Message;
 
@@ -145,7 +145,7 @@ pub fn default_group(spec: &mut AutoScalingGroupSpec) {
 }
 
 /// The instance spec a template launches (without the zone, which the group chooses).
-pub fn instance_spec(t: &LaunchTemplate) -> InstanceSpec {
+pub fn instance_spec(t: &LaunchTemplateData) -> InstanceSpec {
     InstanceSpec {
         image: t.image.clone(),
         instance_type: t.instance_type.clone(),
@@ -159,7 +159,7 @@ pub fn instance_spec(t: &LaunchTemplate) -> InstanceSpec {
 
 /// A digest of a launch template: equal templates have equal digests (the env map is encoded
 /// in key order). A change of it is a new launch template version.
-pub fn template_hash(t: &LaunchTemplate) -> String {
+pub fn template_hash(t: &LaunchTemplateData) -> String {
     let mut t = t.clone();
     let env: std::collections::BTreeMap<_, _> = std::mem::take(&mut t.env).into_iter().collect();
     let mut bytes = t.encode_to_vec();
@@ -184,14 +184,14 @@ mod tests {
 
     #[test]
     fn template_hash_ignores_map_order_and_sees_changes() {
-        let mut a = LaunchTemplate {
+        let mut a = LaunchTemplateData {
             image: "web".into(),
             ..Default::default()
         };
         for i in 0..20 {
             a.env.insert(format!("K{i}"), i.to_string());
         }
-        let mut b = LaunchTemplate {
+        let mut b = LaunchTemplateData {
             image: "web".into(),
             ..Default::default()
         };

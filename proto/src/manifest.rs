@@ -5,8 +5,8 @@
 use crate::{
     Kind,
     v1::{
-        AutoScalingGroup, Event, Image, Instance, InstanceType, LoadBalancer, Node, Object,
-        TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, Event, Image, Instance, InstanceType, LaunchTemplate, LoadBalancer, Node,
+        Object, TargetGroup, Volume, object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -149,6 +149,7 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::TargetGroup => typed::<TargetGroup>(rest).map(Resource::TargetGroup),
         Kind::LoadBalancer => typed::<LoadBalancer>(rest).map(Resource::LoadBalancer),
         Kind::AutoScalingGroup => typed::<AutoScalingGroup>(rest).map(Resource::AutoScalingGroup),
+        Kind::LaunchTemplate => typed::<LaunchTemplate>(rest).map(Resource::LaunchTemplate),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -195,6 +196,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::TargetGroup(o)) => serde_json::to_value(o),
         Some(Resource::LoadBalancer(o)) => serde_json::to_value(o),
         Some(Resource::AutoScalingGroup(o)) => serde_json::to_value(o),
+        Some(Resource::LaunchTemplate(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

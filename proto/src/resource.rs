@@ -158,6 +158,7 @@ kinds! {
     TargetGroup { plural: "targetgroups", short: ["tg", "target-groups"], status: true },
     LoadBalancer { plural: "loadbalancers", short: ["lb", "elb", "alb", "nlb", "load-balancers"], status: true },
     AutoScalingGroup { plural: "autoscalinggroups", short: ["asg", "asgs", "auto-scaling-groups"], status: true },
+    LaunchTemplate { plural: "launchtemplates", short: ["lt", "launch-templates"], status: true },
 }
 
 impl Kind {
@@ -249,7 +250,8 @@ into_object!(
     Event,
     TargetGroup,
     LoadBalancer,
-    AutoScalingGroup
+    AutoScalingGroup,
+    LaunchTemplate
 );
 
 #[cfg(test)]

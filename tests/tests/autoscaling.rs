@@ -681,3 +681,40 @@ fn an_instance_refresh_replaces_every_instance_while_requests_keep_succeeding() 
         .count();
     assert!(served_by_new > 0, "no request reached a new instance");
 }
+
+#[test]
+fn a_group_follows_the_latest_version_of_a_launch_template_object() {
+    let lab = Lab::start("lt", &["az-a"]);
+    lab.apply(
+        "web2.yaml",
+        &IMAGES.replace("name: asg-web}", "name: asg-web2}"),
+    );
+    let template = |image: &str| {
+        format!(
+            "apiVersion: hanul/v1\nkind: LaunchTemplate\nmetadata: {{name: web}}\nspec: {{image: {image}, instanceType: e2e.asg, ports: [{{name: http}}]}}\n"
+        )
+    };
+    lab.apply("lt.yaml", &template("asg-web"));
+    lab.apply(
+        "web.yaml",
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec:\n  launchTemplateRef: {name: web}\n  minSize: 1\n  maxSize: 2\n  desiredCapacity: 1\n  healthCheckGracePeriodSeconds: 0\n  instanceRefresh: {instanceWarmupSeconds: 0}\n",
+    );
+    let v = lab.wait_group("web", "1 in service", |v| v["status"]["inService"] == 1);
+    let first = Lab::in_service(&v)[0].clone();
+    let image = |name: &str| lab.json(&format!("i/{name}")).unwrap()["spec"]["image"].clone();
+    assert_eq!(image(&first), "asg-web");
+    let listed = lab.server.cli(&["get", "lt"]).ok().stdout;
+    assert!(listed.contains("asg-web"), "{listed}");
+    // A new version: the group refreshes onto it.
+    lab.apply("lt.yaml", &template("asg-web2"));
+    let v = lab.wait_group("web", "refreshed onto version 2", |v| {
+        v["status"]["instanceRefresh"]["status"] == "Successful"
+            && Lab::in_service(v).len() == 1
+            && !Lab::in_service(v).contains(&first)
+    });
+    let second = Lab::in_service(&v)[0].clone();
+    assert_eq!(image(&second), "asg-web2");
+    let lt = lab.json("lt/web").unwrap();
+    assert_eq!(lt["status"]["latestVersion"], 2);
+    assert_eq!(lt["status"]["versions"][0]["template"]["image"], "asg-web");
+}

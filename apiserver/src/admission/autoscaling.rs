@@ -8,7 +8,7 @@ use hanul_proto::{
         HealthCheckType, LifecycleResult, MAX_HEARTBEAT_TIMEOUT, MIN_HEARTBEAT_TIMEOUT, Process,
         TerminationPolicy, Transition, default_group, instance_spec,
     },
-    v1::{AutoScalingGroup, AutoScalingGroupSpec, Instance, LaunchTemplate},
+    v1::{AutoScalingGroup, AutoScalingGroupSpec, Instance, LaunchTemplate, LaunchTemplateData},
 };
 use std::collections::HashSet;
 
@@ -21,14 +21,70 @@ const MAX_GRACE_PERIOD: u32 = 172_800;
 
 pub(super) fn default(spec: &mut AutoScalingGroupSpec) {
     default_group(spec);
-    let t = spec
-        .launch_template
-        .get_or_insert_with(LaunchTemplate::default);
+    match &mut spec.launch_template_ref {
+        Some(r) => {
+            if r.version.is_empty() {
+                r.version = LATEST.into();
+            }
+        }
+        None => default_template(
+            spec.launch_template
+                .get_or_insert_with(LaunchTemplateData::default),
+        ),
+    }
+}
+
+/// A launch template's defaults: the instance defaults of the fields it has.
+pub(super) fn default_template(t: &mut LaunchTemplateData) {
     let mut is = instance_spec(t);
     instance::default(&mut is);
     t.instance_type = is.instance_type;
     t.market = is.market;
     t.ports = is.ports;
+}
+
+/// The instance rules on a launch template, their field paths under `prefix`. The instance
+/// type is checked only when it is chosen (`old` is the template before, on an update).
+pub(super) fn validate_template(
+    prefix: &str,
+    t: &LaunchTemplateData,
+    old: Option<&LaunchTemplateData>,
+    ctx: &Context,
+    errs: &mut Errors,
+) {
+    let mut is = instance_spec(t);
+    instance::default(&mut is);
+    let changed = old.is_none_or(|o| o.instance_type != t.instance_type);
+    let as_instance = Instance {
+        metadata: None,
+        spec: Some(is),
+        status: None,
+    };
+    let mut inner = Errors::default();
+    instance::validate(&as_instance, None, ctx, &mut inner);
+    for e in inner.0 {
+        if e.starts_with("spec.instanceType") && !changed {
+            continue;
+        }
+        errs.0.push(e.replacen("spec", prefix, 1));
+    }
+}
+
+/// `launchTemplateRef.version` values besides numbers.
+const LATEST: &str = "$Latest";
+const DEFAULT: &str = "$Default";
+
+/// Rules for `LaunchTemplate` objects: those of the template they hold.
+pub(super) fn validate_launch_template(
+    t: &LaunchTemplate,
+    old: Option<&LaunchTemplate>,
+    ctx: &Context,
+    errs: &mut Errors,
+) {
+    let Some(spec) = &t.spec else {
+        return errs.add("spec", "required");
+    };
+    validate_template("spec", spec, old.and_then(|o| o.spec.as_ref()), ctx, errs);
 }
 
 pub(super) fn validate(
@@ -47,30 +103,43 @@ pub(super) fn validate(
     let Some(spec) = &g.spec else {
         return errs.add("spec", "required");
     };
-    match &spec.launch_template {
-        Some(t) => {
-            // The instance rules, with their field paths moved under spec.launchTemplate.
-            let mut is = instance_spec(t);
-            instance::default(&mut is);
-            let changed = old
-                .and_then(|o| o.spec.as_ref())
-                .and_then(|s| s.launch_template.as_ref())
-                .is_none_or(|o| o.instance_type != t.instance_type);
-            let as_instance = Instance {
-                metadata: None,
-                spec: Some(is),
-                status: None,
-            };
-            let mut inner = Errors::default();
-            instance::validate(&as_instance, None, ctx, &mut inner);
-            for e in inner.0 {
-                if e.starts_with("spec.instanceType") && !changed {
-                    continue;
-                }
-                errs.0.push(e.replacen("spec.", "spec.launchTemplate.", 1));
+    match (&spec.launch_template, &spec.launch_template_ref) {
+        (Some(_), Some(_)) => errs.add(
+            "spec.launchTemplateRef",
+            "give either spec.launchTemplate or spec.launchTemplateRef, not both",
+        ),
+        (Some(t), None) => validate_template(
+            "spec.launchTemplate",
+            t,
+            old.and_then(|o| o.spec.as_ref())
+                .and_then(|s| s.launch_template.as_ref()),
+            ctx,
+            errs,
+        ),
+        (None, Some(r)) => {
+            if !super::is_dns_name(&r.name, 253) {
+                errs.add(
+                    "spec.launchTemplateRef.name",
+                    format!("{:?} is not a launch template name", r.name),
+                );
+            }
+            if r.version != LATEST
+                && r.version != DEFAULT
+                && !r.version.parse::<u32>().is_ok_and(|v| v > 0)
+            {
+                errs.add(
+                    "spec.launchTemplateRef.version",
+                    format!(
+                        "{:?} is not allowed; use $Latest, $Default or a version number",
+                        r.version
+                    ),
+                );
             }
         }
-        None => errs.add("spec.launchTemplate", "required"),
+        (None, None) => errs.add(
+            "spec.launchTemplate",
+            "required (or spec.launchTemplateRef)",
+        ),
     }
 
     let desired = spec.desired_capacity.unwrap_or(spec.min_size);

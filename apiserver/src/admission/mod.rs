@@ -85,6 +85,9 @@ pub fn default(obj: &mut Object) {
         Some(Resource::AutoScalingGroup(o)) => {
             autoscaling::default(o.spec.get_or_insert_with(Default::default))
         }
+        Some(Resource::LaunchTemplate(o)) => {
+            autoscaling::default_template(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -148,6 +151,13 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
                 _ => None,
             };
             autoscaling::validate(n, old, ctx, &mut errs)
+        }
+        (Some(Resource::LaunchTemplate(n)), old) => {
+            let old = match old {
+                Some(Resource::LaunchTemplate(o)) => Some(o),
+                _ => None,
+            };
+            autoscaling::validate_launch_template(n, old, ctx, &mut errs)
         }
         (None, _) => errs.add("kind", "required"),
     }

@@ -328,3 +328,31 @@ fn an_auto_scaling_group_reports_every_bad_field_by_path() {
     );
     assert!(message(admit(&mut o, None)).contains("spec.launchTemplate.image: required"));
 }
+
+#[test]
+fn a_group_names_one_launch_template_inline_or_by_reference() {
+    let mut both = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec: {maxSize: 1, launchTemplate: {image: web}, launchTemplateRef: {name: web}}\n",
+    );
+    assert!(message(admit(&mut both, None)).contains("not both"));
+    let mut by_ref = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec: {maxSize: 1, launchTemplateRef: {name: web}}\n",
+    );
+    admit(&mut by_ref, None).unwrap();
+    let Some(Resource::AutoScalingGroup(g)) = &by_ref.resource else {
+        panic!()
+    };
+    let s = g.spec.as_ref().unwrap();
+    assert_eq!(s.launch_template_ref.as_ref().unwrap().version, "$Latest");
+    assert!(s.launch_template.is_none());
+    let mut bad = obj(
+        "apiVersion: hanul/v1\nkind: AutoScalingGroup\nmetadata: {name: web}\nspec: {maxSize: 1, launchTemplateRef: {name: web, version: newest}}\n",
+    );
+    assert!(message(admit(&mut bad, None)).contains(
+        "spec.launchTemplateRef.version: \"newest\" is not allowed; use $Latest, $Default or a version number"
+    ));
+    let mut lt = obj(
+        "apiVersion: hanul/v1\nkind: LaunchTemplate\nmetadata: {name: web}\nspec: {image: web, instanceType: t3.micr}\n",
+    );
+    assert!(message(admit(&mut lt, None)).contains("spec.instanceType: unknown instance type"));
+}

@@ -370,7 +370,7 @@ pub(crate) mod tests {
     use crate::{Cli, UserCommand};
     use clap::Parser;
     use hanul_proto::v1::{
-        AutoScalingGroupSpec, AutoScalingGroupStatus, AutoScalingInstance, LaunchTemplate,
+        AutoScalingGroupSpec, AutoScalingGroupStatus, AutoScalingInstance, LaunchTemplateData,
         LifecycleHook, ObjectMeta,
     };
 
@@ -429,7 +429,7 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             spec: Some(AutoScalingGroupSpec {
-                launch_template: Some(LaunchTemplate {
+                launch_template: Some(LaunchTemplateData {
                     image: "web-v2".into(),
                     instance_type: "t3.micro".into(),
                     ..Default::default()

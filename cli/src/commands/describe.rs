@@ -246,17 +246,22 @@ fn auto_scaling_group(o: &Object, now: i64) -> Option<String> {
         "Target Groups",
         &or_none(&spec.target_groups.join(", ")),
     );
-    let t = spec.launch_template.unwrap_or_default();
-    field(
-        &mut out,
-        "Launch Template",
-        &format!(
-            "image {}, type {}, version {}",
-            or_none(&t.image),
-            or_none(&t.instance_type),
-            status.launch_template_version
+    let template = match (&spec.launch_template_ref, &spec.launch_template) {
+        (Some(r), _) => format!(
+            "launch template {} ({}), group version {}",
+            r.name, r.version, status.launch_template_version
         ),
-    );
+        (None, t) => {
+            let t = t.clone().unwrap_or_default();
+            format!(
+                "image {}, type {}, version {}",
+                or_none(&t.image),
+                or_none(&t.instance_type),
+                status.launch_template_version
+            )
+        }
+    };
+    field(&mut out, "Launch Template", &template);
     field(
         &mut out,
         "Suspended",

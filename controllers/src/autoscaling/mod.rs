@@ -16,6 +16,7 @@
 //! (`hanul asg complete-lifecycle-action`, `record-heartbeat`) arrive as annotations on the
 //! instance.
 
+pub mod launch_templates;
 pub mod notify;
 pub mod plan;
 
@@ -37,7 +38,7 @@ use hanul_proto::{
     elb::DEFAULT_DEREGISTRATION_DELAY,
     instance::DesiredState,
     time::system_time,
-    v1::{AutoScalingGroup, Instance, Object, ObjectMeta, OwnerReference, object::Resource},
+    v1::{AutoScalingGroupSpec, Instance, Object, ObjectMeta, OwnerReference, object::Resource},
 };
 use plan::{Effect, Input, Observed};
 use rand::Rng;
@@ -58,6 +59,7 @@ pub struct Context {
     pub target_groups: Cache,
     pub nodes: Cache,
     pub instance_types: Cache,
+    pub launch_templates: Cache,
 }
 
 impl std::fmt::Debug for Context {
@@ -198,8 +200,42 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
     if meta.deleted_at.is_some() {
         return Ok(Action::await_change());
     }
-    let spec = group.spec.clone().unwrap_or_default();
+    let mut spec = group.spec.clone().unwrap_or_default();
     let old = group.status.clone().unwrap_or_default();
+    // A referenced launch template: the version it names becomes the group's template.
+    if let Some(r) = spec.launch_template_ref.clone() {
+        let lt = ctx
+            .launch_templates
+            .get(Kind::LaunchTemplate, &r.name)
+            .and_then(|o| match &o.resource {
+                Some(Resource::LaunchTemplate(lt)) => Some(lt.clone()),
+                _ => None,
+            });
+        match launch_templates::resolve(lt.as_ref(), &r.name, &r.version) {
+            Ok((_, template)) => spec.launch_template = Some(template),
+            Err(why) => {
+                let mut status = old.clone();
+                let changed = conditions::set(
+                    &mut status.conditions,
+                    plan::CONDITION_READY,
+                    conditions::FALSE,
+                    "LaunchTemplateNotFound",
+                    &why,
+                    ctx.clock.now(),
+                );
+                if changed {
+                    let mut updated = group.clone();
+                    updated.status = Some(status);
+                    if let Err(s) = ctx.client.update_status(Object::from(updated)).await
+                        && !matches!(s.code(), Code::Aborted | Code::NotFound)
+                    {
+                        return Err(Error::api("update status", object.key(), s));
+                    }
+                }
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+        }
+    }
     let instances: BTreeMap<String, Observed> = ctx
         .instances
         .by_owner_uid(&meta.uid)
@@ -281,7 +317,7 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             } => Some(launch(
                 &ctx,
                 object.as_ref(),
-                group,
+                &spec,
                 instance,
                 zone,
                 *version,
@@ -350,17 +386,13 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
 async fn launch(
     ctx: &Context,
     object: &Object,
-    group: &AutoScalingGroup,
+    group: &AutoScalingGroupSpec,
     name: &str,
     zone: &str,
     version: u32,
 ) -> Result<bool> {
     let meta = object.metadata().cloned().unwrap_or_default();
-    let template = group
-        .spec
-        .as_ref()
-        .and_then(|s| s.launch_template.clone())
-        .unwrap_or_default();
+    let template = group.launch_template.clone().unwrap_or_default();
     let mut spec = instance_spec(&template);
     spec.zone = zone.to_owned();
     let instance = Instance {
@@ -435,11 +467,12 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         cache.start(&client, shutdown.clone());
         cache
     };
-    let (instances, target_groups, nodes, instance_types) = (
+    let (instances, target_groups, nodes, instance_types, launch_templates) = (
         Cache::new(Some(Kind::Instance)),
         start(Kind::TargetGroup),
         start(Kind::Node),
         start(Kind::InstanceType),
+        start(Kind::LaunchTemplate),
     );
     // Node and target group changes may concern any group: there are few of them.
     let every: KeyMapper = {
@@ -455,7 +488,8 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
     let controller = controller
         .watches_owned_in(instances.clone())
         .watches(nodes.clone(), every.clone())
-        .watches(target_groups.clone(), every);
+        .watches(target_groups.clone(), every.clone())
+        .watches(launch_templates.clone(), every);
     let ctx = Arc::new(Context {
         client,
         clock,
@@ -463,6 +497,7 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         target_groups,
         nodes,
         instance_types,
+        launch_templates,
     });
     controller
         .run(reconcile, default_error_policy, ctx, 4)

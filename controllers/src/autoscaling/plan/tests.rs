@@ -2,7 +2,7 @@ use super::*;
 use hanul_proto::autoscaling::{
     LIFECYCLE_STATE_ANNOTATION, TARGET_GROUPS_ANNOTATION, default_group,
 };
-use hanul_proto::v1::LaunchTemplate;
+use hanul_proto::v1::LaunchTemplateData;
 use proptest::prelude::*;
 
 const T0: u64 = 1_800_000_000;
@@ -13,7 +13,7 @@ fn time(s: u64) -> SystemTime {
 
 fn spec(min: u32, desired: u32, max: u32) -> AutoScalingGroupSpec {
     let mut s = AutoScalingGroupSpec {
-        launch_template: Some(LaunchTemplate {
+        launch_template: Some(LaunchTemplateData {
             image: "web".into(),
             ..Default::default()
         }),
