@@ -81,6 +81,11 @@ impl Hanul {
         self._dir.path().join("data")
     }
 
+    /// The server's own log (stdout and stderr).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("server.log")
+    }
+
     /// A client with the admin token.
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.url, &self.token).await?)

@@ -7,15 +7,12 @@
 //! (a [`Client::list_watch`] opened before the first create) delivers `status.state: running`,
 //! so it includes the scheduler's binding, the agent's launch and both status writes.
 //!
-//! Cleanup order matters: an agent that dies leaves its instances running (a new agent re-adopts
-//! them), so the instances are deleted and awaited before the agents are killed, on success and
-//! on error alike. When that cannot happen (Ctrl-C, a panic, a server that is gone), dropping the
-//! [`Cluster`] kills the agents and then every process whose environment names one of the
-//! benchmark's nodes (`HANUL_NODE=bench-a`), which is how the agent marks its instances.
+//! The cluster and its cleanup are the `cluster` module's: the instances are deleted and awaited
+//! before the agents are killed, on success and on error alike. The watch (`InstanceWatch`) is
+//! shared with the `asg` benchmark.
 
 use crate::{
-    hanul::Hanul,
-    process::ChildGuard,
+    cluster::{Cluster, IMAGE, INSTANCE_TYPE, WAIT, create_image_and_type, meta},
     report::{self, Out},
     stats::{Samples, Summary},
 };
@@ -25,43 +22,20 @@ use hanul_proto::{
     Client, Kind,
     client::WatchUpdate,
     instance::InstanceState,
-    v1::{
-        EventType, Image, ImageSpec, Instance, InstanceSpec, InstanceType, InstanceTypeSpec,
-        Object, ObjectMeta, object::Resource,
-    },
+    v1::{EventType, Instance, InstanceSpec, Object, object::Resource},
 };
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
-/// The image every benchmark instance runs.
-const IMAGE: &str = "bench-sleep";
-/// The instance type every benchmark instance has.
-const INSTANCE_TYPE: &str = "bench.tiny";
 /// The label on every instance the benchmark creates, as a `key=value` selector too.
 const LABEL_KEY: &str = "bench";
 const LABEL_VALUE: &str = "1";
 const SELECTOR: &str = "bench=1";
-/// The node condition the agent sets to True while it heartbeats (`hanul_agent::node::READY`;
-/// the bench talks to the server only, so it does not link the agent library).
-const CONDITION_READY: &str = "Ready";
-/// The environment variable the agent gives each instance process, naming its node.
-const NODE_ENV: &str = "HANUL_NODE";
-
-/// The two nodes: name, zone, host port range.
-const NODES: [(&str, &str, &str); 2] = [
-    ("bench-a", "az-a", "41000-41999"),
-    ("bench-b", "az-b", "42000-42999"),
-];
-
-/// How long any one wait (nodes ready, an instance running, instances gone) may take.
-const WAIT: Duration = Duration::from_secs(120);
 /// How long the agents sit idle after the last delete before their memory is read.
 const IDLE: Duration = Duration::from_secs(5);
 
@@ -111,7 +85,7 @@ pub async fn run(args: InstancesArgs) -> anyhow::Result<()> {
     ));
     let result = measure(&cluster, &args, &mut out).await;
     // Also after a failure: the instances go before the agents do (see the module doc).
-    if let Err(e) = cluster.delete_all_instances().await {
+    if let Err(e) = cluster.delete_all_instances(SELECTOR).await {
         out.line(&format!("cleanup: {e:#}"));
     }
     drop(cluster);
@@ -143,7 +117,7 @@ async fn measure(
     out: &mut Out,
 ) -> anyhow::Result<Figures> {
     let client = &cluster.client;
-    let fresh_rss = cluster.agent_rss()?;
+    let fresh_rss = agent_rss(cluster)?;
     out.line(&format!(
         "agent RSS, no instances yet: {}",
         Rss::line(&fresh_rss)
@@ -246,7 +220,7 @@ async fn measure(
         many_creates_done.as_secs_f64(),
         many_create.p50_ms
     ));
-    let busy_rss = cluster.agent_rss()?;
+    let busy_rss = agent_rss(cluster)?;
     out.line(&format!(
         "agent RSS with the {} running: {}",
         args.count,
@@ -278,7 +252,7 @@ async fn measure(
     ));
 
     tokio::time::sleep(IDLE).await;
-    let idle_rss = cluster.agent_rss()?;
+    let idle_rss = agent_rss(cluster)?;
     out.line(&format!(
         "agent RSS idle ({} s after the last instance went): {}",
         IDLE.as_secs(),
@@ -414,6 +388,20 @@ impl Rss {
     }
 }
 
+/// Each agent's resident memory now.
+fn agent_rss(cluster: &Cluster) -> anyhow::Result<Vec<Rss>> {
+    cluster
+        .agents
+        .iter()
+        .map(|a| {
+            Ok(Rss {
+                node: a.name.to_string(),
+                mib: rss_mib(a.child.pid())?,
+            })
+        })
+        .collect()
+}
+
 /// `VmRSS` of a process in MiB.
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/status");
@@ -440,43 +428,6 @@ fn vm_rss_mib(status: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn create_image_and_type(client: &Client) -> anyhow::Result<()> {
-    let image = Image {
-        metadata: Some(meta(IMAGE)),
-        spec: Some(ImageSpec {
-            command: vec!["sleep".into(), "3600".into()],
-            description: "hanul-bench: an instance that only sleeps".into(),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    client
-        .create(image.into())
-        .await
-        .with_context(|| format!("creating image {IMAGE}"))?;
-    let instance_type = InstanceType {
-        metadata: Some(meta(INSTANCE_TYPE)),
-        spec: Some(InstanceTypeSpec {
-            vcpu: 1,
-            memory_mib: 64,
-            ..Default::default()
-        }),
-        status: None,
-    };
-    client
-        .create(instance_type.into())
-        .await
-        .with_context(|| format!("creating instance type {INSTANCE_TYPE}"))?;
-    Ok(())
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: name.into(),
-        ..Default::default()
-    }
-}
-
 fn instance(name: &str) -> Object {
     let mut metadata = meta(name);
     metadata.labels.insert(LABEL_KEY.into(), LABEL_VALUE.into());
@@ -494,13 +445,14 @@ fn instance(name: &str) -> Object {
 
 /// What the watch showed of one instance, when it arrived.
 #[derive(Debug, Clone)]
-struct Seen {
-    name: String,
+pub(crate) struct Seen {
+    pub(crate) name: String,
     /// `status.state`; empty before the first status write.
-    state: String,
-    node: String,
-    gone: bool,
-    at: Instant,
+    pub(crate) state: String,
+    pub(crate) node: String,
+    pub(crate) gone: bool,
+    /// When the watch delivered it.
+    pub(crate) at: Instant,
 }
 
 impl Seen {
@@ -517,7 +469,7 @@ impl Seen {
 
 /// A watch on every Instance, read by a task of its own so that arrival times are taken as soon
 /// as the server delivers; aborted on drop.
-struct InstanceWatch {
+pub(crate) struct InstanceWatch {
     rx: mpsc::UnboundedReceiver<Seen>,
     task: JoinHandle<()>,
     /// The last thing seen of each instance (for the message when a wait times out).
@@ -529,7 +481,7 @@ struct InstanceWatch {
 impl InstanceWatch {
     /// Opens the watch and returns once its initial list has arrived, so every later create is
     /// delivered.
-    async fn start(client: &Client) -> anyhow::Result<InstanceWatch> {
+    pub(crate) async fn start(client: &Client) -> anyhow::Result<InstanceWatch> {
         let mut updates = Box::pin(client.list_watch(Some(Kind::Instance), ""));
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -611,7 +563,7 @@ impl InstanceWatch {
     }
 
     /// Waits until every one of `names` has been seen running; returns when and where each was.
-    async fn until_running(
+    pub(crate) async fn until_running(
         &mut self,
         names: &[&str],
         timeout: Duration,
@@ -703,220 +655,6 @@ fn seen(object: &Object, gone: bool, at: Instant) -> Option<Seen> {
     })
 }
 
-/// One `hanul agent` child process.
-struct Agent {
-    name: &'static str,
-    zone: &'static str,
-    child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-/// The server and its two agents. Dropping it kills the agents, then whatever instance processes
-/// are left (see the module doc), then the server, which removes its data dir.
-struct Cluster {
-    client: Client,
-    agents: Vec<Agent>,
-    // Dropped after the agents (fields drop in declaration order, after `Drop::drop`).
-    server: Hanul,
-}
-
-impl Cluster {
-    async fn start(bin: &Path) -> anyhow::Result<Cluster> {
-        // The object size only matters to the store benchmark's payloads.
-        let server = Hanul::start(bin, 0).await?;
-        let join = server.data_dir().join("join.token");
-        let client = server.client().await?;
-        let mut cluster = Cluster {
-            client,
-            agents: Vec::new(),
-            server,
-        };
-        for (name, zone, ports) in NODES {
-            let agent = cluster.start_agent(bin, &join, name, zone, ports)?;
-            cluster.agents.push(agent);
-        }
-        cluster.wait_nodes_ready().await?;
-        Ok(cluster)
-    }
-
-    fn start_agent(
-        &self,
-        bin: &Path,
-        join_token: &Path,
-        name: &'static str,
-        zone: &'static str,
-        ports: &str,
-    ) -> anyhow::Result<Agent> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("hanul-bench-{name}-"))
-            .tempdir()?;
-        // The instances run as `nobody` and must reach their directories below this one.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("chmod 0755 {}", dir.path().display()))?;
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent")
-            .args(["--server", &self.server.url])
-            .arg("--join-token-file")
-            .arg(join_token)
-            .args(["--name", name, "--zone", zone])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--cpus", "400", "--memory-mib", "200000"])
-            .args(["--port-range", ports, "--heartbeat", "2s"]);
-        let log = dir.path().join("agent.log");
-        let child = ChildGuard::spawn(&format!("hanul agent {name}"), cmd, &log)?;
-        Ok(Agent {
-            name,
-            zone,
-            child,
-            _dir: dir,
-        })
-    }
-
-    /// Waits until both Node objects carry `Ready=True`.
-    async fn wait_nodes_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            for a in &mut self.agents {
-                a.child.check_alive()?;
-            }
-            let (nodes, _) = self
-                .client
-                .list(Some(Kind::Node), "")
-                .await
-                .context("listing nodes")?;
-            let ready: Vec<&str> = nodes
-                .iter()
-                .filter(|o| match &o.resource {
-                    Some(Resource::Node(n)) => n.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.r#type == CONDITION_READY && c.status == "True")
-                    }),
-                    _ => false,
-                })
-                .map(Object::name)
-                .collect();
-            if self.agents.iter().all(|a| ready.contains(&a.name)) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the nodes were not Ready after 30 s (ready: {ready:?}); the end of the \
-                     agents' logs:\n{}",
-                    self.agents
-                        .iter()
-                        .map(|a| format!("--- {}\n{}", a.name, a.child.log_tail(15)))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn agent_rss(&self) -> anyhow::Result<Vec<Rss>> {
-        self.agents
-            .iter()
-            .map(|a| {
-                Ok(Rss {
-                    node: a.name.to_string(),
-                    mib: rss_mib(a.child.pid())?,
-                })
-            })
-            .collect()
-    }
-
-    /// Deletes every instance the benchmark made and waits until they are gone (their agents
-    /// stop the processes and drop the finalizer), so that no process outlives the run.
-    async fn delete_all_instances(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (left, _) = self
-                .client
-                .list(Some(Kind::Instance), SELECTOR)
-                .await
-                .context("listing the instances left")?;
-            if left.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} instances were still there {WAIT:?} after their delete: {}",
-                    left.len(),
-                    left.iter()
-                        .take(5)
-                        .map(Object::name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            // Deleting again is harmless: an instance already being deleted stays so.
-            for o in left
-                .iter()
-                .filter(|o| o.metadata().is_some_and(|m| m.deleted_at.is_none()))
-            {
-                let _ = self.client.delete(Kind::Instance, o.name()).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // The agents first (their guards kill them), then what they leave behind.
-        let nodes: Vec<String> = self.agents.iter().map(|a| a.name.to_string()).collect();
-        self.agents.clear();
-        let killed = kill_instance_processes(&nodes);
-        if !killed.is_empty() {
-            eprintln!(
-                "cleanup: killed {} instance processes left behind by the agents (pids {:?}{})",
-                killed.len(),
-                &killed[..killed.len().min(10)],
-                if killed.len() > 10 { ", ..." } else { "" }
-            );
-        }
-    }
-}
-
-/// Whether a `/proc/PID/environ` text (NUL-separated) holds one of the `wanted` variables exactly.
-fn names_one_of(environ: &[u8], wanted: &[String]) -> bool {
-    environ
-        .split(|b| *b == 0)
-        .any(|var| wanted.iter().any(|w| var == w.as_bytes()))
-}
-
-/// SIGKILLs every process whose environment has `HANUL_NODE=<one of nodes>`; returns their pids.
-fn kill_instance_processes(nodes: &[String]) -> Vec<u32> {
-    let wanted: Vec<String> = nodes.iter().map(|n| format!("{NODE_ENV}={n}")).collect();
-    let mut killed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killed;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if names_one_of(&environ, &wanted) {
-            // `kill(1)` rather than libc: the crate denies unsafe code.
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            killed.push(pid);
-        }
-    }
-    killed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,13 +664,5 @@ mod tests {
         let status = "Name:\thanul\nVmPeak:\t  99999 kB\nVmRSS:\t   16896 kB\nThreads:\t5\n";
         assert_eq!(vm_rss_mib(status), Some(16.5));
         assert_eq!(vm_rss_mib("Name:\tkthreadd\n"), None);
-    }
-
-    #[test]
-    fn only_an_exact_node_variable_marks_an_instance_process() {
-        let wanted = vec!["HANUL_NODE=bench-a".to_string()];
-        assert!(names_one_of(b"PATH=/bin\0HANUL_NODE=bench-a\0", &wanted));
-        assert!(!names_one_of(b"HANUL_NODE=bench-ab\0", &wanted));
-        assert!(!names_one_of(b"X=HANUL_NODE=bench-a\0", &wanted));
     }
 }

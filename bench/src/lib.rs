@@ -7,9 +7,13 @@
 //! watch delivery (one watcher, a writer at a steady rate; write started → event received).
 //! Each server is killed when its run ends, also on error, panic or Ctrl-C.
 //!
-//! `instances` measures apply → running on real agents ([`instances`]); `lb` measures hanul's
-//! application load balancer against nginx as the same reverse proxy ([`lb`]).
+//! `instances` measures apply → running on real agents ([`instances`]); `asg` how fast an Auto
+//! Scaling group scales out and replaces a killed instance on the same kind of cluster
+//! ([`asg`]); `lb` measures hanul's application load balancer against nginx as the same reverse
+//! proxy ([`lb`]).
 
+pub mod asg;
+mod cluster;
 pub mod hanul;
 pub mod instances;
 pub mod lb;
@@ -42,6 +46,9 @@ pub enum Command {
     /// Requests/s and p99 through hanul's application load balancer against nginx, same
     /// backends, same wrk.
     Lb(lb::LbArgs),
+    /// An Auto Scaling group on two agents: desired 0 → 100 until all are in service, and a
+    /// killed instance until its replacement is in service.
+    Asg(asg::AsgArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(args) => store(args).await,
         Command::Instances(args) => instances::run(args).await,
         Command::Lb(args) => lb::run(args).await,
+        Command::Asg(args) => asg::run(args).await,
     }
 }
 

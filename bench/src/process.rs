@@ -39,6 +39,11 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// Where the child's output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Fails, with the end of the log, when the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
