@@ -1,0 +1,13 @@
+//! hanul's database driver: what a node agent needs to run a member of a `DBCluster` on real
+//! PostgreSQL (Debian's PostgreSQL 15 binaries, run as the `postgres` user).
+//!
+//! - [`postgres`]: one member's data directory, its configuration, the command that runs it,
+//!   readiness and SQL through the member's own socket.
+//!
+//! The agent supervises the `postgres` process with its process driver like any workload; this
+//! crate only knows PostgreSQL. Replication steps (base backups, promotion, rewind) come here
+//! too, as the database controller and the agents grow them.
+
+pub mod postgres;
+
+pub use postgres::{Binaries, Error, Member};
