@@ -2,12 +2,13 @@
 //! PostgreSQL (Debian's PostgreSQL 15 binaries, run as the `postgres` user).
 //!
 //! - [`postgres`]: one member's data directory, its configuration, the command that runs it,
-//!   readiness and SQL through the member's own socket.
+//!   readiness and SQL through the member's own socket; a standby cloned from a writer with a
+//!   base backup, streaming (synchronously when the writer lists it), and its promotion.
 //!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
-//! crate only knows PostgreSQL. Replication steps (base backups, promotion, rewind) come here
-//! too, as the database controller and the agents grow them.
+//! crate only knows PostgreSQL. Rewind, archiving and restores come here too, as the database
+//! controller and the agents grow them.
 
 pub mod postgres;
 
-pub use postgres::{Binaries, Error, Member};
+pub use postgres::{Binaries, Error, Member, Upstream};

@@ -76,6 +76,32 @@ impl Binaries {
     }
 }
 
+/// Where a standby streams from, and the name it goes by there (its `application_name`,
+/// which `synchronous_standby_names` lists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub application_name: String,
+}
+
+impl Upstream {
+    fn conninfo(&self) -> String {
+        // Values are single-quoted in conninfo; quotes and backslashes escaped.
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={} password={} application_name={}",
+            q(&self.host),
+            self.port,
+            q(&self.user),
+            q(&self.password),
+            q(&self.application_name)
+        )
+    }
+}
+
 /// One member's files and addresses.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -88,6 +114,10 @@ pub struct Member {
     pub listen: String,
     /// The database superuser (RDS's master user).
     pub superuser: String,
+    /// A standby's upstream; None for a writer.
+    pub upstream: Option<Upstream>,
+    /// A writer's `synchronous_standby_names` (`ANY 1 (m2, m3)`); empty: asynchronous.
+    pub synchronous_standby_names: String,
     owner: Option<(Uid, Gid)>,
 }
 
@@ -111,6 +141,8 @@ impl Member {
             port,
             listen: "127.0.0.1".into(),
             superuser: superuser.into(),
+            upstream: None,
+            synchronous_standby_names: String::new(),
             owner,
         })
     }
@@ -196,9 +228,55 @@ impl Member {
         self.configure()
     }
 
-    /// Writes `hanul.conf` and `pg_hba.conf`, and includes the former once.
+    /// Makes this member a standby of `upstream`: a base backup of it (streaming the WAL it
+    /// needs), then hanul's configuration with `primary_conninfo` and `standby.signal`. The
+    /// data directory must not hold a cluster.
+    pub async fn clone_from(&mut self, upstream: Upstream) -> Result<()> {
+        std::fs::create_dir_all(&self.root).map_err(io("creating the member's root"))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod the member's root"))?;
+        self.private_dir(&self.socket_dir)?;
+        self.private_dir(&self.data_dir)?;
+        let mut c = self.command("pg_basebackup");
+        c.env("PGPASSWORD", &upstream.password)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "-h",
+                &upstream.host,
+                "-p",
+                &upstream.port.to_string(),
+                "-U",
+                &upstream.user,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-password",
+            ]);
+        self.run(c, "pg_basebackup").await?;
+        self.upstream = Some(upstream);
+        self.configure()
+    }
+
+    /// Writes `hanul.conf` and `pg_hba.conf`, includes the former once, and makes
+    /// `standby.signal` say whether the member is a standby. Not while a promotion runs:
+    /// postgres removes the signal itself then.
     pub fn configure(&self) -> Result<()> {
-        let conf = format!(
+        let signal = self.data_dir.join("standby.signal");
+        match &self.upstream {
+            Some(_) => self.write_owned(&signal, "")?,
+            None if signal.exists() => {
+                std::fs::remove_file(&signal).map_err(io("removing standby.signal"))?
+            }
+            None => {}
+        }
+        self.write_conf()
+    }
+
+    /// Writes `hanul.conf` and `pg_hba.conf`, and includes the former once.
+    fn write_conf(&self) -> Result<()> {
+        let mut conf = format!(
             "# Written by hanul; changes here are overwritten.\n\
              listen_addresses = '{listen}'\n\
              port = {port}\n\
@@ -216,6 +294,17 @@ impl Member {
             port = self.port,
             socket = self.socket_dir.display(),
         );
+        // postgresql.conf strings: quotes doubled, backslashes escaped.
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+        conf.push_str(&format!(
+            "synchronous_standby_names = {}\n",
+            quote(&self.synchronous_standby_names)
+        ));
+        let conninfo = self.upstream.as_ref().map(Upstream::conninfo);
+        conf.push_str(&format!(
+            "primary_conninfo = {}\n",
+            quote(conninfo.as_deref().unwrap_or(""))
+        ));
         self.write_owned(&self.data_dir.join("hanul.conf"), &conf)?;
         let main = self.data_dir.join("postgresql.conf");
         let text = std::fs::read_to_string(&main).map_err(io("reading postgresql.conf"))?;
@@ -258,7 +347,14 @@ impl Member {
         c.arg("-q")
             .arg("-h")
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-t", "1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                "1",
+                "-U",
+                &self.superuser,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c.status().await.is_ok_and(|s| s.success())
@@ -276,6 +372,32 @@ impl Member {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Tells a running member to read its configuration again (`pg_ctl reload`).
+    pub async fn reload(&self) -> Result<()> {
+        let mut c = self.command("pg_ctl");
+        c.arg("reload").arg("-D").arg(&self.data_dir);
+        self.run(c, "pg_ctl reload").await.map(drop)
+    }
+
+    /// Promotes a standby to writer without waiting (`pg_ctl promote -W`); poll
+    /// [`Member::in_recovery`] for the end. The member's files then say writer too.
+    pub async fn promote(&mut self) -> Result<()> {
+        let mut c = self.command("pg_ctl");
+        c.args(["promote", "-W", "-D"]).arg(&self.data_dir);
+        self.run(c, "pg_ctl promote").await?;
+        self.upstream = None;
+        self.write_conf()
+    }
+
+    /// Whether the member is a standby (`pg_is_in_recovery()`).
+    pub async fn in_recovery(&self) -> Result<bool> {
+        Ok(self
+            .query("postgres", "select pg_is_in_recovery()")
+            .await?
+            .trim()
+            == "t")
     }
 
     /// Runs `sql` in `database` through the member's socket as the superuser; returns the
@@ -319,6 +441,112 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    fn start(member: &Member) -> tokio::process::Child {
+        let log = std::fs::File::create(member.root.join("postgres.log")).unwrap();
+        member
+            .postgres()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn stop(mut child: tokio::process::Child) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A writer and a synchronous standby cloned from it: a commit on the writer is on the
+    /// standby, which reads it; promoted, the standby takes writes.
+    #[tokio::test]
+    async fn a_standby_streams_synchronously_and_is_promoted() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (p1, p2) = (free_port(), free_port());
+        let mut writer = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
+        writer.synchronous_standby_names = "ANY 1 (m2)".into();
+        writer.init("pw'with\\quote").await.unwrap();
+        let w = start(&writer);
+        assert!(writer.wait_ready(Duration::from_secs(30)).await);
+        let mut standby = Member::new(bin, &dir.path().join("m2"), p2, "master").unwrap();
+        standby
+            .clone_from(Upstream {
+                host: "127.0.0.1".into(),
+                port: p1,
+                user: "master".into(),
+                password: "pw'with\\quote".into(),
+                application_name: "m2".into(),
+            })
+            .await
+            .unwrap();
+        let s = start(&standby);
+        assert!(standby.wait_ready(Duration::from_secs(30)).await);
+        assert!(standby.in_recovery().await.unwrap());
+        writer
+            .query(
+                "postgres",
+                "create table t (v int); insert into t values (42)",
+            )
+            .await
+            .unwrap();
+        let sync = writer
+            .query(
+                "postgres",
+                "select application_name, sync_state from pg_stat_replication",
+            )
+            .await
+            .unwrap();
+        assert_eq!(sync.trim(), "m2|quorum");
+        // Synchronous (remote_flush by default): visible on the standby soon after.
+        let mut seen = String::new();
+        for _ in 0..100 {
+            if let Ok(v) = standby.query("postgres", "select v from t").await {
+                seen = v;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen.trim(), "42");
+        assert!(
+            standby
+                .query("postgres", "insert into t values (1)")
+                .await
+                .is_err()
+        );
+        stop(w).await;
+        standby.promote().await.unwrap();
+        let mut promoted = false;
+        for _ in 0..100 {
+            let r = standby.in_recovery().await.unwrap_or_else(|e| {
+                let log = std::fs::read_to_string(standby.root.join("postgres.log"));
+                panic!("{e}\n{}", log.unwrap_or_default())
+            });
+            if !r {
+                promoted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(promoted, "still in recovery");
+        assert!(!standby.data_dir.join("standby.signal").exists());
+        standby
+            .query("postgres", "insert into t values (43)")
+            .await
+            .unwrap();
+        stop(s).await;
     }
 
     /// A real PostgreSQL: initdb, start, a query through the socket and one over TCP with the
