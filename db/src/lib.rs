@@ -6,7 +6,8 @@
 //!   base backup, streaming (synchronously when the writer lists it), and its promotion.
 //!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
-//! crate only knows PostgreSQL. Rewind, archiving and restores come here too, as the database
+//! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]);
+//! archiving and restores come here too, as the database
 //! controller and the agents grow them.
 
 pub mod postgres;

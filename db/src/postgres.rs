@@ -374,6 +374,26 @@ impl Member {
         }
     }
 
+    /// Makes a stopped former writer a standby of `upstream` (the new writer, which must
+    /// have run `CHECKPOINT` since its promotion) with `pg_rewind`: the WAL it wrote past
+    /// the point where the timelines forked is undone. On an error the data directory is not
+    /// fit to start: the caller rebuilds the member (`clone_from`), never starts it as it is.
+    pub async fn rewind(&mut self, upstream: Upstream) -> Result<()> {
+        let source = format!(
+            "host={} port={} user={} dbname=postgres",
+            upstream.host, upstream.port, upstream.user
+        );
+        let mut c = self.command("pg_rewind");
+        c.env("PGPASSWORD", &upstream.password)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!("--source-server={source}"));
+        self.run(c, "pg_rewind").await?;
+        // pg_rewind copied the source's configuration files: this member's come back.
+        self.upstream = Some(upstream);
+        self.configure()
+    }
+
     /// Tells a running member to read its configuration again (`pg_ctl reload`).
     pub async fn reload(&self) -> Result<()> {
         let mut c = self.command("pg_ctl");
@@ -546,6 +566,88 @@ mod tests {
             .query("postgres", "insert into t values (43)")
             .await
             .unwrap();
+        stop(s).await;
+    }
+
+    /// Failover and rejoin: the standby is promoted and takes writes, the old writer (stopped)
+    /// is rewound onto the new timeline and follows the new writer, seeing its rows.
+    #[tokio::test]
+    async fn a_former_writer_is_rewound_and_follows_the_new_one() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (p1, p2) = (free_port(), free_port());
+        let upstream = |port: u16, name: &str| Upstream {
+            host: "127.0.0.1".into(),
+            port,
+            user: "master".into(),
+            password: "pw".into(),
+            application_name: name.into(),
+        };
+        let mut m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
+        m1.init("pw").await.unwrap();
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await);
+        let mut m2 = Member::new(bin, &dir.path().join("m2"), p2, "master").unwrap();
+        m2.clone_from(upstream(p1, "m2")).await.unwrap();
+        let s = start(&m2);
+        assert!(m2.wait_ready(Duration::from_secs(30)).await);
+        m1.query(
+            "postgres",
+            "create table t (v int); insert into t values (1)",
+        )
+        .await
+        .unwrap();
+        // The old writer goes on a little (this WAL is what the rewind undoes), then stops.
+        m1.query("postgres", "insert into t select generate_series(100, 200)")
+            .await
+            .unwrap();
+        stop(w).await;
+        m2.promote().await.unwrap();
+        for _ in 0..100 {
+            if !m2.in_recovery().await.unwrap() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        m2.query("postgres", "insert into t values (2); checkpoint")
+            .await
+            .unwrap();
+        m1.rewind(upstream(p2, "m1")).await.unwrap();
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await);
+        assert!(
+            m1.in_recovery().await.unwrap(),
+            "the rewound writer must come back a standby"
+        );
+        let mut seen = String::new();
+        for _ in 0..100 {
+            seen = m1
+                .query("postgres", "select count(*) from t where v = 2")
+                .await
+                .unwrap_or_default();
+            if seen.trim() == "1" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            seen.trim(),
+            "1",
+            "the new writer's row did not reach the rewound member"
+        );
+        let streaming = m2
+            .query(
+                "postgres",
+                "select application_name from pg_stat_replication",
+            )
+            .await
+            .unwrap();
+        assert_eq!(streaming.trim(), "m1");
+        stop(w).await;
         stop(s).await;
     }
 
