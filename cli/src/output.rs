@@ -283,6 +283,22 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["NAME", "LATEST", "DEFAULT", "IMAGE", "TYPE", "AGE"],
             &["MARKET", "PORTS"],
         ),
+        Kind::DbCluster => (
+            &[
+                "NAME",
+                "DEPLOYMENT",
+                "PHASE",
+                "WRITER",
+                "EPOCH",
+                "MEMBERS",
+                "AGE",
+            ],
+            &["CLASS", "WRITER-ENDPOINT", "READER-ENDPOINT"],
+        ),
+        Kind::DbInstance => (
+            &["NAME", "CLUSTER", "ROLE", "STATE", "ZONE", "NODE", "AGE"],
+            &["ADDRESS", "EPOCH", "TIMELINE", "LSN", "LAG"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -308,6 +324,8 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::LoadBalancer(o)) => load_balancer_row(o, wide, now),
         Some(Resource::AutoScalingGroup(o)) => auto_scaling_group_row(o, wide, now),
         Some(Resource::LaunchTemplate(o)) => launch_template_row(o, wide, now),
+        Some(Resource::DbCluster(o)) => db_cluster_row(o, wide, now),
+        Some(Resource::DbInstance(o)) => db_instance_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -326,6 +344,62 @@ fn name_and_age(meta: Option<&hanul_proto::v1::ObjectMeta>, now: i64) -> (String
         meta.map(|m| m.name.clone()).unwrap_or_default(),
         age(meta.and_then(|m| m.created_at.as_ref()), now),
     )
+}
+
+fn db_cluster_row(o: &hanul_proto::v1::DbCluster, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let available = status
+        .members
+        .iter()
+        .filter(|m| m.state == hanul_proto::db::STATE_AVAILABLE)
+        .count();
+    let mut row = vec![
+        name,
+        spec.deployment,
+        status.phase,
+        status.writer,
+        status.epoch.to_string(),
+        format!("{available}/{}", status.members.len()),
+        age,
+    ];
+    if wide {
+        let endpoints = status.endpoints.unwrap_or_default();
+        row.extend([spec.instance_class, endpoints.writer, endpoints.reader]);
+    }
+    row
+}
+
+fn db_instance_row(o: &hanul_proto::v1::DbInstance, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let role = if status.role.is_empty() {
+        spec.role
+    } else {
+        status.role
+    };
+    let mut row = vec![
+        name,
+        spec.cluster,
+        role,
+        status.state,
+        spec.zone,
+        spec.node,
+        age,
+    ];
+    if wide {
+        let lsn = status.flush_lsn.max(status.replay_lsn);
+        row.extend([
+            status.address,
+            status.epoch.to_string(),
+            status.timeline.to_string(),
+            hanul_proto::db::format_lsn(lsn),
+            status.lag_bytes.to_string(),
+        ]);
+    }
+    row
 }
 
 fn node_row(o: &Node, wide: bool, now: i64) -> Vec<String> {

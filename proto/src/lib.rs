@@ -15,6 +15,7 @@ pub mod v1 {
 
 pub mod autoscaling;
 pub mod client;
+pub mod db;
 pub mod elb;
 pub mod events;
 pub mod instance;

@@ -5,8 +5,8 @@
 use crate::{
     Kind,
     v1::{
-        AutoScalingGroup, Event, Image, Instance, InstanceType, LaunchTemplate, LoadBalancer, Node,
-        Object, TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, DbCluster, DbInstance, Event, Image, Instance, InstanceType,
+        LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume, object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -150,6 +150,8 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::LoadBalancer => typed::<LoadBalancer>(rest).map(Resource::LoadBalancer),
         Kind::AutoScalingGroup => typed::<AutoScalingGroup>(rest).map(Resource::AutoScalingGroup),
         Kind::LaunchTemplate => typed::<LaunchTemplate>(rest).map(Resource::LaunchTemplate),
+        Kind::DbCluster => typed::<DbCluster>(rest).map(Resource::DbCluster),
+        Kind::DbInstance => typed::<DbInstance>(rest).map(Resource::DbInstance),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -197,6 +199,8 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::LoadBalancer(o)) => serde_json::to_value(o),
         Some(Resource::AutoScalingGroup(o)) => serde_json::to_value(o),
         Some(Resource::LaunchTemplate(o)) => serde_json::to_value(o),
+        Some(Resource::DbCluster(o)) => serde_json::to_value(o),
+        Some(Resource::DbInstance(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

@@ -8,7 +8,7 @@ use crate::v1::{Object, ObjectMeta, object::Resource};
 use prost::Message;
 
 macro_rules! kinds {
-    ($( $variant:ident { plural: $plural:literal, short: [$($short:literal),*], status: $has_status:tt } ),* $(,)?) => {
+    ($( $variant:ident $(as $name:literal)? { plural: $plural:literal, short: [$($short:literal),*], status: $has_status:tt } ),* $(,)?) => {
         /// A kind of object, as named in manifests (`kind: Instance`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind { $($variant),* }
@@ -19,7 +19,7 @@ macro_rules! kinds {
 
             /// The manifest name: `Instance`.
             pub fn as_str(self) -> &'static str {
-                match self { $(Kind::$variant => stringify!($variant)),* }
+                match self { $(Kind::$variant => kind_name!($variant $(, $name)?)),* }
             }
 
             /// The lowercase plural: `instances`.
@@ -95,6 +95,17 @@ macro_rules! kinds {
     };
 }
 
+/// A kind's manifest name: the type's name, unless the API spells it otherwise (`DBCluster`
+/// for prost's `DbCluster`).
+macro_rules! kind_name {
+    ($variant:ident) => {
+        stringify!($variant)
+    };
+    ($variant:ident, $name:literal) => {
+        $name
+    };
+}
+
 macro_rules! spec_of {
     ($o:ident, true) => {
         $o.spec
@@ -159,6 +170,8 @@ kinds! {
     LoadBalancer { plural: "loadbalancers", short: ["lb", "elb", "alb", "nlb", "load-balancers"], status: true },
     AutoScalingGroup { plural: "autoscalinggroups", short: ["asg", "asgs", "auto-scaling-groups"], status: true },
     LaunchTemplate { plural: "launchtemplates", short: ["lt", "launch-templates"], status: true },
+    DbCluster as "DBCluster" { plural: "dbclusters", short: ["db", "dbc", "db-clusters"], status: true },
+    DbInstance as "DBInstance" { plural: "dbinstances", short: ["dbi", "db-instances"], status: true },
 }
 
 impl Kind {
@@ -251,7 +264,9 @@ into_object!(
     TargetGroup,
     LoadBalancer,
     AutoScalingGroup,
-    LaunchTemplate
+    LaunchTemplate,
+    DbCluster,
+    DbInstance
 );
 
 #[cfg(test)]

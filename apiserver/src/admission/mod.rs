@@ -5,6 +5,7 @@
 //! and what is allowed, and all of an object's errors are reported at once.
 
 mod autoscaling;
+mod db;
 mod elb;
 mod event;
 mod image;
@@ -88,6 +89,12 @@ pub fn default(obj: &mut Object) {
         Some(Resource::LaunchTemplate(o)) => {
             autoscaling::default_template(o.spec.get_or_insert_with(Default::default))
         }
+        Some(Resource::DbCluster(o)) => {
+            db::default_cluster(o.spec.get_or_insert_with(Default::default))
+        }
+        Some(Resource::DbInstance(o)) => {
+            db::default_instance(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -158,6 +165,20 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
                 _ => None,
             };
             autoscaling::validate_launch_template(n, old, ctx, &mut errs)
+        }
+        (Some(Resource::DbCluster(n)), old) => {
+            let old = match old {
+                Some(Resource::DbCluster(o)) => Some(o),
+                _ => None,
+            };
+            db::validate_cluster(n, old, &mut errs)
+        }
+        (Some(Resource::DbInstance(n)), old) => {
+            let old = match old {
+                Some(Resource::DbInstance(o)) => Some(o),
+                _ => None,
+            };
+            db::validate_instance(n, old, &mut errs)
         }
         (None, _) => errs.add("kind", "required"),
     }

@@ -1,0 +1,232 @@
+//! RDS's words and hanul's defaults for `DBCluster` and `DBInstance`, and the protocol by which
+//! the controller and the agents hand the writer role over.
+//!
+//! # Who writes what
+//! - The user writes `DBCluster.spec`.
+//! - The cluster's controller writes `DBCluster.status` and creates, places (`spec.node`) and
+//!   deletes the `DBInstance` members (owned by the cluster; named `<cluster>-1`, `-2`, ...).
+//! - The agent of a member's node runs its PostgreSQL and writes `DBInstance.status`: what
+//!   PostgreSQL is (role, timeline, WAL positions), its lease renewals and its votes.
+//!
+//! # Epochs
+//! `DBCluster.status.epoch` is the writer's term and `status.writer` names the member that is
+//! writer in it. A member starts PostgreSQL as a writer (first boot, a promotion, a restart in
+//! place after a crash) only when the cluster names it writer in an epoch newer than the one it
+//! last acted on, and reports `status.role = writer`, `status.epoch = E` once it is. A member
+//! whose PostgreSQL ran as writer in an older epoch never starts it as a writer again: it rejoins
+//! as a standby with `pg_rewind` (after the new writer's `CHECKPOINT`), or is rebuilt from a base
+//! backup; a failed rewind never falls back to a normal start.
+//!
+//! # Lease
+//! The writer's agent bumps `status.leaseRenewals` (with `status.leaseEpoch = E`) every
+//! [`lease_renew_interval`]; if no renewal has succeeded for [`self_fence_after`] it stops
+//! PostgreSQL (self-fences) and reports `fenced`. The controller takes the writer for lost when it
+//! has seen no change of `leaseRenewals` for a whole lease, measured on its own monotonic clock
+//! from the moment it saw the last change (so from its start after a restart). The agent's
+//! deadline is always earlier than the controller's.
+//!
+//! # Failover
+//! 1. The writer of epoch E is down: its agent reports `state = failed` (PostgreSQL exited; it
+//!    is not restarted), or its lease ran out. The controller writes `status.failover =
+//!    {epoch: E + 1, from, reason}`, phase `failing-over`. From here the endpoints route no
+//!    writes.
+//! 2. Each standby's agent, seeing `failover.epoch` newer than its `vote.epoch`, stops streaming
+//!    from the old writer (empty `primary_conninfo`, reload, its WAL receiver gone) and reports
+//!    `vote = {epoch: E + 1, lsn: its received WAL, timeline}`. Its WAL no longer grows, so no
+//!    commit the old writer acknowledges after the vote counts on it.
+//! 3. Once enough of the writer's synchronous set voted (`sync_standbys.len() - sync_count + 1`
+//!    of them: every acknowledged commit is on at least one voter), the controller picks the
+//!    voter with the most WAL (a switchover's target if it has as much) and writes `epoch = E +
+//!    1`, `writer = candidate`, `failover.target = candidate`.
+//! 4. The candidate's agent promotes, sets the new synchronous set, runs `CHECKPOINT` and
+//!    reports `role = writer, epoch = E + 1`; the other voters point `primary_conninfo` at it
+//!    and reload; everyone else (the old writer, read replicas) rejoins with `pg_rewind`.
+//! 5. The controller clears `failover` once the candidate reports the new epoch.
+//!
+//! A switchover (`hanul db failover`) is the same with reason `switchover`, except that step 1
+//! waits for the old writer's agent to shut its PostgreSQL down cleanly (`fast`: its WAL reaches
+//! the standbys first), so no commit is lost and the target has everything.
+//!
+//! # Endpoints
+//! The agent of `status.endpoints.node` runs them with the load balancer's TCP proxy. The
+//! writer endpoint routes to the member named `status.writer` only when that member reports
+//! `role = writer` at `status.epoch`, no failover is under way and no member reports a newer
+//! epoch; every change of the writer closes the connections to the old one. The reader endpoint
+//! balances over the readable members that stream from the writer (the writer when there are
+//! none).
+
+use std::time::Duration;
+
+/// `spec.engine`.
+pub const ENGINE: &str = "postgres";
+/// `spec.engineVersion`.
+pub const ENGINE_VERSION: &str = "15";
+
+/// `spec.deployment`.
+pub const SINGLE_AZ: &str = "singleAZ";
+pub const MULTI_AZ_INSTANCE: &str = "multiAZInstance";
+pub const MULTI_AZ_CLUSTER: &str = "multiAZCluster";
+pub const DEPLOYMENTS: &[&str] = &[SINGLE_AZ, MULTI_AZ_INSTANCE, MULTI_AZ_CLUSTER];
+
+/// `spec.replication.dataDurability`.
+pub const DURABILITY_REQUIRED: &str = "required";
+pub const DURABILITY_PREFERRED: &str = "preferred";
+
+/// `DBInstance.spec.role` (what the member is for) and `status.role` (what PostgreSQL is).
+pub const ROLE_WRITER: &str = "writer";
+pub const ROLE_STANDBY: &str = "standby";
+pub const ROLE_REPLICA: &str = "replica";
+
+/// `DBCluster.status.members[].role`.
+pub const MEMBER_WRITER: &str = "writer";
+pub const MEMBER_SYNC_STANDBY: &str = "syncStandby";
+pub const MEMBER_STANDBY: &str = "standby";
+pub const MEMBER_READ_REPLICA: &str = "readReplica";
+
+/// `DBInstance.status.state`.
+pub const STATE_CREATING: &str = "creating";
+pub const STATE_AVAILABLE: &str = "available";
+/// PostgreSQL exited and is not restarted until the cluster says so.
+pub const STATE_FAILED: &str = "failed";
+pub const STATE_STOPPED: &str = "stopped";
+/// Rewinding to follow a new writer.
+pub const STATE_REJOINING: &str = "rejoining";
+/// Being rebuilt from a base backup.
+pub const STATE_REBUILDING: &str = "rebuilding";
+/// Stopped by its own agent, which could not renew the writer's lease.
+pub const STATE_FENCED: &str = "fenced";
+
+/// `DBCluster.status.phase`.
+pub const PHASE_CREATING: &str = "creating";
+pub const PHASE_AVAILABLE: &str = "available";
+pub const PHASE_FAILING_OVER: &str = "failing-over";
+pub const PHASE_REBOOTING: &str = "rebooting";
+pub const PHASE_MODIFYING: &str = "modifying";
+pub const PHASE_DELETING: &str = "deleting";
+/// No writer can be started (its node is gone and there is no standby).
+pub const PHASE_INACCESSIBLE: &str = "inaccessible";
+
+/// `DBCluster.status.failover.reason`.
+pub const REASON_WRITER_FAILED: &str = "writer-failed";
+pub const REASON_WRITER_LOST: &str = "writer-lost";
+pub const REASON_SWITCHOVER: &str = "switchover";
+
+/// Defaults.
+pub const DEFAULT_INSTANCE_CLASS: &str = "db.t3.micro";
+pub const DEFAULT_STORAGE_GIB: u32 = 20;
+pub const DEFAULT_PORT: u32 = 5432;
+pub const DEFAULT_MASTER_USERNAME: &str = "postgres";
+pub const DEFAULT_LEASE_SECONDS: u32 = 3;
+pub const MAX_READ_REPLICAS: u32 = 15;
+
+/// Annotation the CLI writes to ask for a planned switchover (`hanul db failover`): the
+/// target member, or empty for the controller's choice, then `@` and a request id.
+pub const SWITCHOVER_ANNOTATION: &str = "db.hanul.dev/switchover-requested";
+/// Annotation the CLI writes to ask for a reboot (`hanul db reboot`): a request id, with
+/// `force-failover:` in front for `--force-failover`.
+pub const REBOOT_ANNOTATION: &str = "db.hanul.dev/reboot-requested";
+
+/// An RDS instance class: the CPU and memory a member is limited to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceClass {
+    pub name: &'static str,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// The classes hanul knows, with RDS's sizes.
+pub const INSTANCE_CLASSES: &[InstanceClass] = &[
+    class("db.t3.micro", 2, 1024),
+    class("db.t3.small", 2, 2048),
+    class("db.t3.medium", 2, 4096),
+    class("db.t3.large", 2, 8192),
+    class("db.t4g.micro", 2, 1024),
+    class("db.t4g.small", 2, 2048),
+    class("db.t4g.medium", 2, 4096),
+    class("db.m5.large", 2, 8192),
+    class("db.m5.xlarge", 4, 16384),
+    class("db.m5.2xlarge", 8, 32768),
+    class("db.r5.large", 2, 16384),
+    class("db.r5.xlarge", 4, 32768),
+];
+
+const fn class(name: &'static str, vcpus: u32, memory_mib: u64) -> InstanceClass {
+    InstanceClass {
+        name,
+        vcpus,
+        memory_mib,
+    }
+}
+
+/// Finds an instance class by name.
+pub fn instance_class(name: &str) -> Option<&'static InstanceClass> {
+    INSTANCE_CLASSES.iter().find(|c| c.name == name)
+}
+
+/// The names of the known classes, for error messages.
+pub fn instance_class_names() -> String {
+    INSTANCE_CLASSES
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many members a deployment has besides its read replicas.
+pub fn members_of(deployment: &str) -> usize {
+    match deployment {
+        MULTI_AZ_INSTANCE => 2,
+        MULTI_AZ_CLUSTER => 3,
+        _ => 1,
+    }
+}
+
+/// How often the writer's agent renews a lease of `lease`.
+pub fn lease_renew_interval(lease: Duration) -> Duration {
+    lease / 6
+}
+
+/// How long the writer's agent goes without a successful renewal before it stops PostgreSQL.
+pub fn self_fence_after(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
+/// A WAL position as PostgreSQL prints it: `0/3000148`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Reads a WAL position as PostgreSQL prints it.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some((hi << 32) | lo)
+}
+
+/// A member's name: `<cluster>-<n>`, n from 1.
+pub fn member_name(cluster: &str, n: usize) -> String {
+    format!("{cluster}-{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_read_and_print_as_postgres_does() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x3000148));
+        assert_eq!(parse_lsn("1A/FF"), Some((0x1a << 32) | 0xff));
+        assert_eq!(format_lsn((0x1a << 32) | 0xff), "1A/FF");
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn("0/1FFFFFFFF"), None);
+    }
+
+    #[test]
+    fn the_agent_fences_before_the_controller_gives_up() {
+        for s in 1..=60 {
+            let lease = Duration::from_secs(s);
+            assert!(self_fence_after(lease) + lease_renew_interval(lease) < lease);
+        }
+    }
+}
