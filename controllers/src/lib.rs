@@ -19,12 +19,15 @@
 //! - [`autoscaling`]: keeps Auto Scaling groups at their desired capacity across zones,
 //!   replaces unhealthy instances, holds them at lifecycle hooks, registers them with target
 //!   groups and runs instance refreshes.
+//! - [`db`]: gives DB clusters their members, names the writer of each epoch, and runs
+//!   failovers and switchovers.
 //! - [`elb`]: places load balancers' listeners on Ready nodes per zone, checks the target
 //!   groups they name, and sums up their status.
 //!
 //! [`run_all`] starts all of them; `hanul server` calls it.
 
 pub mod autoscaling;
+pub mod db;
 pub mod elb;
 pub mod error;
 pub mod gc;
@@ -101,6 +104,15 @@ pub async fn run_all(
         (
             autoscaling::launch_templates::CONTROLLER_NAME,
             tokio::spawn(autoscaling::launch_templates::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+            )),
+        ),
+        (
+            db::CONTROLLER_NAME,
+            tokio::spawn(db::run_with(
                 client.clone(),
                 metrics.clone(),
                 shutdown.clone(),

@@ -1,0 +1,670 @@
+//! The DB cluster planner: from a cluster's spec and status, its members as their agents report
+//! them and the nodes, the next status and the effects (members to create or delete). Pure:
+//! time comes in as `now` and as each member's lease silence; the caller writes the status
+//! first (with a resourceVersion precondition) and only then carries out the effects.
+//!
+//! The safety rules it keeps (the protocol is in `hanul_proto::db`):
+//! - one writer per epoch: `status.writer` changes only together with `status.epoch`, and a
+//!   new epoch is written only once the old writer is down (its agent reports PostgreSQL not
+//!   running, or its lease ran out, or it is gone);
+//! - every acknowledged commit survives: the candidate is the voter with the most WAL among at
+//!   least `|S| - k + 1` voters of the writer's synchronous set `S` (commits wait for `k` of
+//!   `S`), so at least one voter had each acknowledged commit. `S` only grows within an epoch
+//!   (a member joins it once it streams from the writer), so the writer's own list is always a
+//!   subset of what the votes are counted against;
+//! - endpoints follow epochs (the agents apply the rule in `hanul_proto::db`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use hanul_proto::db::{
+    DEFAULT_LEASE_SECONDS, DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_STANDBY, MEMBER_SYNC_STANDBY,
+    MEMBER_WRITER, MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE, PHASE_AVAILABLE, PHASE_CREATING,
+    PHASE_FAILING_OVER, PHASE_INACCESSIBLE, PHASE_REBOOTING, REASON_SWITCHOVER,
+    REASON_WRITER_FAILED, REASON_WRITER_LOST, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER,
+    STATE_AVAILABLE, STATE_FAILED, STATE_FENCED, STATE_STOPPED, member_name, members_of,
+};
+use hanul_proto::time::timestamp;
+use hanul_proto::v1::{DbClusterMember, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover};
+
+/// A member as the planner sees it: its DBInstance's spec and status, and how long the
+/// controller has seen no renewal of its lease.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Member {
+    /// writer, standby or replica: what the member was created for.
+    pub spec_role: String,
+    pub zone: String,
+    pub node: String,
+    pub readable: bool,
+    /// Its DBInstance is being deleted.
+    pub deleting: bool,
+    pub state: String,
+    /// What PostgreSQL is: writer, standby or "" (not running).
+    pub role: String,
+    pub epoch: u64,
+    pub address: String,
+    pub timeline: u32,
+    pub flush_lsn: u64,
+    pub receive_lsn: u64,
+    pub replay_lsn: u64,
+    pub lag_seconds: f64,
+    pub streaming: bool,
+    pub lease_epoch: u64,
+    /// Since the controller last saw `leaseEpoch`/`leaseRenewals` change (or since it started).
+    pub lease_silence: Duration,
+    /// epoch, lsn, timeline.
+    pub vote: Option<(u64, u64, u32)>,
+}
+
+impl Member {
+    /// Whether PostgreSQL is known not to run: its agent said so.
+    fn reported_down(&self) -> bool {
+        self.role.is_empty()
+            && [STATE_FAILED, STATE_STOPPED, STATE_FENCED].contains(&self.state.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub zone: String,
+    pub address: String,
+    /// Ready and schedulable.
+    pub ready: bool,
+}
+
+#[derive(Debug)]
+pub struct Input<'a> {
+    pub cluster: &'a str,
+    pub generation: i64,
+    /// Defaulted by admission.
+    pub spec: &'a DbClusterSpec,
+    pub status: &'a DbClusterStatus,
+    pub members: &'a BTreeMap<String, Member>,
+    pub nodes: &'a [NodeInfo],
+    /// The switchover annotation's value, if any.
+    pub switchover: Option<&'a str>,
+    pub now: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Create {
+        name: String,
+        role: String,
+        zone: String,
+        node: String,
+        readable: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// An event to record on the cluster, in RDS's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: DbClusterStatus,
+    pub effects: Vec<Effect>,
+    pub events: Vec<Event>,
+    /// When to look again without any change (a lease that may run out).
+    pub wake: Option<Duration>,
+}
+
+/// A member the cluster should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub role: &'static str,
+    pub zone: String,
+    pub readable: bool,
+}
+
+/// The lease of the cluster's writer.
+pub fn lease(spec: &DbClusterSpec) -> Duration {
+    let s = spec
+        .failover
+        .as_ref()
+        .and_then(|f| f.lease_seconds)
+        .unwrap_or(DEFAULT_LEASE_SECONDS)
+        .max(1);
+    Duration::from_secs(s.into())
+}
+
+fn automatic(spec: &DbClusterSpec) -> bool {
+    spec.failover
+        .as_ref()
+        .and_then(|f| f.automatic)
+        .unwrap_or(true)
+}
+
+/// The zones members go to: the spec's, else those of the Ready nodes.
+fn zones(spec: &DbClusterSpec, nodes: &[NodeInfo]) -> Vec<String> {
+    if !spec.zones.is_empty() {
+        return spec.zones.clone();
+    }
+    let ready: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.ready)
+        .map(|n| n.zone.as_str())
+        .collect();
+    ready.into_iter().map(str::to_owned).collect()
+}
+
+/// The members the spec asks for: the writer and standbys (`-1` .. `-n`), then the read
+/// replicas, each in a zone, round robin.
+pub fn layout(cluster: &str, spec: &DbClusterSpec, nodes: &[NodeInfo]) -> Vec<Wanted> {
+    let zones = zones(spec, nodes);
+    if zones.is_empty() {
+        return Vec::new();
+    }
+    let n = members_of(&spec.deployment);
+    let readable = spec.deployment != MULTI_AZ_INSTANCE;
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(Wanted {
+            name: member_name(cluster, i + 1),
+            role: if i == 0 { ROLE_WRITER } else { ROLE_STANDBY },
+            zone: zones[i % zones.len()].clone(),
+            readable,
+        });
+    }
+    let replicas = spec.read_replicas.clone().unwrap_or_default();
+    let replica_zones = if replicas.zones.is_empty() {
+        zones.clone()
+    } else {
+        replicas.zones.clone()
+    };
+    for j in 0..replicas.count as usize {
+        out.push(Wanted {
+            name: member_name(cluster, n + j + 1),
+            role: ROLE_REPLICA,
+            // Replicas start in the zone after the writer's, so a replica of a single-AZ
+            // cluster with two zones lands in the other one.
+            zone: replica_zones[(j + 1) % replica_zones.len()].clone(),
+            readable: true,
+        });
+    }
+    out
+}
+
+/// The Ready node of `zone` with the fewest members of this cluster (then by name).
+fn place(
+    zone: &str,
+    nodes: &[NodeInfo],
+    members: &BTreeMap<String, Member>,
+    placed: &[String],
+) -> Option<String> {
+    nodes
+        .iter()
+        .filter(|n| n.ready && n.zone == zone)
+        .min_by_key(|n| {
+            let here = members.values().filter(|m| m.node == n.name).count()
+                + placed.iter().filter(|p| **p == n.name).count();
+            (here, n.name.clone())
+        })
+        .map(|n| n.name.clone())
+}
+
+/// Why the writer counts as down, if it does: its agent reports PostgreSQL not running in
+/// this epoch, its lease (held in this epoch) ran out, or it is gone.
+fn writer_down(m: Option<&Member>, epoch: u64, lease: Duration) -> Option<&'static str> {
+    let Some(m) = m else {
+        return Some(REASON_WRITER_LOST);
+    };
+    if m.deleting {
+        return Some(REASON_WRITER_LOST);
+    }
+    if m.epoch == epoch && m.reported_down() {
+        return Some(REASON_WRITER_FAILED);
+    }
+    if m.lease_epoch == epoch && m.lease_silence > lease {
+        return Some(REASON_WRITER_LOST);
+    }
+    None
+}
+
+/// Whether the old writer can no longer write: reported down, its lease run out (in any
+/// epoch: a writer whose lease is silent for a whole lease has stopped itself), or gone.
+fn fenced(m: Option<&Member>, lease: Duration) -> bool {
+    match m {
+        None => true,
+        Some(m) => m.deleting || m.reported_down() || m.lease_silence > lease,
+    }
+}
+
+pub fn plan(input: &Input) -> Plan {
+    let spec = input.spec;
+    let mut st = input.status.clone();
+    let mut effects = Vec::new();
+    let mut events = Vec::new();
+    let mut wake: Option<Duration> = None;
+    let lease = lease(spec);
+    let members = input.members;
+
+    // Members: create what is missing, delete read replicas no longer asked for.
+    let wanted = layout(input.cluster, spec, input.nodes);
+    let mut placed = Vec::new();
+    for w in &wanted {
+        if members.contains_key(&w.name) {
+            continue;
+        }
+        if let Some(node) = place(&w.zone, input.nodes, members, &placed) {
+            placed.push(node.clone());
+            effects.push(Effect::Create {
+                name: w.name.clone(),
+                role: w.role.to_owned(),
+                zone: w.zone.clone(),
+                node,
+                readable: w.readable,
+            });
+        }
+    }
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    for (name, m) in members {
+        if m.spec_role == ROLE_REPLICA
+            && !m.deleting
+            && !wanted_names.contains(name.as_str())
+            && *name != st.writer
+            && !st.sync_standbys.contains(name)
+        {
+            effects.push(Effect::Delete { name: name.clone() });
+        }
+    }
+
+    // Bootstrap: the first member is the writer of epoch 1.
+    if st.epoch == 0 {
+        let first = member_name(input.cluster, 1);
+        let exists = members.contains_key(&first)
+            || effects
+                .iter()
+                .any(|e| matches!(e, Effect::Create { name, .. } if *name == first));
+        if exists {
+            st.epoch = 1;
+            st.writer = first;
+            st.sync_standbys.clear();
+            st.sync_count = sync_count(spec);
+            st.phase = PHASE_CREATING.into();
+        }
+    }
+
+    if st.epoch > 0 {
+        // The synchronous set grows with the standbys that stream from this epoch's writer.
+        if st.failover.is_none() && st.sync_count > 0 {
+            for (name, m) in members {
+                if m.spec_role != ROLE_REPLICA
+                    && *name != st.writer
+                    && m.role == ROLE_STANDBY
+                    && m.streaming
+                    && m.epoch == st.epoch
+                    && m.state == STATE_AVAILABLE
+                    && !st.sync_standbys.contains(name)
+                {
+                    st.sync_standbys.push(name.clone());
+                }
+            }
+        }
+        match st.failover.clone() {
+            Some(f) => failing_over(input, &mut st, f, lease, &mut events, &mut wake),
+            None => watch_writer(input, &mut st, lease, &mut events, &mut wake),
+        }
+    }
+
+    st.observed_generation = input.generation;
+    st.members = summary(&st, members);
+    st.endpoints = Some(endpoints(spec, &st, members, input.nodes));
+    Plan {
+        status: st,
+        effects,
+        events,
+        wake,
+    }
+}
+
+fn sync_count(spec: &DbClusterSpec) -> u32 {
+    match spec.deployment.as_str() {
+        MULTI_AZ_INSTANCE | MULTI_AZ_CLUSTER => 1,
+        _ => 0,
+    }
+}
+
+/// No failover under way: is the writer up, or does it need replacing?
+fn watch_writer(
+    input: &Input,
+    st: &mut DbClusterStatus,
+    lease: Duration,
+    events: &mut Vec<Event>,
+    wake: &mut Option<Duration>,
+) {
+    let writer = input.members.get(&st.writer);
+    let up = writer.is_some_and(|w| w.role == ROLE_WRITER && w.epoch == st.epoch);
+
+    // A switchover the user asked for.
+    if let Some(request) = input.switchover
+        && request != st.switchover_handled
+    {
+        st.switchover_handled = request.to_owned();
+        let target = request.split_once('@').map(|(t, _)| t).unwrap_or("");
+        if !up {
+            events.push(Event {
+                warning: true,
+                reason: "SwitchoverRefused",
+                message: "The switchover was not started: the writer is not available.".into(),
+            });
+        } else if st.sync_standbys.is_empty() {
+            events.push(Event {
+                warning: true,
+                reason: "SwitchoverRefused",
+                message: "The switchover was not started: no standby streams from the writer."
+                    .into(),
+            });
+        } else if !target.is_empty() && !st.sync_standbys.iter().any(|s| s == target) {
+            events.push(Event {
+                warning: true,
+                reason: "SwitchoverRefused",
+                message: format!(
+                    "The switchover was not started: {target} is not a synchronous standby \
+                     (those are: {}).",
+                    st.sync_standbys.join(", ")
+                ),
+            });
+        } else {
+            start_failover(input, st, REASON_SWITCHOVER, target, events);
+            return;
+        }
+    }
+
+    if let Some(reason) = writer_down(writer, st.epoch, lease) {
+        // Before the writer first came up in this epoch a missing report is not a failure,
+        // nor is a member not yet in the cache (a deleted writer shows as deleting first).
+        let started = writer.is_some_and(|w| w.epoch == st.epoch || w.deleting);
+        if !started {
+            st.phase = PHASE_CREATING.into();
+            return;
+        }
+        if automatic(input.spec) && !st.sync_standbys.is_empty() {
+            start_failover(input, st, reason, "", events);
+        } else if reason == REASON_WRITER_FAILED {
+            // No standby to take over: start the writer again in place, in a new epoch.
+            st.epoch += 1;
+            st.phase = PHASE_REBOOTING.into();
+            events.push(Event {
+                warning: true,
+                reason: "DBInstanceRestarted",
+                message: format!(
+                    "PostgreSQL on {} stopped; restarting it in place (epoch {}).",
+                    st.writer, st.epoch
+                ),
+            });
+        } else if st.phase != PHASE_INACCESSIBLE {
+            st.phase = PHASE_INACCESSIBLE.into();
+            events.push(Event {
+                warning: true,
+                reason: "WriterLost",
+                message: format!(
+                    "The writer {} is unreachable and no standby can take over; waiting for it \
+                     to come back.",
+                    st.writer
+                ),
+            });
+        }
+        return;
+    }
+    if up {
+        st.phase = PHASE_AVAILABLE.into();
+        // Look again when the lease could have run out.
+        if let Some(w) = writer
+            && w.lease_epoch == st.epoch
+        {
+            let left = lease.saturating_sub(w.lease_silence) + Duration::from_millis(20);
+            *wake = Some(wake.map_or(left, |x| x.min(left)));
+        }
+    } else if st.phase != PHASE_REBOOTING {
+        st.phase = PHASE_CREATING.into();
+    }
+}
+
+fn start_failover(
+    input: &Input,
+    st: &mut DbClusterStatus,
+    reason: &str,
+    target: &str,
+    events: &mut Vec<Event>,
+) {
+    st.failover = Some(DbFailover {
+        epoch: st.epoch + 1,
+        from: st.writer.clone(),
+        reason: reason.to_owned(),
+        target: target.to_owned(),
+        started_at: Some(timestamp(input.now)),
+    });
+    st.phase = PHASE_FAILING_OVER.into();
+    let message = match reason {
+        REASON_SWITCHOVER => format!(
+            "Switchover started: {} hands the writer role over.",
+            st.writer
+        ),
+        REASON_WRITER_FAILED => format!(
+            "Multi-AZ failover started: PostgreSQL on the writer {} stopped.",
+            st.writer
+        ),
+        _ => format!(
+            "Multi-AZ failover started: the writer {} lost its lease.",
+            st.writer
+        ),
+    };
+    events.push(Event {
+        warning: reason != REASON_SWITCHOVER,
+        reason: "FailoverStarted",
+        message,
+    });
+}
+
+/// A failover under way: count the votes, name the candidate, wait for its promotion.
+fn failing_over(
+    input: &Input,
+    st: &mut DbClusterStatus,
+    mut f: DbFailover,
+    lease: Duration,
+    events: &mut Vec<Event>,
+    wake: &mut Option<Duration>,
+) {
+    st.phase = PHASE_FAILING_OVER.into();
+    let members = input.members;
+    if st.epoch == f.epoch {
+        // The candidate is named: done once it reports itself writer of the new epoch.
+        let Some(c) = members.get(&st.writer) else {
+            return;
+        };
+        if c.role == ROLE_WRITER && c.epoch == f.epoch {
+            st.failover = None;
+            st.phase = PHASE_AVAILABLE.into();
+            st.last_failover_time = Some(timestamp(input.now));
+            let took = input
+                .now
+                .duration_since(
+                    f.started_at
+                        .as_ref()
+                        .map_or(input.now, hanul_proto::time::system_time),
+                )
+                .unwrap_or_default();
+            events.push(Event {
+                warning: false,
+                reason: "FailoverCompleted",
+                message: format!(
+                    "{} completed: {} is the writer of epoch {} ({} ms).",
+                    if f.reason == REASON_SWITCHOVER {
+                        "Switchover"
+                    } else {
+                        "Multi-AZ failover"
+                    },
+                    st.writer,
+                    st.epoch,
+                    took.as_millis()
+                ),
+            });
+        }
+        // Otherwise wait, even if the candidate went down before its promotion: it may hold
+        // commits that no other voter has, so nobody else may take its place.
+        return;
+    }
+
+    // Votes: every acknowledged commit is on one of any |S| - k + 1 members of S.
+    let need = (st.sync_standbys.len() + 1).saturating_sub(st.sync_count.max(1) as usize);
+    let voters: Vec<(&String, (u64, u64, u32))> = st
+        .sync_standbys
+        .iter()
+        .filter_map(|name| {
+            let m = members.get(name)?;
+            let v = m.vote?;
+            (v.0 == f.epoch).then_some((name, v))
+        })
+        .collect();
+    if need == 0 || voters.len() < need {
+        *wake = Some(Duration::from_millis(500));
+        return;
+    }
+    // Never while the old writer may still write.
+    if !fenced(members.get(&f.from), lease) {
+        let left = members
+            .get(&f.from)
+            .map_or(Duration::ZERO, |m| lease.saturating_sub(m.lease_silence));
+        *wake = Some(left + Duration::from_millis(20));
+        return;
+    }
+    let best = voters
+        .iter()
+        .map(|(_, v)| (v.2, v.1))
+        .max()
+        .unwrap_or_default();
+    let candidate = voters
+        .iter()
+        .filter(|(_, v)| (v.2, v.1) == best)
+        .map(|(n, _)| (*n).clone())
+        .max_by_key(|n| (*n == f.target, std::cmp::Reverse(n.clone())))
+        .unwrap_or_default();
+    if !f.target.is_empty() && f.target != candidate {
+        events.push(Event {
+            warning: true,
+            reason: "SwitchoverTargetBehind",
+            message: format!(
+                "{} has less WAL than {candidate}; promoting {candidate} instead.",
+                f.target
+            ),
+        });
+    }
+    events.push(Event {
+        warning: false,
+        reason: "PromotingStandby",
+        message: format!(
+            "Promoting {candidate} (timeline {}, WAL {}) to writer of epoch {}.",
+            best.0,
+            hanul_proto::db::format_lsn(best.1),
+            f.epoch
+        ),
+    });
+    // The new synchronous set: the other voters, which follow the new writer at once; the
+    // others join it once they stream again.
+    st.sync_standbys = voters
+        .iter()
+        .map(|(n, _)| (*n).clone())
+        .filter(|n| *n != candidate)
+        .collect();
+    st.epoch = f.epoch;
+    st.writer = candidate.clone();
+    f.target = candidate;
+    st.failover = Some(f);
+}
+
+fn summary(st: &DbClusterStatus, members: &BTreeMap<String, Member>) -> Vec<DbClusterMember> {
+    let writer_lsn = members.get(&st.writer).map_or(0, |w| w.flush_lsn);
+    members
+        .iter()
+        .map(|(name, m)| {
+            let role = if *name == st.writer {
+                MEMBER_WRITER
+            } else if m.spec_role == ROLE_REPLICA {
+                MEMBER_READ_REPLICA
+            } else if st.sync_standbys.contains(name) {
+                MEMBER_SYNC_STANDBY
+            } else {
+                MEMBER_STANDBY
+            };
+            let lsn = if *name == st.writer {
+                m.flush_lsn
+            } else {
+                m.replay_lsn
+            };
+            DbClusterMember {
+                name: name.clone(),
+                role: role.into(),
+                node: m.node.clone(),
+                zone: m.zone.clone(),
+                state: m.state.clone(),
+                address: m.address.clone(),
+                timeline: m.timeline,
+                lsn,
+                lag_bytes: if *name == st.writer {
+                    0
+                } else {
+                    writer_lsn.saturating_sub(lsn)
+                },
+                lag_seconds: m.lag_seconds,
+            }
+        })
+        .collect()
+}
+
+/// Where the endpoints run: the current node while it is Ready and does not run the writer
+/// (or no other Ready node does), else a Ready node without the writer, by name.
+fn endpoints(
+    spec: &DbClusterSpec,
+    st: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    nodes: &[NodeInfo],
+) -> DbEndpoints {
+    let old = st.endpoints.clone().unwrap_or_default();
+    let writer_node = members
+        .get(&st.writer)
+        .map(|m| m.node.as_str())
+        .unwrap_or("");
+    let ready: Vec<&NodeInfo> = nodes.iter().filter(|n| n.ready).collect();
+    let keep = ready
+        .iter()
+        .find(|n| n.name == old.node)
+        .filter(|n| n.name != writer_node || ready.iter().all(|o| o.name == writer_node));
+    let chosen = keep
+        .copied()
+        .or_else(|| ready.iter().find(|n| n.name != writer_node).copied())
+        .or_else(|| ready.first().copied())
+        .or_else(|| nodes.iter().find(|n| n.name == old.node));
+    let port = spec.port.unwrap_or(DEFAULT_PORT);
+    let (node, writer, reader) = match chosen {
+        Some(n) => (
+            n.name.clone(),
+            format!("{}:{port}", n.address),
+            format!("{}:{}", n.address, port + 1),
+        ),
+        None => (String::new(), String::new(), String::new()),
+    };
+    DbEndpoints {
+        writer,
+        reader,
+        node,
+        members: members
+            .iter()
+            .filter(|(_, m)| !m.address.is_empty())
+            .map(|(n, m)| (n.clone(), m.address.clone()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,373 @@
+use super::*;
+use hanul_proto::db::{MULTI_AZ_CLUSTER, SINGLE_AZ};
+use hanul_proto::v1::{FailoverSettings, ReadReplicas};
+
+const LEASE: Duration = Duration::from_secs(3);
+
+fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)
+}
+
+fn spec(deployment: &str, replicas: u32) -> DbClusterSpec {
+    DbClusterSpec {
+        deployment: deployment.into(),
+        port: Some(15432),
+        read_replicas: Some(ReadReplicas {
+            count: replicas,
+            zones: vec![],
+        }),
+        failover: Some(FailoverSettings {
+            automatic: Some(true),
+            lease_seconds: Some(3),
+        }),
+        ..Default::default()
+    }
+}
+
+fn nodes() -> Vec<NodeInfo> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|z| NodeInfo {
+            name: format!("node-{z}"),
+            zone: format!("az-{z}"),
+            address: "127.0.0.1".into(),
+            ready: true,
+        })
+        .collect()
+}
+
+fn run(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    switchover: Option<&str>,
+) -> Plan {
+    let nodes = nodes();
+    plan(&Input {
+        cluster: "db",
+        generation: 1,
+        spec,
+        status,
+        members,
+        nodes: &nodes,
+        switchover,
+        now: at(),
+    })
+}
+
+fn member(role: &str, node: &str) -> Member {
+    Member {
+        spec_role: role.into(),
+        zone: format!("az-{}", node.trim_start_matches("node-")),
+        node: node.into(),
+        readable: true,
+        state: STATE_AVAILABLE.into(),
+        address: format!("127.0.0.1:{}", 30000 + node.len()),
+        timeline: 1,
+        ..Default::default()
+    }
+}
+
+/// A running multi-AZ cluster in epoch 1: db-1 writer, db-2 and db-3 streaming standbys in the
+/// synchronous set.
+fn running() -> (DbClusterSpec, DbClusterStatus, BTreeMap<String, Member>) {
+    let spec = spec(MULTI_AZ_CLUSTER, 0);
+    let mut members = BTreeMap::new();
+    let mut w = member(ROLE_WRITER, "node-a");
+    w.role = ROLE_WRITER.into();
+    w.epoch = 1;
+    w.lease_epoch = 1;
+    w.flush_lsn = 1000;
+    members.insert("db-1".to_owned(), w);
+    for (n, node) in [("db-2", "node-b"), ("db-3", "node-c")] {
+        let mut s = member(ROLE_STANDBY, node);
+        s.role = ROLE_STANDBY.into();
+        s.epoch = 1;
+        s.streaming = true;
+        s.replay_lsn = 900;
+        members.insert(n.to_owned(), s);
+    }
+    let status = DbClusterStatus {
+        epoch: 1,
+        writer: "db-1".into(),
+        sync_standbys: vec!["db-2".into(), "db-3".into()],
+        sync_count: 1,
+        phase: PHASE_AVAILABLE.into(),
+        ..Default::default()
+    };
+    (spec, status, members)
+}
+
+fn fail_writer(members: &mut BTreeMap<String, Member>) {
+    let w = members.get_mut("db-1").unwrap();
+    w.role.clear();
+    w.state = STATE_FAILED.into();
+}
+
+fn vote(members: &mut BTreeMap<String, Member>, name: &str, epoch: u64, lsn: u64) {
+    members.get_mut(name).unwrap().vote = Some((epoch, lsn, 1));
+}
+
+#[test]
+fn a_new_cluster_gets_its_members_spread_over_zones_and_a_writer_in_epoch_one() {
+    let spec = spec(MULTI_AZ_CLUSTER, 1);
+    let p = run(&spec, &DbClusterStatus::default(), &BTreeMap::new(), None);
+    let created: Vec<(String, String, String)> = p
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Create {
+                name, role, node, ..
+            } => Some((name.clone(), role.clone(), node.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        created,
+        vec![
+            ("db-1".into(), ROLE_WRITER.into(), "node-a".into()),
+            ("db-2".into(), ROLE_STANDBY.into(), "node-b".into()),
+            ("db-3".into(), ROLE_STANDBY.into(), "node-c".into()),
+            ("db-4".into(), ROLE_REPLICA.into(), "node-b".into()),
+        ]
+    );
+    assert_eq!(p.status.epoch, 1);
+    assert_eq!(p.status.writer, "db-1");
+    assert_eq!(p.status.phase, PHASE_CREATING);
+    // Nobody streams yet: the synchronous set starts empty and grows.
+    assert!(p.status.sync_standbys.is_empty());
+    assert_eq!(p.status.sync_count, 1);
+    let e = p.status.endpoints.unwrap();
+    assert_eq!(e.writer, "127.0.0.1:15432");
+    assert_eq!(e.reader, "127.0.0.1:15433");
+}
+
+#[test]
+fn a_standby_joins_the_synchronous_set_once_it_streams_in_this_epoch() {
+    let (spec, mut status, mut members) = running();
+    status.sync_standbys.clear();
+    members.get_mut("db-3").unwrap().streaming = false;
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.sync_standbys, vec!["db-2".to_owned()]);
+    // A standby of an older epoch does not join.
+    members.get_mut("db-3").unwrap().streaming = true;
+    members.get_mut("db-3").unwrap().epoch = 0;
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.sync_standbys, vec!["db-2".to_owned()]);
+}
+
+#[test]
+fn the_writer_is_up_while_it_renews_and_the_controller_looks_again_before_the_lease_ends() {
+    let (spec, status, mut members) = running();
+    members.get_mut("db-1").unwrap().lease_silence = Duration::from_secs(1);
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.phase, PHASE_AVAILABLE);
+    assert!(p.status.failover.is_none());
+    let wake = p.wake.unwrap();
+    assert!(wake > Duration::from_secs(2) - Duration::from_millis(1) && wake < LEASE);
+}
+
+#[test]
+fn a_failed_writer_starts_a_failover_and_the_most_advanced_voter_is_promoted() {
+    let (spec, status, mut members) = running();
+    fail_writer(&mut members);
+    let p = run(&spec, &status, &members, None);
+    let f = p.status.failover.clone().unwrap();
+    assert_eq!(
+        (f.epoch, f.from.as_str(), f.reason.as_str()),
+        (2, "db-1", REASON_WRITER_FAILED)
+    );
+    assert_eq!(p.status.epoch, 1, "no new epoch before the votes");
+    assert_eq!(p.status.phase, PHASE_FAILING_OVER);
+    assert!(p.events.iter().any(|e| e.reason == "FailoverStarted"));
+
+    // One vote of two: with ANY 1 of {db-2, db-3} a commit may be only on the other one.
+    vote(&mut members, "db-2", 2, 950);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.epoch, 1);
+    vote(&mut members, "db-3", 2, 990);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.epoch, 2);
+    assert_eq!(p.status.writer, "db-3");
+    assert_eq!(p.status.failover.as_ref().unwrap().target, "db-3");
+    assert_eq!(p.status.sync_standbys, vec!["db-2".to_owned()]);
+
+    // Done once the candidate reports itself writer of epoch 2.
+    let c = members.get_mut("db-3").unwrap();
+    c.role = ROLE_WRITER.into();
+    c.epoch = 2;
+    let p = run(&spec, &p.status, &members, None);
+    assert!(p.status.failover.is_none());
+    assert_eq!(p.status.phase, PHASE_AVAILABLE);
+    assert!(p.status.last_failover_time.is_some());
+    assert!(p.events.iter().any(|e| e.reason == "FailoverCompleted"));
+}
+
+#[test]
+fn old_votes_do_not_count() {
+    let (spec, status, mut members) = running();
+    fail_writer(&mut members);
+    let p = run(&spec, &status, &members, None);
+    vote(&mut members, "db-2", 1, 950);
+    vote(&mut members, "db-3", 1, 990);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.epoch, 1);
+}
+
+#[test]
+fn a_lost_writer_is_replaced_only_after_its_whole_lease() {
+    let (spec, status, mut members) = running();
+    members.get_mut("db-1").unwrap().lease_silence = LEASE - Duration::from_millis(1);
+    let p = run(&spec, &status, &members, None);
+    assert!(p.status.failover.is_none());
+    members.get_mut("db-1").unwrap().lease_silence = LEASE + Duration::from_millis(1);
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.failover.unwrap().reason, REASON_WRITER_LOST);
+}
+
+#[test]
+fn a_writer_that_has_not_started_yet_is_not_failed_over() {
+    let (spec, mut status, mut members) = running();
+    // Epoch 1 was just named; the writer has not reported it yet.
+    let w = members.get_mut("db-1").unwrap();
+    w.epoch = 0;
+    w.lease_epoch = 0;
+    w.role.clear();
+    w.state = "creating".into();
+    w.lease_silence = Duration::from_secs(60);
+    status.phase = PHASE_CREATING.into();
+    let p = run(&spec, &status, &members, None);
+    assert!(p.status.failover.is_none());
+    assert_eq!(p.status.phase, PHASE_CREATING);
+}
+
+#[test]
+fn a_switchover_waits_for_the_old_writer_to_stop_before_promoting_the_target() {
+    let (spec, status, mut members) = running();
+    let p = run(&spec, &status, &members, Some("db-2@1"));
+    let f = p.status.failover.clone().unwrap();
+    assert_eq!(
+        (f.reason.as_str(), f.target.as_str()),
+        (REASON_SWITCHOVER, "db-2")
+    );
+    assert_eq!(p.status.switchover_handled, "db-2@1");
+    vote(&mut members, "db-2", 2, 1000);
+    vote(&mut members, "db-3", 2, 1000);
+    // The old writer still runs and renews: no promotion.
+    let p = run(&spec, &p.status, &members, Some("db-2@1"));
+    assert_eq!(p.status.epoch, 1);
+    let w = members.get_mut("db-1").unwrap();
+    w.role.clear();
+    w.state = STATE_STOPPED.into();
+    let p = run(&spec, &p.status, &members, Some("db-2@1"));
+    assert_eq!((p.status.epoch, p.status.writer.as_str()), (2, "db-2"));
+    // The same request is not acted on twice.
+    let mut done = p.status.clone();
+    done.failover = None;
+    let c = members.get_mut("db-2").unwrap();
+    c.role = ROLE_WRITER.into();
+    c.epoch = 2;
+    let p = run(&spec, &done, &members, Some("db-2@1"));
+    assert!(p.status.failover.is_none());
+}
+
+#[test]
+fn a_switchover_to_a_member_outside_the_synchronous_set_is_refused() {
+    let (spec, status, members) = running();
+    let p = run(&spec, &status, &members, Some("db-9@1"));
+    assert!(p.status.failover.is_none());
+    assert!(p.events.iter().any(|e| e.reason == "SwitchoverRefused"));
+}
+
+#[test]
+fn the_target_is_not_promoted_when_another_voter_has_more_wal() {
+    let (spec, status, mut members) = running();
+    let p = run(&spec, &status, &members, Some("db-2@1"));
+    vote(&mut members, "db-2", 2, 900);
+    vote(&mut members, "db-3", 2, 1000);
+    let w = members.get_mut("db-1").unwrap();
+    w.role.clear();
+    w.state = STATE_STOPPED.into();
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.writer, "db-3");
+}
+
+#[test]
+fn a_single_az_writer_that_crashed_restarts_in_place_in_a_new_epoch() {
+    let spec = spec(SINGLE_AZ, 0);
+    let mut w = member(ROLE_WRITER, "node-a");
+    w.epoch = 1;
+    w.state = STATE_FAILED.into();
+    let members: BTreeMap<String, Member> = [("db-1".to_owned(), w)].into();
+    let status = DbClusterStatus {
+        epoch: 1,
+        writer: "db-1".into(),
+        phase: PHASE_AVAILABLE.into(),
+        ..Default::default()
+    };
+    let p = run(&spec, &status, &members, None);
+    assert_eq!((p.status.epoch, p.status.writer.as_str()), (2, "db-1"));
+    assert_eq!(p.status.phase, PHASE_REBOOTING);
+    assert!(p.status.failover.is_none());
+}
+
+#[test]
+fn a_lost_single_az_writer_leaves_the_cluster_inaccessible_without_a_new_epoch() {
+    let spec = spec(SINGLE_AZ, 0);
+    let mut w = member(ROLE_WRITER, "node-a");
+    w.role = ROLE_WRITER.into();
+    w.epoch = 1;
+    w.lease_epoch = 1;
+    w.lease_silence = Duration::from_secs(10);
+    let members: BTreeMap<String, Member> = [("db-1".to_owned(), w)].into();
+    let status = DbClusterStatus {
+        epoch: 1,
+        writer: "db-1".into(),
+        phase: PHASE_AVAILABLE.into(),
+        ..Default::default()
+    };
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.epoch, 1);
+    assert_eq!(p.status.phase, PHASE_INACCESSIBLE);
+}
+
+#[test]
+fn endpoints_avoid_the_writers_node_and_stay_put_otherwise() {
+    let (spec, status, members) = running();
+    let p = run(&spec, &status, &members, None);
+    let e = p.status.endpoints.clone().unwrap();
+    assert_ne!(e.node, "node-a");
+    assert_eq!(e.members.len(), 3);
+    // Once chosen it stays while its node is Ready and the writer is elsewhere.
+    let mut st = p.status.clone();
+    st.endpoints.as_mut().unwrap().node = "node-c".into();
+    let p = run(&spec, &st, &members, None);
+    assert_eq!(p.status.endpoints.unwrap().node, "node-c");
+}
+
+#[test]
+fn read_replicas_scale_in_from_the_highest() {
+    let spec1 = spec(SINGLE_AZ, 2);
+    let mut members = BTreeMap::new();
+    let mut w = member(ROLE_WRITER, "node-a");
+    w.role = ROLE_WRITER.into();
+    w.epoch = 1;
+    members.insert("db-1".to_owned(), w);
+    members.insert("db-2".to_owned(), member(ROLE_REPLICA, "node-b"));
+    members.insert("db-3".to_owned(), member(ROLE_REPLICA, "node-c"));
+    let status = DbClusterStatus {
+        epoch: 1,
+        writer: "db-1".into(),
+        ..Default::default()
+    };
+    let p = run(&spec1, &status, &members, None);
+    assert!(p.effects.is_empty());
+    let spec0 = spec(SINGLE_AZ, 1);
+    let p = run(&spec0, &status, &members, None);
+    assert_eq!(
+        p.effects,
+        vec![Effect::Delete {
+            name: "db-3".into()
+        }]
+    );
+}
