@@ -25,6 +25,13 @@ pub enum Error {
     },
     #[error("{kind} {name:?} is being deleted")]
     BeingDeleted { kind: String, name: String },
+    /// A delete of an object that protects itself (a DBCluster's `spec.deletionProtection`).
+    #[error("{kind} {name:?} has {field} set; turn it off before deleting")]
+    DeletionProtected {
+        kind: String,
+        name: String,
+        field: String,
+    },
     /// A watch asked for history the server no longer keeps.
     #[error("revision {requested} is compacted (oldest available is {oldest}); list again")]
     Compacted { requested: u64, oldest: u64 },
@@ -96,7 +103,9 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Conflict { .. } => Code::Aborted,
-            Error::BeingDeleted { .. } => Code::FailedPrecondition,
+            Error::BeingDeleted { .. } | Error::DeletionProtected { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Compacted { .. } => Code::OutOfRange,
             // A lagging watcher resumes from its last revision; a stopped store recovers on
             // restart: both are worth a retry.

@@ -478,6 +478,15 @@ impl Registry {
     ) -> Result<(Object, bool)> {
         for _ in 0..MAX_RETRIES {
             let live = self.get_at(kind, name, resource_version).await?;
+            if let Some(Resource::DbCluster(c)) = &live.resource
+                && c.spec.as_ref().is_some_and(|s| s.deletion_protection)
+            {
+                return Err(Error::DeletionProtected {
+                    kind: kind.as_str().into(),
+                    name: name.into(),
+                    field: "spec.deletionProtection".into(),
+                });
+            }
             let pre = Precondition::ModRevision(live.resource_version());
             let has_finalizers = live.metadata().is_some_and(|m| !m.finalizers.is_empty());
             if has_finalizers {
@@ -632,6 +641,35 @@ mod tests {
             });
         }
         o
+    }
+
+    #[tokio::test]
+    async fn a_protected_db_cluster_is_not_deleted_until_the_protection_is_off() {
+        use hanul_proto::v1::{DbCluster, DbClusterSpec};
+        let r = registry().await;
+        let cluster = |protect| -> Object {
+            DbCluster {
+                metadata: Some(ObjectMeta {
+                    name: "orders".into(),
+                    ..Default::default()
+                }),
+                spec: Some(DbClusterSpec {
+                    master_password: "long-enough-pw".into(),
+                    deletion_protection: protect,
+                    ..Default::default()
+                }),
+                status: None,
+            }
+            .into()
+        };
+        r.create(cluster(true), false).await.unwrap();
+        let err = r.delete(Kind::DbCluster, "orders", 0, false).await.unwrap_err();
+        assert!(matches!(err, Error::DeletionProtected { .. }), "{err}");
+        assert!(err.to_string().contains("spec.deletionProtection"));
+        r.get(Kind::DbCluster, "orders").await.unwrap();
+        r.apply(cluster(false), false).await.unwrap();
+        let (_, removed) = r.delete(Kind::DbCluster, "orders", 0, false).await.unwrap();
+        assert!(removed);
     }
 
     #[tokio::test]
