@@ -663,7 +663,10 @@ mod tests {
             .into()
         };
         r.create(cluster(true), false).await.unwrap();
-        let err = r.delete(Kind::DbCluster, "orders", 0, false).await.unwrap_err();
+        let err = r
+            .delete(Kind::DbCluster, "orders", 0, false)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::DeletionProtected { .. }), "{err}");
         assert!(err.to_string().contains("spec.deletionProtection"));
         r.get(Kind::DbCluster, "orders").await.unwrap();

@@ -1,6 +1,6 @@
 //! The `hanul` binary's library: the kubectl-like user commands (`apply`, `get`, `describe`,
 //! `delete`, `diff`, `wait`, `scale`, `logs`, `events`, `api-resources`, `completion`,
-//! `version`) and the cloud's own verbs (`instance`, `asg`).
+//! `version`) and the cloud's own verbs (`instance`, `asg`, `db`).
 //!
 //! Every user command talks to the API server only through [`hanul_proto::Client`]. The
 //! server, agent and dev subcommands are wired beside these in `main.rs`: the top-level parser
@@ -81,6 +81,8 @@ pub enum UserCommand {
     Instance(commands::instance::Args),
     /// Auto scaling group actions: activities, lifecycle actions, instance refresh.
     Asg(commands::asg::Args),
+    /// Database cluster actions: failover (switchover), reboot, endpoints, psql.
+    Db(commands::db::Args),
     /// Print an instance's console log (stdout and stderr); -f follows it.
     Logs(commands::logs::Args),
     /// List events, newest last.
@@ -131,6 +133,7 @@ pub async fn run_user<C: CommandFactory>(
         UserCommand::Scale(a) => commands::scale::run(global, a).await,
         UserCommand::Instance(a) => commands::instance::run(global, a).await,
         UserCommand::Asg(a) => commands::asg::run(global, a).await,
+        UserCommand::Db(a) => commands::db::run(global, a).await,
         UserCommand::Logs(a) => commands::logs::run(global, a).await,
         UserCommand::Events(a) => commands::events::run(global, a).await,
         UserCommand::ApiResources => commands::misc::api_resources(),
@@ -201,6 +204,9 @@ mod tests {
             &["hanul", "diff", "-f", "web.yaml"],
             &["hanul", "scale", "asg", "web", "--desired", "3"],
             &["hanul", "describe", "asg", "web"],
+            &["hanul", "describe", "db", "orders"],
+            &["hanul", "get", "dbinstances", "-o", "wide"],
+            &["hanul", "db", "failover", "orders", "--target", "orders-2"],
             &["hanul", "completion", "bash"],
             &["hanul", "api-resources"],
             &["hanul", "version"],

@@ -7,11 +7,12 @@
 
 use crate::target::{lower, ref_name};
 use hanul_proto::{
-    Kind,
+    Kind, db,
     manifest::{to_value, to_yaml},
     v1::{
-        AutoScalingGroup, Condition, Event, Image, Instance, InstanceType, LaunchTemplate,
-        LoadBalancer, Node, Object, Resources, TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, Condition, DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec,
+        DbInstanceStatus, Event, Image, Instance, InstanceType, LaunchTemplate, LoadBalancer, Node,
+        Object, Resources, TargetGroup, Volume, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -346,57 +347,127 @@ fn name_and_age(meta: Option<&hanul_proto::v1::ObjectMeta>, now: i64) -> (String
     )
 }
 
-fn db_cluster_row(o: &hanul_proto::v1::DbCluster, wide: bool, now: i64) -> Vec<String> {
+/// A DBCluster's row. MEMBERS is available/desired, desired being the deployment's members
+/// plus the read replicas of its spec, as kubectl's READY of a deployment (it may read `4/3`
+/// while a replica is being removed). The master password is never a column.
+fn db_cluster_row(o: &DbCluster, wide: bool, now: i64) -> Vec<String> {
     let (name, age) = name_and_age(o.metadata.as_ref(), now);
     let spec = o.spec.clone().unwrap_or_default();
     let status = o.status.clone().unwrap_or_default();
     let available = status
         .members
         .iter()
-        .filter(|m| m.state == hanul_proto::db::STATE_AVAILABLE)
+        .filter(|m| m.state == db::STATE_AVAILABLE)
         .count();
     let mut row = vec![
         name,
-        spec.deployment,
-        status.phase,
-        status.writer,
+        or_none(&spec.deployment),
+        or_none(&status.phase),
+        or_none(&status.writer),
         status.epoch.to_string(),
-        format!("{available}/{}", status.members.len()),
+        format!("{available}/{}", db_desired_members(&spec)),
         age,
     ];
     if wide {
         let endpoints = status.endpoints.unwrap_or_default();
-        row.extend([spec.instance_class, endpoints.writer, endpoints.reader]);
+        row.extend([
+            or_none(&spec.instance_class),
+            or_none(&endpoints.writer),
+            or_none(&endpoints.reader),
+        ]);
     }
     row
 }
 
-fn db_instance_row(o: &hanul_proto::v1::DbInstance, wide: bool, now: i64) -> Vec<String> {
+/// How many members a cluster's spec asks for: its deployment's and its read replicas.
+pub fn db_desired_members(spec: &DbClusterSpec) -> usize {
+    db::members_of(&spec.deployment) + spec.read_replicas.as_ref().map_or(0, |r| r.count as usize)
+}
+
+/// What a member is now: `writer` while its PostgreSQL runs as the writer, `replica` for a
+/// read replica, `standby` for a standby; before its agent reports, what it is for (its spec).
+pub fn db_instance_role(spec: &DbInstanceSpec, status: &DbInstanceStatus) -> String {
+    let role = match (status.role.as_str(), spec.role.as_str()) {
+        (db::ROLE_WRITER, _) => db::ROLE_WRITER,
+        (_, db::ROLE_REPLICA) => db::ROLE_REPLICA,
+        ("", spec_role) => spec_role,
+        (status_role, _) => status_role,
+    };
+    or_none(role)
+}
+
+/// A member's WAL position: the writer's flush position, a standby's replayed one.
+pub fn db_instance_lsn(status: &DbInstanceStatus) -> u64 {
+    if status.role == db::ROLE_WRITER {
+        status.flush_lsn
+    } else {
+        status.replay_lsn
+    }
+}
+
+/// A WAL position as PostgreSQL prints it, or `<none>` before there is one.
+pub fn lsn(position: u64) -> String {
+    if position == 0 {
+        NONE.into()
+    } else {
+        db::format_lsn(position)
+    }
+}
+
+/// Replication lag: `0B/0.0s`, `1.5MiB/2.3s`.
+pub fn lag(bytes_behind: u64, seconds: f64) -> String {
+    format!("{}/{seconds:.1}s", bytes(bytes_behind))
+}
+
+/// A byte count with a binary unit and at most one decimal: `512B`, `1.5KiB`, `16MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: &[&str] = &["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let s = format!("{v:.1}");
+    let s = s.strip_suffix(".0").unwrap_or(&s);
+    format!("{s}{}", UNITS[unit])
+}
+
+fn db_instance_row(o: &DbInstance, wide: bool, now: i64) -> Vec<String> {
     let (name, age) = name_and_age(o.metadata.as_ref(), now);
     let spec = o.spec.clone().unwrap_or_default();
     let status = o.status.clone().unwrap_or_default();
-    let role = if status.role.is_empty() {
-        spec.role
-    } else {
-        status.role
-    };
     let mut row = vec![
         name,
-        spec.cluster,
-        role,
-        status.state,
-        spec.zone,
-        spec.node,
+        or_none(&spec.cluster),
+        db_instance_role(&spec, &status),
+        or_none(&status.state),
+        or_none(&spec.zone),
+        or_none(&spec.node),
         age,
     ];
     if wide {
-        let lsn = status.flush_lsn.max(status.replay_lsn);
+        let running = !status.role.is_empty();
+        let timeline = if status.timeline == 0 {
+            NONE.into()
+        } else {
+            status.timeline.to_string()
+        };
+        // The writer is behind no one.
+        let behind = if running && status.role != db::ROLE_WRITER {
+            lag(status.lag_bytes, status.lag_seconds)
+        } else {
+            NONE.into()
+        };
         row.extend([
-            status.address,
+            or_none(&status.address),
             status.epoch.to_string(),
-            status.timeline.to_string(),
-            hanul_proto::db::format_lsn(lsn),
-            status.lag_bytes.to_string(),
+            timeline,
+            lsn(db_instance_lsn(&status)),
+            behind,
         ]);
     }
     row
@@ -791,11 +862,12 @@ pub fn kind_word(o: &Object) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hanul_proto::v1::{
-        ImageSpec, InstanceSpec, InstanceStatus, InstanceTypeSpec, NodeSpec, NodeStatus,
-        ObjectMeta, ObjectReference, VolumeSpec, VolumeStatus,
+        DbClusterMember, DbClusterStatus, DbEndpoints, ImageSpec, InstanceSpec, InstanceStatus,
+        InstanceTypeSpec, NodeSpec, NodeStatus, ObjectMeta, ObjectReference, ReadReplicas,
+        VolumeSpec, VolumeStatus,
     };
 
     const NOW: i64 = 1_700_000_000;
@@ -1078,6 +1150,182 @@ mod tests {
             ["agent/mini-1", "2", "90s", "web-1.1"]
         );
         assert_eq!(event_sort_key(&ev), (NOW - 30, 0));
+    }
+
+    /// A multi-AZ cluster of three members and one read replica, one of them not yet available.
+    pub(crate) fn orders() -> DbCluster {
+        DbCluster {
+            metadata: meta("orders", 3600),
+            spec: Some(DbClusterSpec {
+                deployment: db::MULTI_AZ_CLUSTER.into(),
+                instance_class: "db.t3.small".into(),
+                master_username: "admin".into(),
+                master_password: "hunter2-secret".into(),
+                read_replicas: Some(ReadReplicas {
+                    count: 1,
+                    zones: vec![],
+                }),
+                ..Default::default()
+            }),
+            status: Some(DbClusterStatus {
+                phase: db::PHASE_AVAILABLE.into(),
+                epoch: 3,
+                writer: "orders-2".into(),
+                members: ["orders-1", "orders-2", "orders-3"]
+                    .iter()
+                    .map(|n| DbClusterMember {
+                        name: n.to_string(),
+                        state: db::STATE_AVAILABLE.into(),
+                        ..Default::default()
+                    })
+                    .chain([DbClusterMember {
+                        name: "orders-4".into(),
+                        state: db::STATE_CREATING.into(),
+                        ..Default::default()
+                    }])
+                    .collect(),
+                endpoints: Some(DbEndpoints {
+                    writer: "10.0.0.2:15432".into(),
+                    reader: "10.0.0.2:15433".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn db_cluster_table_shows_the_writer_epoch_and_available_members() {
+        let c: Object = orders().into();
+        assert_eq!(
+            lines(&table(
+                Kind::DbCluster,
+                std::slice::from_ref(&c),
+                false,
+                NOW
+            )),
+            [
+                "NAME     DEPLOYMENT       PHASE       WRITER     EPOCH   MEMBERS   AGE",
+                "orders   multiAZCluster   available   orders-2   3       3/4       60m"
+            ]
+        );
+        assert_eq!(
+            row(&c, true, NOW)[7..],
+            ["db.t3.small", "10.0.0.2:15432", "10.0.0.2:15433"]
+        );
+        let fresh: Object = DbCluster {
+            metadata: meta("new", 5),
+            spec: Some(DbClusterSpec {
+                deployment: db::SINGLE_AZ.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into();
+        assert_eq!(
+            row(&fresh, true, NOW),
+            [
+                "new", "singleAZ", "<none>", "<none>", "0", "0/1", "5s", "<none>", "<none>",
+                "<none>"
+            ]
+        );
+    }
+
+    #[test]
+    fn db_cluster_rows_never_show_the_master_password() {
+        let c: Object = orders().into();
+        for wide in [false, true] {
+            let text = table(Kind::DbCluster, std::slice::from_ref(&c), wide, NOW).render();
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    fn member(name: &str, role: &str, status: DbInstanceStatus) -> Object {
+        DbInstance {
+            metadata: meta(name, 600),
+            spec: Some(DbInstanceSpec {
+                cluster: "orders".into(),
+                role: role.into(),
+                zone: "az-b".into(),
+                node: "mini-2".into(),
+                instance_class: "db.t3.small".into(),
+                ..Default::default()
+            }),
+            status: Some(status),
+        }
+        .into()
+    }
+
+    #[test]
+    fn db_instance_table_shows_what_each_member_is_now_and_how_far_behind() {
+        // The member created as a standby is the writer since a failover.
+        let writer = member(
+            "orders-2",
+            db::ROLE_STANDBY,
+            DbInstanceStatus {
+                state: db::STATE_AVAILABLE.into(),
+                role: db::ROLE_WRITER.into(),
+                epoch: 3,
+                address: "10.0.0.3:40002".into(),
+                timeline: 2,
+                flush_lsn: 0x3000148,
+                replay_lsn: 0x1000000,
+                lag_bytes: 7,
+                ..Default::default()
+            },
+        );
+        let replica = member(
+            "orders-4",
+            db::ROLE_REPLICA,
+            DbInstanceStatus {
+                state: db::STATE_AVAILABLE.into(),
+                role: db::ROLE_STANDBY.into(),
+                epoch: 3,
+                address: "10.0.0.3:40004".into(),
+                timeline: 2,
+                replay_lsn: (1 << 32) | 0x2ff,
+                lag_bytes: 1536,
+                lag_seconds: 0.34,
+                ..Default::default()
+            },
+        );
+        let creating = member("orders-5", db::ROLE_STANDBY, DbInstanceStatus::default());
+        let t = table(
+            Kind::DbInstance,
+            &[writer.clone(), replica.clone(), creating.clone()],
+            false,
+            NOW,
+        );
+        assert_eq!(
+            lines(&t),
+            [
+                "NAME       CLUSTER   ROLE      STATE       ZONE   NODE     AGE",
+                "orders-2   orders    writer    available   az-b   mini-2   10m",
+                "orders-4   orders    replica   available   az-b   mini-2   10m",
+                "orders-5   orders    standby   <none>      az-b   mini-2   10m"
+            ]
+        );
+        assert_eq!(
+            row(&writer, true, NOW)[7..],
+            ["10.0.0.3:40002", "3", "2", "0/3000148", "<none>"]
+        );
+        assert_eq!(
+            row(&replica, true, NOW)[7..],
+            ["10.0.0.3:40004", "3", "2", "1/2FF", "1.5KiB/0.3s"]
+        );
+        assert_eq!(
+            row(&creating, true, NOW)[7..],
+            ["<none>", "0", "<none>", "<none>", "<none>"]
+        );
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes(0), "0B");
+        assert_eq!(bytes(1023), "1023B");
+        assert_eq!(bytes(1024), "1KiB");
+        assert_eq!(bytes(16 * 1024 * 1024), "16MiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024 / 2), "1.5GiB");
     }
 
     #[test]

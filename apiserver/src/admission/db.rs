@@ -1,12 +1,333 @@
-//! `DBCluster` and `DBInstance`: RDS's defaults and rules.
+//! Rules for `DBCluster` and `DBInstance`: RDS's defaults and limits (`CreateDBCluster`,
+//! `ModifyDBCluster`), and what may change on a live cluster.
+//!
+//! Every default is written into the spec, optional fields included, so that `get -o yaml`
+//! shows the values the cluster runs with. Zones are not defaulted here: the default is the
+//! zones of the Ready nodes, which the cluster's controller reads when it places members.
+//!
+//! Errors about the master password never repeat it: they say what is wrong with it only.
 
-use super::Errors;
-use hanul_proto::v1::{DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec};
+use super::{Errors, is_dns_name};
+use hanul_proto::{
+    db::{
+        DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS, DEFAULT_MASTER_USERNAME, DEFAULT_PORT,
+        DEFAULT_STORAGE_GIB, DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE,
+        ENGINE_VERSION, MAX_READ_REPLICAS, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ,
+        instance_class, instance_class_names, members_of,
+    },
+    v1::{DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec},
+};
+use std::collections::HashSet;
 
-pub(crate) fn default_cluster(_spec: &mut DbClusterSpec) {}
+const ENGINES: &[&str] = &[ENGINE];
+const ENGINE_VERSIONS: &[&str] = &[ENGINE_VERSION];
+const DURABILITIES: &[&str] = &[DURABILITY_REQUIRED, DURABILITY_PREFERRED];
+const ROLES: &[&str] = &[ROLE_WRITER, ROLE_STANDBY, ROLE_REPLICA];
 
-pub(crate) fn validate_cluster(_new: &DbCluster, _old: Option<&DbCluster>, _errs: &mut Errors) {}
+/// RDS's storage limits for PostgreSQL (gp2/gp3), in GiB.
+const MIN_STORAGE_GIB: u32 = 20;
+const MAX_STORAGE_GIB: u32 = 65_536;
+/// The writer endpoint's port; the reader endpoint listens on the next one, so the last port
+/// is not available. Below 1024 a node agent would need privileges it does not have.
+const MIN_PORT: u32 = 1024;
+const MAX_PORT: u32 = 65_534;
+/// PostgreSQL's NAMEDATALEN - 1: longer identifiers are truncated, silently.
+const MAX_IDENTIFIER: usize = 63;
+/// RDS's limits on the master password.
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 128;
+/// Characters RDS refuses in a master password: they break connection strings and URLs.
+const PASSWORD_FORBIDDEN: &[char] = &['/', '"', '@', ' '];
+/// The writer's lease, in seconds.
+const MIN_LEASE_SECONDS: u32 = 1;
+const MAX_LEASE_SECONDS: u32 = 60;
+/// Role names PostgreSQL reserves (besides the `pg_` prefix): `initdb -U` and `CREATE ROLE`
+/// refuse them.
+const RESERVED_ROLES: &[&str] = &[
+    "public",
+    "none",
+    "current_user",
+    "current_role",
+    "session_user",
+];
+/// Databases every PostgreSQL cluster has already: `spec.databaseName` is one more.
+const BUILTIN_DATABASES: &[&str] = &["postgres", "template0", "template1"];
 
-pub(crate) fn default_instance(_spec: &mut DbInstanceSpec) {}
+pub(crate) fn default_cluster(spec: &mut DbClusterSpec) {
+    fill(&mut spec.engine, ENGINE);
+    fill(&mut spec.engine_version, ENGINE_VERSION);
+    fill(&mut spec.deployment, SINGLE_AZ);
+    fill(&mut spec.instance_class, DEFAULT_INSTANCE_CLASS);
+    spec.storage_gib.get_or_insert(DEFAULT_STORAGE_GIB);
+    spec.port.get_or_insert(DEFAULT_PORT);
+    fill(&mut spec.master_username, DEFAULT_MASTER_USERNAME);
+    let replication = spec.replication.get_or_insert_with(Default::default);
+    fill(&mut replication.data_durability, DURABILITY_REQUIRED);
+    let failover = spec.failover.get_or_insert_with(Default::default);
+    failover.automatic.get_or_insert(true);
+    failover.lease_seconds.get_or_insert(DEFAULT_LEASE_SECONDS);
+}
 
-pub(crate) fn validate_instance(_new: &DbInstance, _old: Option<&DbInstance>, _errs: &mut Errors) {}
+pub(crate) fn default_instance(spec: &mut DbInstanceSpec) {
+    fill(&mut spec.instance_class, DEFAULT_INSTANCE_CLASS);
+    if spec.storage_gib == 0 {
+        spec.storage_gib = DEFAULT_STORAGE_GIB;
+    }
+}
+
+fn fill(field: &mut String, default: &str) {
+    if field.is_empty() {
+        *field = default.into();
+    }
+}
+
+pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mut Errors) {
+    let Some(spec) = &c.spec else {
+        return errs.add("spec", "required");
+    };
+    errs.one_of("spec.engine", &spec.engine, ENGINES);
+    errs.one_of("spec.engineVersion", &spec.engine_version, ENGINE_VERSIONS);
+    errs.one_of("spec.deployment", &spec.deployment, DEPLOYMENTS);
+    check_instance_class("spec.instanceClass", &spec.instance_class, errs);
+    if let Some(s) = spec.storage_gib {
+        check_storage("spec.storageGib", s, errs);
+    }
+    if let Some(p) = spec.port
+        && !(MIN_PORT..=MAX_PORT).contains(&p)
+    {
+        errs.add(
+            "spec.port",
+            format!(
+                "{p} is outside {MIN_PORT}..{MAX_PORT} (the reader endpoint listens on port + 1)"
+            ),
+        );
+    }
+    check_master_username(&spec.master_username, errs);
+    check_master_password(&spec.master_password, errs);
+    if !spec.database_name.is_empty() {
+        if let Err(why) = check_identifier(&spec.database_name) {
+            errs.add(
+                "spec.databaseName",
+                format!("{:?} is not a database name: {why}", spec.database_name),
+            );
+        } else if BUILTIN_DATABASES.contains(&spec.database_name.as_str()) {
+            errs.add(
+                "spec.databaseName",
+                format!(
+                    "{:?} exists in every cluster; name another database, or leave it empty \
+                     for only \"postgres\"",
+                    spec.database_name
+                ),
+            );
+        }
+    }
+    check_zones(spec, errs);
+    if let Some(r) = &spec.read_replicas {
+        if r.count > MAX_READ_REPLICAS {
+            errs.add(
+                "spec.readReplicas.count",
+                format!("{} is too many; at most {MAX_READ_REPLICAS}", r.count),
+            );
+        }
+        for (i, z) in r.zones.iter().enumerate() {
+            if !is_dns_name(z, 63) {
+                errs.add(
+                    format!("spec.readReplicas.zones[{i}]"),
+                    format!("{z:?} is not a zone name"),
+                );
+            }
+        }
+    }
+    if let Some(r) = &spec.replication {
+        errs.one_of(
+            "spec.replication.dataDurability",
+            &r.data_durability,
+            DURABILITIES,
+        );
+    }
+    if let Some(l) = spec.failover.as_ref().and_then(|f| f.lease_seconds)
+        && !(MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS).contains(&l)
+    {
+        errs.add(
+            "spec.failover.leaseSeconds",
+            format!("{l} is outside {MIN_LEASE_SECONDS}..{MAX_LEASE_SECONDS}"),
+        );
+    }
+
+    let Some(old) = old.and_then(|o| o.spec.as_ref()) else {
+        return;
+    };
+    errs.immutable("spec.engine", &old.engine, &spec.engine);
+    errs.immutable("spec.deployment", &old.deployment, &spec.deployment);
+    errs.immutable(
+        "spec.masterUsername",
+        &old.master_username,
+        &spec.master_username,
+    );
+    errs.immutable("spec.databaseName", &old.database_name, &spec.database_name);
+    errs.immutable(
+        "spec.port",
+        old.port.unwrap_or(DEFAULT_PORT),
+        spec.port.unwrap_or(DEFAULT_PORT),
+    );
+    errs.immutable("spec.zones", &old.zones, &spec.zones);
+    // RDS cannot shrink storage either: the data may not fit.
+    if let (Some(was), Some(now)) = (old.storage_gib, spec.storage_gib)
+        && now < was
+    {
+        errs.add(
+            "spec.storageGib",
+            format!("can only grow (was {was}, asked {now})"),
+        );
+    }
+}
+
+fn check_instance_class(field: &str, class: &str, errs: &mut Errors) {
+    if instance_class(class).is_none() {
+        errs.add(
+            field,
+            format!(
+                "unknown instance class {class:?}; known: {}",
+                instance_class_names()
+            ),
+        );
+    }
+}
+
+fn check_storage(field: &str, gib: u32, errs: &mut Errors) {
+    if !(MIN_STORAGE_GIB..=MAX_STORAGE_GIB).contains(&gib) {
+        errs.add(
+            field,
+            format!("{gib} is outside {MIN_STORAGE_GIB}..{MAX_STORAGE_GIB} (GiB)"),
+        );
+    }
+}
+
+/// PostgreSQL's rules for an unquoted identifier, as RDS applies them to the master user and
+/// the database name: 1 to 63 letters, digits and '_', starting with a letter.
+fn check_identifier(s: &str) -> Result<(), String> {
+    const RULE: &str = "use 1 to 63 letters, digits and '_', starting with a letter";
+    if s.is_empty() || s.len() > MAX_IDENTIFIER {
+        return Err(RULE.into());
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(RULE.into());
+    }
+    Ok(())
+}
+
+fn check_master_username(name: &str, errs: &mut Errors) {
+    const FIELD: &str = "spec.masterUsername";
+    if let Err(why) = check_identifier(name) {
+        return errs.add(FIELD, format!("{name:?} is not a user name: {why}"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("pg_") {
+        errs.add(
+            FIELD,
+            format!("{name:?} is reserved: names starting with \"pg_\" are PostgreSQL's"),
+        );
+    } else if RESERVED_ROLES.contains(&lower.as_str()) {
+        errs.add(
+            FIELD,
+            format!(
+                "{name:?} is a role name PostgreSQL reserves ({})",
+                RESERVED_ROLES.join(", ")
+            ),
+        );
+    }
+}
+
+/// RDS's rule. The password itself is never part of a message.
+fn check_master_password(password: &str, errs: &mut Errors) {
+    const FIELD: &str = "spec.masterPassword";
+    const RULE: &str =
+        "use 8 to 128 printable ASCII characters other than '/', '\"', '@' and space";
+    if password.is_empty() {
+        return errs.add(FIELD, format!("required: {RULE}"));
+    }
+    let len = password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&len) {
+        errs.add(FIELD, format!("has {len} characters; {RULE}"));
+    }
+    let mut bad: Vec<String> = Vec::new();
+    for c in password.chars() {
+        let what = if PASSWORD_FORBIDDEN.contains(&c) {
+            format!("{c:?}")
+        } else if !c.is_ascii_graphic() {
+            // Not printed: a control character or a non-ASCII letter tells little, and this
+            // is a secret.
+            "a character that is not printable ASCII".into()
+        } else {
+            continue;
+        };
+        if !bad.contains(&what) {
+            bad.push(what);
+        }
+    }
+    if !bad.is_empty() {
+        errs.add(FIELD, format!("contains {}; {RULE}", bad.join(", ")));
+    }
+}
+
+fn check_zones(spec: &DbClusterSpec, errs: &mut Errors) {
+    let mut seen = HashSet::new();
+    for (i, z) in spec.zones.iter().enumerate() {
+        if !is_dns_name(z, 63) {
+            errs.add(
+                format!("spec.zones[{i}]"),
+                format!("{z:?} is not a zone name"),
+            );
+        } else if !seen.insert(z) {
+            errs.add(format!("spec.zones[{i}]"), format!("{z:?} is listed twice"));
+        }
+    }
+    let members = members_of(&spec.deployment);
+    if members > 1 && !spec.zones.is_empty() && seen.len() < members {
+        errs.add(
+            "spec.zones",
+            format!(
+                "{} needs {members} different zones, one per member ({} given); list more, or \
+                 none for the zones of the Ready nodes",
+                spec.deployment,
+                seen.len()
+            ),
+        );
+    }
+}
+
+pub(crate) fn validate_instance(i: &DbInstance, old: Option<&DbInstance>, errs: &mut Errors) {
+    let Some(spec) = &i.spec else {
+        return errs.add("spec", "required");
+    };
+    if spec.cluster.is_empty() {
+        errs.add("spec.cluster", "required: the name of its DBCluster");
+    } else if !is_dns_name(&spec.cluster, 253) {
+        errs.add(
+            "spec.cluster",
+            format!("{:?} is not a DBCluster name", spec.cluster),
+        );
+    }
+    errs.one_of("spec.role", &spec.role, ROLES);
+    check_instance_class("spec.instanceClass", &spec.instance_class, errs);
+    check_storage("spec.storageGib", spec.storage_gib, errs);
+    if !spec.zone.is_empty() && !is_dns_name(&spec.zone, 63) {
+        errs.add("spec.zone", format!("{:?} is not a zone name", spec.zone));
+    }
+    if !spec.node.is_empty() && !is_dns_name(&spec.node, 253) {
+        errs.add("spec.node", format!("{:?} is not a node name", spec.node));
+    }
+
+    let Some(old) = old.and_then(|o| o.spec.as_ref()) else {
+        return;
+    };
+    errs.immutable("spec.cluster", &old.cluster, &spec.cluster);
+    errs.immutable("spec.role", &old.role, &spec.role);
+    errs.immutable("spec.zone", &old.zone, &spec.zone);
+    // Placed once, by the controller; its data directory lives on that node.
+    if !old.node.is_empty() {
+        errs.immutable("spec.node", &old.node, &spec.node);
+    }
+}

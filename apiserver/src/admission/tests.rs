@@ -356,3 +356,5 @@ fn a_group_names_one_launch_template_inline_or_by_reference() {
     );
     assert!(message(admit(&mut lt, None)).contains("spec.instanceType: unknown instance type"));
 }
+
+mod db;

@@ -7,14 +7,14 @@ use super::{asg, check_selector, emit};
 use crate::{
     error::{is_not_found, report},
     output::{
-        NONE, Table, age, event_sort_key, event_time, format_age, manifest_value, now_secs,
+        NONE, Table, age, event_sort_key, event_time, format_age, lsn, manifest_value, now_secs,
         or_none, timestamp,
     },
     target::{Targets, parse_targets},
 };
 use anyhow::{Result, bail};
 use hanul_proto::{
-    Kind,
+    Kind, db,
     v1::{Object, object::Resource},
 };
 use serde_json::Value;
@@ -388,6 +388,155 @@ fn auto_scaling_group(o: &Object, now: i64) -> Option<String> {
     Some(out)
 }
 
+/// What a DBCluster's page shows instead of its master password.
+const HIDDEN: &str = "<hidden>";
+
+/// Replaces a DBCluster spec's master password, when set, by [`HIDDEN`].
+fn hide_password(spec: Option<&mut Value>) {
+    if let Some(p) = spec
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.get_mut("masterPassword"))
+    {
+        *p = Value::String(HIDDEN.into());
+    }
+}
+
+/// A DBInstance's WAL positions as `0/3000148` rather than byte counts (the proto3 JSON
+/// mapping writes 64-bit numbers as strings).
+fn lsns_as_postgres_prints_them(status: Option<&mut Value>) {
+    let Some(status) = status.and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (key, v) in status.iter_mut() {
+        let position = match key.as_str() {
+            "flushLsn" | "receiveLsn" | "replayLsn" => Some(v),
+            "vote" => v.as_object_mut().and_then(|m| m.get_mut("lsn")),
+            _ => None,
+        };
+        if let Some(v) = position
+            && let Some(n) = v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        {
+            *v = Value::String(db::format_lsn(n));
+        }
+    }
+}
+
+/// A labelled line of a section indented under a heading (the DBCluster's status), its
+/// labels longer than the metadata's.
+fn sub_field(out: &mut String, label: &str, value: &str) {
+    const WIDTH: usize = 25;
+    let label = format!("{label}:");
+    out.push_str(&format!("  {label:<WIDTH$}{value}\n"));
+}
+
+/// A DBCluster's status as RDS's console shows it: who is writer in which epoch, where the
+/// endpoints are, the failover under way, the synchronous set, and one line per member.
+fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
+    let Some(Resource::DbCluster(c)) = &o.resource else {
+        return None;
+    };
+    let st = c.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    sub_field(&mut out, "Phase", &or_none(&st.phase));
+    sub_field(
+        &mut out,
+        "Observed Generation",
+        &st.observed_generation.to_string(),
+    );
+    sub_field(&mut out, "Epoch", &st.epoch.to_string());
+    sub_field(&mut out, "Writer", &or_none(&st.writer));
+    let ep = st.endpoints.clone().unwrap_or_default();
+    sub_field(&mut out, "Writer Endpoint", &or_none(&ep.writer));
+    sub_field(&mut out, "Reader Endpoint", &or_none(&ep.reader));
+    sub_field(&mut out, "Endpoints Node", &or_none(&ep.node));
+    let failover = match &st.failover {
+        Some(f) => {
+            let mut s = format!(
+                "to epoch {}, replacing {} ({}), target {}",
+                f.epoch,
+                or_none(&f.from),
+                or_none(&f.reason),
+                or_none(&f.target)
+            );
+            if f.started_at.is_some() {
+                s.push_str(&format!(
+                    ", started {} ago",
+                    age(f.started_at.as_ref(), now)
+                ));
+            }
+            s
+        }
+        None => NONE.into(),
+    };
+    sub_field(&mut out, "Failover In Progress", &failover);
+    let sync = if st.sync_standbys.is_empty() {
+        NONE.into()
+    } else {
+        format!(
+            "{} (a commit waits for {} of them)",
+            st.sync_standbys.join(", "),
+            st.sync_count
+        )
+    };
+    sub_field(&mut out, "Sync Standbys", &sync);
+    let last = match st.last_failover_time.as_ref() {
+        Some(t) if t.seconds > 0 => {
+            format!("{} ({} ago)", timestamp(Some(t)), age(Some(t), now))
+        }
+        _ => NONE.into(),
+    };
+    sub_field(&mut out, "Last Failover", &last);
+    if !st.switchover_handled.is_empty() {
+        sub_field(&mut out, "Last Switchover Request", &st.switchover_handled);
+    }
+    out.push_str("  Members:");
+    if st.members.is_empty() {
+        out.push_str(&format!(" {NONE}\n"));
+        return Some(out);
+    }
+    out.push('\n');
+    let mut t = Table::new(&[
+        "NAME",
+        "ROLE",
+        "STATE",
+        "ZONE",
+        "NODE",
+        "ADDRESS",
+        "TIMELINE",
+        "LSN",
+        "LAG-BYTES",
+        "LAG-SECONDS",
+    ]);
+    for m in &st.members {
+        // The writer is behind no one.
+        let (lag_bytes, lag_seconds) = if m.role == db::MEMBER_WRITER {
+            (NONE.to_string(), NONE.to_string())
+        } else {
+            (m.lag_bytes.to_string(), format!("{:.1}", m.lag_seconds))
+        };
+        t.push(vec![
+            m.name.clone(),
+            or_none(&m.role),
+            or_none(&m.state),
+            or_none(&m.zone),
+            or_none(&m.node),
+            or_none(&m.address),
+            if m.timeline == 0 {
+                NONE.into()
+            } else {
+                m.timeline.to_string()
+            },
+            lsn(m.lsn),
+            lag_bytes,
+            lag_seconds,
+        ]);
+    }
+    indent(&mut out, &t.render(), 4);
+    Some(out)
+}
+
 /// [`describe`], with the target groups a load balancer's page shows the health of.
 pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], now: i64) -> String {
     let mut out = String::new();
@@ -448,8 +597,14 @@ pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], no
     for key in ["apiVersion", "kind", "metadata"] {
         body.remove(key);
     }
-    let spec = body.remove("spec");
+    let mut spec = body.remove("spec");
     let mut status = body.remove("status");
+    match o.kind() {
+        // The page is for reading over a shoulder; `get -o yaml` still has the password.
+        Some(Kind::DbCluster) => hide_password(spec.as_mut()),
+        Some(Kind::DbInstance) => lsns_as_postgres_prints_them(status.as_mut()),
+        _ => {}
+    }
     // Kinds without spec and status (Event) show their fields at the top level.
     if !body.is_empty() {
         // In a reading order rather than the wire's.
@@ -479,7 +634,10 @@ pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], no
         out.push_str("Spec:\n");
         render_section(&mut out, spec.as_ref());
         out.push_str("Status:\n");
-        render_section(&mut out, status.as_ref());
+        match db_cluster_status(o, now) {
+            Some(section) => out.push_str(&section),
+            None => render_section(&mut out, status.as_ref()),
+        }
         out.push_str("Conditions:\n");
         match conditions {
             Some(Value::Array(cs)) if !cs.is_empty() => {
@@ -834,5 +992,124 @@ mod tests {
         assert!(page.contains("\n  16   Successful"), "{page}");
         assert!(!page.contains("\n  15   Successful"), "{page}");
         assert!(page.contains("Instance Refresh:   <none>\n"), "{page}");
+    }
+
+    fn orders_cluster() -> Object {
+        let mut c = crate::output::tests::orders();
+        let st = c.status.as_mut().unwrap();
+        st.sync_standbys = vec!["orders-1".into(), "orders-3".into()];
+        st.sync_count = 1;
+        st.failover = Some(hanul_proto::v1::DbFailover {
+            epoch: 4,
+            from: "orders-2".into(),
+            reason: db::REASON_SWITCHOVER.into(),
+            target: "orders-3".into(),
+            started_at: ts(2),
+        });
+        st.last_failover_time = ts(600);
+        st.endpoints.as_mut().unwrap().node = "mini-1".into();
+        let m = &mut st.members;
+        m[0].role = db::MEMBER_SYNC_STANDBY.into();
+        m[0].zone = "az-a".into();
+        m[0].node = "mini-1".into();
+        m[0].address = "10.0.0.1:40001".into();
+        m[0].timeline = 2;
+        m[0].lsn = 0x3000148;
+        m[0].lag_bytes = 1536;
+        m[0].lag_seconds = 0.34;
+        m[1].role = db::MEMBER_WRITER.into();
+        m[1].timeline = 2;
+        m[1].lsn = 0x3000200;
+        c.into()
+    }
+
+    #[test]
+    fn a_db_cluster_page_has_the_writer_endpoints_failover_and_members() {
+        let page = describe(
+            &orders_cluster(),
+            &[event("DBCluster", "orders", "", "FailoverStarted", 2)],
+            NOW,
+        );
+        for want in [
+            "Kind:               DBCluster\n",
+            "Spec:\n",
+            "  deployment: multiAZCluster\n",
+            "  masterUsername: admin\n",
+            "Status:\n  Phase:                   available\n",
+            "  Epoch:                   3\n",
+            "  Writer:                  orders-2\n",
+            "  Writer Endpoint:         10.0.0.2:15432\n",
+            "  Reader Endpoint:         10.0.0.2:15433\n",
+            "  Endpoints Node:          mini-1\n",
+            "  Failover In Progress:    to epoch 4, replacing orders-2 (switchover), target orders-3, \
+             started 2s ago\n",
+            "  Sync Standbys:           orders-1, orders-3 (a commit waits for 1 of them)\n",
+            "  Last Failover:           2023-11-14T22:03:20Z (10m ago)\n",
+            "  Members:\n    NAME       ROLE          STATE       ZONE     NODE     ADDRESS          \
+             TIMELINE   LSN         LAG-BYTES   LAG-SECONDS\n",
+            "    orders-1   syncStandby   available   az-a     mini-1   10.0.0.1:40001   2          \
+             0/3000148   1536        0.3\n",
+            "    orders-2   writer        available   <none>   <none>   <none>           2          \
+             0/3000200   <none>      <none>\n",
+            "    orders-4   <none>        creating",
+            "Conditions:\n",
+            "  Normal   FailoverStarted   2s",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+        // The sections come in reading order.
+        let at = |s: &str| page.find(s).expect(s);
+        assert!(at("Spec:") < at("Status:") && at("Status:") < at("  Members:"));
+        assert!(at("  Members:") < at("Conditions:") && at("Conditions:") < at("Events:"));
+    }
+
+    #[test]
+    fn a_db_cluster_page_never_shows_the_master_password() {
+        let page = describe(&orders_cluster(), &[], NOW);
+        assert!(!page.contains("hunter2"), "{page}");
+        assert!(page.contains("  masterPassword: <hidden>\n"), "{page}");
+        // Nor does a cluster with no status yet.
+        let mut bare = crate::output::tests::orders();
+        bare.status = None;
+        let page = describe(&bare.into(), &[], NOW);
+        assert!(!page.contains("hunter2"), "{page}");
+        assert!(page.contains("  Members: <none>\n"), "{page}");
+    }
+
+    #[test]
+    fn a_db_instance_page_prints_wal_positions_as_postgres_does() {
+        let o: Object = hanul_proto::v1::DbInstance {
+            metadata: Some(ObjectMeta {
+                name: "orders-1".into(),
+                ..Default::default()
+            }),
+            spec: Some(hanul_proto::v1::DbInstanceSpec {
+                cluster: "orders".into(),
+                role: db::ROLE_STANDBY.into(),
+                ..Default::default()
+            }),
+            status: Some(hanul_proto::v1::DbInstanceStatus {
+                state: db::STATE_AVAILABLE.into(),
+                role: db::ROLE_STANDBY.into(),
+                receive_lsn: (1 << 32) | 0x2ff,
+                replay_lsn: 0x3000148,
+                vote: Some(hanul_proto::v1::DbVote {
+                    epoch: 4,
+                    lsn: 0x3000148,
+                    timeline: 2,
+                }),
+                ..Default::default()
+            }),
+        }
+        .into();
+        let page = describe(&o, &[], NOW);
+        for want in [
+            "  receiveLsn: 1/2FF\n",
+            "  replayLsn: 0/3000148\n",
+            "    lsn: 0/3000148\n",
+            "  cluster: orders\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
     }
 }

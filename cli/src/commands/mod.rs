@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod apply;
 pub mod asg;
+pub mod db;
 pub mod delete;
 pub mod describe;
 pub mod dev;

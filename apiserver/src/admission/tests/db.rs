@@ -1,0 +1,380 @@
+//! `DBCluster` and `DBInstance` admission: RDS's defaults, each rule naming its field, and what
+//! a live cluster may not change.
+
+use super::*;
+use hanul_proto::v1::{DbCluster, DbInstance};
+
+const GOOD: &str = "apiVersion: hanul/v1\nkind: DBCluster\nmetadata: {name: orders}\nspec:\n  masterPassword: s3cret-pass\n";
+
+fn cluster(spec: &str) -> Object {
+    obj(&format!(
+        "apiVersion: hanul/v1\nkind: DBCluster\nmetadata: {{name: orders}}\nspec:\n{spec}"
+    ))
+}
+
+fn admitted_cluster(spec: &str) -> Object {
+    let mut o = cluster(spec);
+    admit(&mut o, None).unwrap();
+    o
+}
+
+fn cluster_of(o: &Object) -> &DbCluster {
+    match &o.resource {
+        Some(Resource::DbCluster(c)) => c,
+        other => panic!("not a DBCluster: {other:?}"),
+    }
+}
+
+fn instance(spec: &str) -> Object {
+    obj(&format!(
+        "apiVersion: hanul/v1\nkind: DBInstance\nmetadata: {{name: orders-1}}\nspec: {spec}\n"
+    ))
+}
+
+/// Admits `spec` on a new cluster and returns the errors.
+fn refused(spec: &str) -> String {
+    message(admit(&mut cluster(spec), None))
+}
+
+#[test]
+fn a_db_cluster_gets_rds_defaults_written_into_its_spec() {
+    let mut o = obj(GOOD);
+    admit(&mut o, None).unwrap();
+    let s = cluster_of(&o).spec.clone().unwrap();
+    assert_eq!(
+        (
+            s.engine.as_str(),
+            s.engine_version.as_str(),
+            s.deployment.as_str(),
+            s.instance_class.as_str()
+        ),
+        ("postgres", "15", "singleAZ", "db.t3.micro")
+    );
+    assert_eq!((s.storage_gib, s.port), (Some(20), Some(5432)));
+    assert_eq!(s.master_username, "postgres");
+    assert_eq!(s.replication.unwrap().data_durability, "required");
+    let f = s.failover.unwrap();
+    assert_eq!((f.automatic, f.lease_seconds), (Some(true), Some(3)));
+    assert!(s.zones.is_empty(), "zones are the controller's to default");
+    // And they are shown, as `get -o yaml` would.
+    let v = hanul_proto::manifest::to_value(&o);
+    assert_eq!(v["spec"]["port"], 5432);
+    assert_eq!(v["spec"]["failover"]["automatic"], true);
+    assert_eq!(v["spec"]["failover"]["leaseSeconds"], 3);
+}
+
+#[test]
+fn given_values_are_kept_over_defaults() {
+    let o = admitted_cluster(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZCluster\n  instanceClass: db.m5.large\n  storageGib: 100\n  port: 15432\n  masterUsername: admin\n  databaseName: orders\n  zones: [az-a, az-b, az-c]\n  readReplicas: {count: 2, zones: [az-a]}\n  replication: {dataDurability: preferred}\n  failover: {automatic: false, leaseSeconds: 10}\n",
+    );
+    let s = cluster_of(&o).spec.clone().unwrap();
+    assert_eq!(s.deployment, "multiAZCluster");
+    assert_eq!((s.storage_gib, s.port), (Some(100), Some(15432)));
+    assert_eq!(s.replication.unwrap().data_durability, "preferred");
+    let f = s.failover.unwrap();
+    assert_eq!((f.automatic, f.lease_seconds), (Some(false), Some(10)));
+}
+
+#[test]
+fn every_bad_db_cluster_field_is_named_with_what_is_allowed() {
+    let m = refused(
+        "  engine: mysql\n  engineVersion: '16'\n  deployment: multiAZ\n  instanceClass: db.t3.micr\n  storageGib: 10\n  port: 65535\n  masterUsername: 1admin\n  masterPassword: short\n  databaseName: my-db\n  zones: [az-a, az-a, Bad_Zone]\n  readReplicas: {count: 16, zones: [az_b]}\n  replication: {dataDurability: sometimes}\n  failover: {leaseSeconds: 61}\n",
+    );
+    for want in [
+        "spec.engine: \"mysql\" is not allowed; use one of: postgres",
+        "spec.engineVersion: \"16\" is not allowed; use one of: 15",
+        "spec.deployment: \"multiAZ\" is not allowed; use one of: singleAZ, multiAZInstance, multiAZCluster",
+        "spec.instanceClass: unknown instance class \"db.t3.micr\"; known: db.t3.micro, db.t3.small",
+        "spec.storageGib: 10 is outside 20..65536",
+        "spec.port: 65535 is outside 1024..65534 (the reader endpoint listens on port + 1)",
+        "spec.masterUsername: \"1admin\" is not a user name: use 1 to 63 letters, digits and '_', starting with a letter",
+        "spec.masterPassword: has 5 characters; use 8 to 128 printable ASCII characters",
+        "spec.databaseName: \"my-db\" is not a database name",
+        "spec.zones[1]: \"az-a\" is listed twice",
+        "spec.zones[2]: \"Bad_Zone\" is not a zone name",
+        "spec.readReplicas.count: 16 is too many; at most 15",
+        "spec.readReplicas.zones[0]: \"az_b\" is not a zone name",
+        "spec.replication.dataDurability: \"sometimes\" is not allowed; use one of: required, preferred",
+        "spec.failover.leaseSeconds: 61 is outside 1..60",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn ports_and_storage_are_accepted_at_their_limits() {
+    for spec in [
+        "  masterPassword: s3cret-pass\n  port: 1024\n  storageGib: 20\n",
+        "  masterPassword: s3cret-pass\n  port: 65534\n  storageGib: 65536\n",
+    ] {
+        admitted_cluster(spec);
+    }
+    assert!(refused("  masterPassword: s3cret-pass\n  port: 1023\n").contains("spec.port: 1023"));
+    assert!(
+        refused("  masterPassword: s3cret-pass\n  storageGib: 65537\n")
+            .contains("spec.storageGib: 65537 is outside 20..65536")
+    );
+    assert!(
+        refused("  masterPassword: s3cret-pass\n  failover: {leaseSeconds: 0}\n")
+            .contains("spec.failover.leaseSeconds: 0 is outside 1..60")
+    );
+}
+
+#[test]
+fn the_master_password_is_required_and_follows_rds_rules_without_being_echoed() {
+    let m = message(admit(
+        &mut obj("apiVersion: hanul/v1\nkind: DBCluster\nmetadata: {name: orders}\nspec: {}\n"),
+        None,
+    ));
+    assert!(
+        m.contains("spec.masterPassword: required: use 8 to 128 printable ASCII characters other than '/', '\"', '@' and space"),
+        "{m}"
+    );
+    for (password, why) in [
+        ("with/slash1", "contains '/'"),
+        ("with@at-sign", "contains '@'"),
+        ("with space", "contains ' '"),
+        ("quote\\\"d-pass", "contains '\"'"),
+        (
+            "caf\u{e9}-latte-1",
+            "contains a character that is not printable ASCII",
+        ),
+        (
+            "tab\\there-x",
+            "contains a character that is not printable ASCII",
+        ),
+    ] {
+        let m = refused(&format!("  masterPassword: \"{password}\"\n"));
+        assert!(
+            m.contains(&format!("spec.masterPassword: {why}")),
+            "{password}: {m}"
+        );
+        let raw = password.replace("\\\"", "\"").replace("\\t", "\t");
+        assert!(!m.contains(&raw), "the password is echoed: {m}");
+    }
+    let long = "x".repeat(129);
+    let m = refused(&format!("  masterPassword: {long}\n"));
+    assert!(m.contains("spec.masterPassword: has 129 characters"), "{m}");
+    assert!(!m.contains(&long), "{m}");
+    admitted_cluster(&format!("  masterPassword: \"{}\"\n", "x".repeat(128)));
+    admitted_cluster("  masterPassword: \"a!#$%&'()*+,-.:;<=>?[]^_`{|}~\"\n");
+}
+
+#[test]
+fn the_master_username_is_an_identifier_postgres_does_not_reserve() {
+    let (longest, too_long) = ("u".repeat(63), "u".repeat(64));
+    for name in ["admin", "Admin_2", "a", longest.as_str()] {
+        admitted_cluster(&format!(
+            "  masterPassword: s3cret-pass\n  masterUsername: {name}\n"
+        ));
+    }
+    for (name, why) in [
+        ("public", "is a role name PostgreSQL reserves"),
+        ("NONE", "is a role name PostgreSQL reserves"),
+        ("current_user", "is a role name PostgreSQL reserves"),
+        (
+            "pg_admin",
+            "is reserved: names starting with \"pg_\" are PostgreSQL's",
+        ),
+        ("_admin", "is not a user name"),
+        ("ad-min", "is not a user name"),
+        (too_long.as_str(), "is not a user name"),
+    ] {
+        let m = refused(&format!(
+            "  masterPassword: s3cret-pass\n  masterUsername: {name}\n"
+        ));
+        assert!(
+            m.contains(&format!("spec.masterUsername: {name:?} {why}")),
+            "{name}: {m}"
+        );
+    }
+}
+
+#[test]
+fn the_database_name_is_empty_or_a_new_identifier() {
+    admitted_cluster("  masterPassword: s3cret-pass\n  databaseName: orders_2\n");
+    for name in ["9lives", "has space", "template1", "postgres"] {
+        let m = refused(&format!(
+            "  masterPassword: s3cret-pass\n  databaseName: \"{name}\"\n"
+        ));
+        assert!(m.contains("spec.databaseName: "), "{name}: {m}");
+    }
+    assert!(
+        refused("  masterPassword: s3cret-pass\n  databaseName: postgres\n")
+            .contains("exists in every cluster")
+    );
+}
+
+#[test]
+fn multi_az_deployments_need_a_zone_per_member_when_zones_are_given() {
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZCluster\n  zones: [az-a, az-b]\n",
+    );
+    assert!(
+        m.contains("spec.zones: multiAZCluster needs 3 different zones, one per member (2 given)"),
+        "{m}"
+    );
+    let m =
+        refused("  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  zones: [az-a]\n");
+    assert!(
+        m.contains("spec.zones: multiAZInstance needs 2 different zones"),
+        "{m}"
+    );
+    // A duplicate does not count twice.
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  zones: [az-a, az-a]\n",
+    );
+    assert!(m.contains("spec.zones: multiAZInstance needs 2"), "{m}");
+    for ok in [
+        "  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  zones: [az-a, az-b]\n",
+        "  masterPassword: s3cret-pass\n  deployment: multiAZCluster\n",
+        "  masterPassword: s3cret-pass\n  zones: [az-a]\n",
+    ] {
+        admitted_cluster(ok);
+    }
+}
+
+#[test]
+fn a_good_multi_az_cluster_is_accepted() {
+    let o = admitted_cluster(
+        "  deployment: multiAZCluster\n  instanceClass: db.r5.large\n  storageGib: 50\n  port: 15432\n  masterUsername: admin\n  masterPassword: 'n0t-so-secret!'\n  databaseName: orders\n  zones: [az-a, az-b, az-c]\n  readReplicas: {count: 1}\n  deletionProtection: true\n",
+    );
+    assert_eq!(cluster_of(&o).spec.as_ref().unwrap().port, Some(15432));
+}
+
+#[test]
+fn a_live_db_cluster_keeps_its_engine_deployment_user_database_port_and_zones() {
+    let base = "  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  masterUsername: admin\n  databaseName: orders\n  port: 15432\n  zones: [az-a, az-b]\n";
+    let old = admitted_cluster(base);
+    let mut new = cluster(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZCluster\n  masterUsername: root\n  databaseName: sales\n  port: 25432\n  zones: [az-a, az-b, az-c]\n",
+    );
+    let m = message(admit(&mut new, Some(&old)));
+    for want in [
+        "spec.deployment: is immutable (was \"multiAZInstance\", asked \"multiAZCluster\")",
+        "spec.masterUsername: is immutable",
+        "spec.databaseName: is immutable",
+        "spec.port: is immutable (was 15432, asked 25432)",
+        "spec.zones: is immutable",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+    // Leaving the port out means the default, which is a change too.
+    let mut new = cluster(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  masterUsername: admin\n  databaseName: orders\n  zones: [az-a, az-b]\n",
+    );
+    assert!(
+        message(admit(&mut new, Some(&old)))
+            .contains("spec.port: is immutable (was 15432, asked 5432)")
+    );
+}
+
+#[test]
+fn the_engine_is_immutable_even_where_only_one_is_allowed() {
+    let old = admitted_cluster("  masterPassword: s3cret-pass\n");
+    let mut new = cluster("  masterPassword: s3cret-pass\n  engine: mysql\n");
+    let m = message(admit(&mut new, Some(&old)));
+    assert!(m.contains("spec.engine: is immutable"), "{m}");
+}
+
+#[test]
+fn a_live_db_cluster_may_change_its_class_replicas_storage_password_and_settings() {
+    let old = admitted_cluster(
+        "  masterPassword: s3cret-pass\n  deployment: multiAZInstance\n  zones: [az-a, az-b]\n",
+    );
+    let mut new = cluster(
+        "  masterPassword: an0ther-pass\n  deployment: multiAZInstance\n  zones: [az-a, az-b]\n  instanceClass: db.m5.xlarge\n  storageGib: 200\n  readReplicas: {count: 3, zones: [az-c]}\n  replication: {dataDurability: preferred}\n  failover: {automatic: false, leaseSeconds: 5}\n  deletionProtection: true\n",
+    );
+    admit(&mut new, Some(&old)).unwrap();
+}
+
+#[test]
+fn db_storage_only_grows() {
+    let old = admitted_cluster("  masterPassword: s3cret-pass\n  storageGib: 100\n");
+    let mut new = cluster("  masterPassword: s3cret-pass\n  storageGib: 50\n");
+    let m = message(admit(&mut new, Some(&old)));
+    assert!(
+        m.contains("spec.storageGib: can only grow (was 100, asked 50)"),
+        "{m}"
+    );
+}
+
+fn instance_of(o: &Object) -> &DbInstance {
+    match &o.resource {
+        Some(Resource::DbInstance(i)) => i,
+        other => panic!("not a DBInstance: {other:?}"),
+    }
+}
+
+#[test]
+fn a_db_instance_gets_its_class_and_storage_defaulted() {
+    let mut o = instance("{cluster: orders, role: writer, zone: az-a}");
+    admit(&mut o, None).unwrap();
+    let s = instance_of(&o).spec.clone().unwrap();
+    assert_eq!(
+        (s.instance_class.as_str(), s.storage_gib),
+        ("db.t3.micro", 20)
+    );
+}
+
+#[test]
+fn every_bad_db_instance_field_is_named() {
+    let m = message(admit(
+        &mut instance("{role: leader, instanceClass: huge}"),
+        None,
+    ));
+    for want in [
+        "spec.cluster: required",
+        "spec.role: \"leader\" is not allowed; use one of: writer, standby, replica",
+        "spec.instanceClass: unknown instance class \"huge\"; known: db.t3.micro",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn a_db_instance_keeps_its_cluster_role_and_zone_and_is_placed_once() {
+    let mut old = instance("{cluster: orders, role: standby, zone: az-b}");
+    admit(&mut old, None).unwrap();
+
+    // Placing it is allowed, once.
+    let mut placed = instance("{cluster: orders, role: standby, zone: az-b, node: mini-2}");
+    admit(&mut placed, Some(&old)).unwrap();
+
+    let mut moved = instance("{cluster: sales, role: writer, zone: az-c, node: mini-3}");
+    let m = message(admit(&mut moved, Some(&placed)));
+    for want in [
+        "spec.cluster: is immutable",
+        "spec.role: is immutable",
+        "spec.zone: is immutable",
+        "spec.node: is immutable (was \"mini-2\", asked \"mini-3\")",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+    let mut unplaced = instance("{cluster: orders, role: standby, zone: az-b}");
+    assert!(message(admit(&mut unplaced, Some(&placed))).contains("spec.node: is immutable"));
+
+    // Its class and storage may change.
+    let mut resized = instance(
+        "{cluster: orders, role: standby, zone: az-b, node: mini-2, instanceClass: db.m5.large, storageGib: 40}",
+    );
+    admit(&mut resized, Some(&placed)).unwrap();
+}
+
+#[test]
+fn the_example_manifest_is_admitted() {
+    let docs = manifest::parse(
+        "deploy/examples/db.yaml",
+        include_str!("../../../../deploy/examples/db.yaml"),
+    )
+    .unwrap();
+    assert_eq!(docs.len(), 1);
+    let mut o = docs.into_iter().next().unwrap().object;
+    admit(&mut o, None).unwrap();
+    let s = cluster_of(&o).spec.clone().unwrap();
+    assert_eq!(s.deployment, "multiAZCluster");
+    assert_eq!(s.zones, ["az-a", "az-b", "az-c"]);
+    assert_eq!(s.port, Some(15432));
+    assert_eq!(s.read_replicas.unwrap().count, 1);
+}
