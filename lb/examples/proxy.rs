@@ -40,6 +40,8 @@ async fn main() {
             stickiness: None,
             deregistration_delay: Duration::from_secs(1),
             algorithm: Algorithm::RoundRobin,
+            health_check_enabled: true,
+            connection_termination: false,
         }],
     });
     eprintln!("{states:?}");

@@ -98,6 +98,19 @@ pub struct GroupConfig {
     pub stickiness: Option<Stickiness>,
     pub deregistration_delay: Duration,
     pub algorithm: Algorithm,
+    /// ELB's `HealthCheckEnabled`. When false no checks run: a target that is not `unused` is
+    /// healthy (reason `Target.HealthCheckDisabled`) from the moment it is configured and takes
+    /// traffic at once, for a caller that knows better than a check which target is right (the
+    /// writer endpoint of a database cluster). Such a target stays healthy even if it refuses
+    /// connections (a TCP connection then goes to the next target, or is closed). Turning
+    /// checks back on starts a kept target over, as `initial`, until its first check passes.
+    pub health_check_enabled: bool,
+    /// NLB's `deregistration_delay.connection_termination.enabled`. When true, once a removed
+    /// target's `deregistration_delay` has passed (at once for a delay of 0) every TCP
+    /// connection a TCP listener still relays to it is closed, the client's side and the
+    /// target's; when false such connections run to their end. HTTP listeners do not honour
+    /// it yet: their requests to a removed target are left to finish.
+    pub connection_termination: bool,
 }
 
 /// A registered target, as the agent resolved it.

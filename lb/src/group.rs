@@ -1,12 +1,13 @@
 //! A target group at run time: its targets with their health and outstanding requests, the
-//! checks that keep the health current, target selection, and deregistration draining.
+//! checks that keep the health current, target selection, and deregistration draining (and,
+//! for groups with connection termination, the end of a removed target's connections).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::config::{Algorithm, GroupConfig, TargetConfig};
@@ -48,6 +49,11 @@ pub(crate) struct Target {
     /// Requests (connections for TCP) in flight, per thread shard.
     pub in_flight: ShardedCount,
     checker: Mutex<Option<AbortHandle>>,
+    /// Turns true when the connections relayed to the target are to be closed: it was removed
+    /// from a group with connection termination and its deregistration delay passed. A watch
+    /// rather than a `Notify`: it keeps its value, so a connection that subscribes late still
+    /// sees it, and it wakes receivers on any worker's runtime.
+    terminated: watch::Sender<bool>,
 }
 
 struct TargetStatus {
@@ -58,7 +64,8 @@ struct TargetStatus {
 }
 
 impl Target {
-    fn new(config: &TargetConfig) -> Target {
+    /// A new target; `checks`: whether its group runs health checks (if not, it is healthy).
+    fn new(config: &TargetConfig, checks: bool) -> Target {
         let key = config.key();
         let (shown, health) = match &config.unused {
             Some((reason, description)) => (
@@ -69,6 +76,7 @@ impl Target {
                 },
                 Health::Unused,
             ),
+            None if !checks => (HealthState::checks_disabled(), Health::Healthy),
             None => (HealthState::initial(), Health::Initial),
         };
         Target {
@@ -85,7 +93,18 @@ impl Target {
             }),
             in_flight: ShardedCount::default(),
             checker: Mutex::new(None),
+            terminated: watch::Sender::new(false),
         }
+    }
+
+    /// Tells when the connections relayed to the target are to be closed (see `terminated`).
+    pub fn terminated(&self) -> watch::Receiver<bool> {
+        self.terminated.subscribe()
+    }
+
+    /// Closes the connections relayed to the target, those whose proxy honours it (TCP).
+    fn terminate(&self) {
+        self.terminated.send_replace(true);
     }
 
     pub fn health(&self) -> Health {
@@ -105,6 +124,11 @@ impl Target {
     /// Sets what is shown; returns the health it had when it changed.
     fn show(&self, state: HealthState) -> Option<Health> {
         let mut status = self.status.lock().unwrap();
+        self.show_locked(&mut status, state)
+    }
+
+    /// [`Target::show`] under a lock of `status` the caller already holds.
+    fn show_locked(&self, status: &mut TargetStatus, state: HealthState) -> Option<Health> {
         if status.shown == state {
             return None;
         }
@@ -184,17 +208,23 @@ impl Group {
         self.active.load_full()
     }
 
-    /// Takes a new configuration: new targets start their checks, removed ones drain, kept ones
-    /// keep their health.
-    pub fn update(self: &Arc<Group>, config: GroupConfig) {
+    /// Takes a new configuration: new targets start their checks (or are healthy at once when
+    /// the group's checks are disabled), removed ones drain, kept ones keep their health unless
+    /// the checks were turned on or off.
+    pub fn update(self: &Arc<Group>, mut config: GroupConfig) {
+        let targets = std::mem::take(&mut config.targets);
+        let checks = config.health_check_enabled;
+        // Stored first: a check that ends while checks are being turned off sees that they are
+        // (`check_loop`), and removed targets drain with the new delay.
+        self.settings.store(Arc::new(config));
         let old: HashMap<String, Arc<Target>> = self
             .targets()
             .iter()
             .map(|t| (t.key.clone(), t.clone()))
             .collect();
-        let mut kept = Vec::with_capacity(config.targets.len());
+        let mut kept = Vec::with_capacity(targets.len());
         let mut seen = std::collections::HashSet::new();
-        for tc in &config.targets {
+        for tc in &targets {
             let key = tc.key();
             if !seen.insert(key.clone()) {
                 continue;
@@ -208,22 +238,26 @@ impl Group {
                             reason: reason.clone(),
                             description: description.clone(),
                         });
+                    } else {
+                        self.set_checks(t, checks);
                     }
                     kept.push(t.clone());
                 }
                 _ => {
-                    let t = Arc::new(Target::new(tc));
+                    let t = Arc::new(Target::new(tc, checks));
                     if tc.unused.is_none() {
-                        self.start_checks(&t);
+                        if checks {
+                            self.start_checks(&t);
+                        } else {
+                            // Registered and healthy in one step, told as a check-driven target's
+                            // first pass would be.
+                            self.emit(&t, Health::Initial, Some(HealthState::checks_disabled()));
+                        }
                     }
                     kept.push(t);
                 }
             }
         }
-        self.settings.store(Arc::new(GroupConfig {
-            targets: Vec::new(),
-            ..config
-        }));
         let gone: Vec<Arc<Target>> = old
             .into_values()
             .filter(|t| !kept.iter().any(|k| Arc::ptr_eq(k, t)))
@@ -258,6 +292,33 @@ impl Group {
         }
     }
 
+    /// Turns a kept target's checks on or off as the group's settings now say. Turned off, it is
+    /// healthy at once; turned on, it starts over as a new target does (initial until its
+    /// first check passes), since what was shown came from no check.
+    fn set_checks(self: &Arc<Group>, target: &Arc<Target>, enabled: bool) {
+        let running = target.checker.lock().unwrap().is_some();
+        if enabled == running {
+            return;
+        }
+        let state = if enabled {
+            HealthState::initial()
+        } else {
+            target.stop_checks();
+            HealthState::checks_disabled()
+        };
+        let from = {
+            let mut status = target.status.lock().unwrap();
+            status.machine = Machine::default();
+            target.show_locked(&mut status, state.clone())
+        };
+        if let Some(from) = from {
+            self.emit(target, from, Some(state));
+        }
+        if enabled {
+            self.start_checks(target);
+        }
+    }
+
     fn start_checks(self: &Arc<Group>, target: &Arc<Target>) {
         let group = Arc::downgrade(self);
         let weak = Arc::downgrade(target);
@@ -275,7 +336,8 @@ impl Group {
         });
     }
 
-    /// A target leaves: no new requests; it is dropped once idle or after the delay.
+    /// A target leaves: no new requests; it is dropped once idle or after the delay. With
+    /// connection termination, the connections it still has are closed when the delay ends.
     fn drain(self: &Arc<Group>, target: Arc<Target>) {
         target.stop_checks();
         // A target that never took traffic (its instance not running) just goes: no event.
@@ -291,10 +353,20 @@ impl Group {
             self.emit(&target, from, Some(target.report().state));
         }
         self.draining.lock().unwrap().push(target.clone());
-        let delay = self.settings().deregistration_delay;
+        let (delay, terminate) = {
+            let settings = self.settings();
+            (
+                settings.deregistration_delay,
+                settings.connection_termination,
+            )
+        };
+        let deadline = Instant::now() + delay;
+        if terminate && delay.is_zero() {
+            // Now, not on the task's first poll: the change is in force when `apply` returns.
+            target.terminate();
+        }
         let group = Arc::downgrade(self);
         tokio::spawn(async move {
-            let deadline = Instant::now() + delay;
             while Instant::now() < deadline && target.in_flight.sum() > 0 {
                 tokio::time::sleep(DRAIN_POLL).await;
             }
@@ -305,6 +377,12 @@ impl Group {
                     .unwrap()
                     .retain(|t| !Arc::ptr_eq(t, &target));
                 group.emit(&target, Health::Draining, None);
+            }
+            if terminate {
+                // Idle before the delay ended, it may yet get a connection that picked it just
+                // before it left: that one, too, may run until the delay ends, and no longer.
+                tokio::time::sleep_until(deadline.into()).await;
+                target.terminate();
             }
         });
     }
@@ -390,21 +468,32 @@ async fn check_loop(group: Weak<Group>, target: Weak<Target>) {
         let (Some(g), Some(t)) = (group.upgrade(), target.upgrade()) else {
             return;
         };
-        let changed = {
+        let shown = {
+            // Decided under the lock `update` and `drain` show through, so that a check that
+            // ends as the checks are turned off or the target leaves does not undo either.
             let mut status = t.status.lock().unwrap();
-            status.machine.observe(
+            if !g.settings().health_check_enabled {
+                return;
+            }
+            let changed = status.machine.observe(
                 outcome,
                 config.healthy_threshold,
                 config.unhealthy_threshold,
-            )
+            );
+            match changed {
+                Some(state)
+                    if matches!(
+                        status.shown.health,
+                        Health::Initial | Health::Healthy | Health::Unhealthy
+                    ) =>
+                {
+                    t.show_locked(&mut status, state.clone())
+                        .map(|from| (from, state))
+                }
+                _ => None,
+            }
         };
-        if let Some(state) = changed
-            && matches!(
-                t.health(),
-                Health::Initial | Health::Healthy | Health::Unhealthy
-            )
-            && let Some(from) = t.show(state.clone())
-        {
+        if let Some((from, state)) = shown {
             g.emit(&t, from, Some(state));
             g.metrics.set_hosts(&g.targets());
         }
@@ -440,6 +529,8 @@ mod tests {
             stickiness: None,
             deregistration_delay: Duration::from_secs(300),
             algorithm,
+            health_check_enabled: true,
+            connection_termination: false,
         }
     }
 
@@ -551,6 +642,82 @@ mod tests {
                 .address,
             "a:1"
         );
+    }
+
+    #[tokio::test]
+    async fn without_checks_targets_are_healthy_at_once_and_start_over_when_checks_return() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let unused = TargetConfig {
+            unused: Some(("Target.InvalidState".into(), "stopped".into())),
+            ..target("c:1")
+        };
+        let mut config = group(
+            vec![target("a:1"), target("b:1"), unused],
+            Algorithm::RoundRobin,
+        );
+        config.health_check_enabled = false;
+        let g = Group::new(config.clone(), tx);
+        let healths =
+            |g: &Group| -> Vec<Health> { g.report().iter().map(|r| r.state.health).collect() };
+        assert_eq!(
+            healths(&g),
+            [Health::Healthy, Health::Healthy, Health::Unused]
+        );
+        assert_eq!(g.report()[0].state, HealthState::checks_disabled());
+        assert!(g.pick(g.settings().algorithm, None, &[]).is_some());
+        assert!(
+            g.targets()
+                .iter()
+                .all(|t| t.checker.lock().unwrap().is_none())
+        );
+        let e = rx.try_recv().unwrap();
+        assert_eq!(
+            (e.from, e.to.map(|s| s.health)),
+            (Health::Initial, Some(Health::Healthy))
+        );
+
+        // Checks on: the kept targets start over as new ones do, and get no traffic until a
+        // check passes (none can: nothing listens at a:1 or b:1).
+        config.health_check_enabled = true;
+        g.update(config.clone());
+        assert_eq!(
+            healths(&g),
+            [Health::Initial, Health::Initial, Health::Unused]
+        );
+        assert!(g.pick(g.settings().algorithm, None, &[]).is_none());
+        assert!(g.targets()[0].checker.lock().unwrap().is_some());
+        // Off again: the same targets, healthy, their checks stopped.
+        let a = g.targets()[0].clone();
+        config.health_check_enabled = false;
+        g.update(config);
+        assert!(Arc::ptr_eq(&a, &g.targets()[0]));
+        assert_eq!(
+            healths(&g),
+            [Health::Healthy, Health::Healthy, Health::Unused]
+        );
+        assert!(a.checker.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn with_no_delay_a_removed_target_is_terminated_at_once_if_the_group_says_so() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        for terminate in [false, true] {
+            let mut config = group(vec![target("a:1"), target("b:1")], Algorithm::RoundRobin);
+            config.health_check_enabled = false;
+            config.deregistration_delay = Duration::ZERO;
+            config.connection_termination = terminate;
+            let g = Group::new(config.clone(), tx.clone());
+            let b = g.targets()[1].clone();
+            b.in_flight.local().store(1, Ordering::Relaxed);
+            let terminated = b.terminated();
+            config.targets.pop();
+            g.update(config);
+            assert_eq!(*terminated.borrow(), terminate);
+            assert!(
+                !*g.targets()[0].terminated().borrow(),
+                "a kept target is left alone"
+            );
+        }
     }
 
     #[tokio::test]

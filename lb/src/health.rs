@@ -10,7 +10,9 @@
 //! it healthy) or `unhealthyThreshold` checks fail; a healthy target turns unhealthy after
 //! `unhealthyThreshold` consecutive failures and an unhealthy one healthy after
 //! `healthyThreshold` consecutive passes. `draining` and `unused` are set from outside (a target
-//! deregistered, or one whose instance cannot take traffic) and are never left by checks.
+//! deregistered, or one whose instance cannot take traffic) and are never left by checks. A
+//! group whose checks are disabled shows its targets healthy ([`HealthState::checks_disabled`])
+//! without this machine.
 
 use std::time::Duration;
 
@@ -75,6 +77,16 @@ impl HealthState {
             health: Health::Initial,
             reason: "Elb.RegistrationInProgress".into(),
             description: "Target registration is in progress".into(),
+        }
+    }
+
+    /// A target of a group whose health checks are disabled: healthy, since nothing says
+    /// otherwise, with the reason ELB gives for such a target.
+    pub fn checks_disabled() -> HealthState {
+        HealthState {
+            health: Health::Healthy,
+            reason: "Target.HealthCheckDisabled".into(),
+            description: "Health checks are disabled".into(),
         }
     }
 }

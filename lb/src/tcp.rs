@@ -1,6 +1,7 @@
 //! The network load balancer's listener: a TCP proxy. Each client connection goes to one
 //! healthy target (the next one if the first refuses) and bytes are copied both ways until
-//! either side closes.
+//! either side closes, or until the target is removed from a group with connection termination
+//! and its deregistration delay passes: then both sockets are dropped.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -32,7 +33,7 @@ impl TcpProxy {
             return Ok(());
         };
         let mut tried: Vec<Arc<Target>> = Vec::new();
-        let (mut upstream, _guard) = loop {
+        let (mut upstream, guard) = loop {
             let Some(target) = group.pick(group.request_settings().1, None, &tried) else {
                 group.metrics.elb_error(503);
                 return Ok(());
@@ -46,7 +47,22 @@ impl TcpProxy {
         };
         group.metrics.connection();
         let _ = upstream.set_nodelay(true);
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        // Subscribed only now, after the connect: the watch keeps its value, so a termination
+        // that came first is seen at once.
+        let mut terminated = guard.0.terminated();
+        tokio::select! {
+            relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                relayed?;
+            }
+            // An error would mean the target is gone, which `guard` rules out.
+            Ok(_) = terminated.wait_for(|t| *t) => {
+                debug!(
+                    target = %guard.0.address,
+                    "Closing a connection: its target was deregistered with connection termination."
+                );
+            }
+        }
+        // Both sockets are dropped on return, closing them.
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -110,6 +112,8 @@ fn group(name: &str, backends: &[&Backend]) -> GroupConfig {
         stickiness: None,
         deregistration_delay: Duration::from_secs(30),
         algorithm: Algorithm::RoundRobin,
+        health_check_enabled: true,
+        connection_termination: false,
     }
 }
 
@@ -493,6 +497,178 @@ async fn a_tcp_listener_relays_bytes_both_ways() {
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, word.to_ascii_uppercase().as_bytes());
     }
+}
+
+/// A TCP server that answers each read with its one-letter name, ':' and the bytes read, and
+/// counts its open connections. Dropping it stops accepting; open connections carry on.
+struct Echo {
+    port: u16,
+    open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(name: char) -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let mut reply = format!("{name}:").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    if s.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Echo { port, open, task }
+}
+
+/// Sends `word` and returns the reply (an [`echo`]'s is two bytes longer).
+async fn say(s: &mut TcpStream, word: &str) -> String {
+    s.write_all(word.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; word.len() + 2];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("no reply within 10 s")
+        .expect("the connection was closed");
+    String::from_utf8(buf).unwrap()
+}
+
+/// Waits (10 s at most) for the load balancer to close `s`: end of stream or a reset.
+async fn closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!("the connection is open: got {:?}", &buf[..n]),
+        Err(_) => panic!("the connection is still open after 10 s"),
+    }
+}
+
+/// A TCP group without health checks, to the given echo servers.
+fn unchecked_tcp_group(targets: &[&Echo]) -> GroupConfig {
+    let mut g = group("db", &[]);
+    g.protocol = Protocol::Tcp;
+    g.health_check.protocol = Protocol::Tcp;
+    g.health_check_enabled = false;
+    g.targets = targets.iter().map(|e| target(e.port)).collect();
+    g
+}
+
+#[tokio::test]
+async fn a_group_without_checks_serves_its_target_at_once() {
+    let a = echo('a').await;
+    let (plane, _events) = DataPlane::new();
+    let port = free_port();
+    let mut g = unchecked_tcp_group(&[&a]);
+    // Its checks would go to a port that refuses and never pass.
+    g.targets[0].check_address = format!("127.0.0.1:{}", free_port());
+    g.health_check.interval = Duration::from_secs(3600);
+    let mut config = Config {
+        listeners: vec![listener(port, "db", Protocol::Tcp)],
+        groups: vec![g],
+    };
+    plane.apply(config.clone());
+    let report = plane.report("db").unwrap();
+    assert_eq!(
+        (
+            report[0].state.health,
+            report[0].state.reason.as_str(),
+            report[0].state.description.as_str()
+        ),
+        (
+            Health::Healthy,
+            "Target.HealthCheckDisabled",
+            "Health checks are disabled"
+        )
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(say(&mut s, "select 1").await, "a:select 1");
+
+    // The same group with its checks on: the target waits for a check that cannot pass, and
+    // gets no connection; the one already open is left alone.
+    config.groups[0].health_check_enabled = true;
+    plane.apply(config);
+    assert_eq!(plane.report("db").unwrap()[0].state.health, Health::Initial);
+    let mut refused = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    closed(&mut refused).await;
+    assert_eq!(say(&mut s, "select 2").await, "a:select 2");
+}
+
+/// Opens a connection through a TCP listener to `a`, then replaces `a` by `b` with a delay of
+/// 0 and `connection_termination` as given: returns the plane, the listener's port and the
+/// open connection (its target still `a`, if it is still open).
+async fn switch_targets(a: &Echo, b: &Echo, termination: bool) -> (DataPlane, u16, TcpStream) {
+    let (plane, _events) = DataPlane::new();
+    let port = free_port();
+    let mut g = unchecked_tcp_group(&[a]);
+    g.deregistration_delay = Duration::ZERO;
+    g.connection_termination = termination;
+    let mut config = Config {
+        listeners: vec![listener(port, "db", Protocol::Tcp)],
+        groups: vec![g],
+    };
+    plane.apply(config.clone());
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(say(&mut s, "before").await, "a:before");
+    assert_eq!(a.open.load(Ordering::SeqCst), 1);
+    config.groups[0].targets = vec![target(b.port)];
+    plane.apply(config);
+    (plane, port, s)
+}
+
+#[tokio::test]
+async fn connection_termination_closes_a_removed_targets_connections_on_both_sides() {
+    let (a, b) = (echo('a').await, echo('b').await);
+    let (_plane, port, mut old) = switch_targets(&a, &b, true).await;
+    closed(&mut old).await;
+    // The target's side, too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.open.load(Ordering::SeqCst) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a still has {} connections",
+            a.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut new = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(say(&mut new, "after").await, "b:after");
+}
+
+#[tokio::test]
+async fn without_connection_termination_a_removed_targets_connections_carry_on() {
+    let (a, b) = (echo('a').await, echo('b').await);
+    let (plane, port, mut old) = switch_targets(&a, &b, false).await;
+    let mut new = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(say(&mut new, "after").await, "b:after");
+    // Once the delay is over and a is out of the group, its connection still works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = plane.report("db").unwrap();
+        if report.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a is still draining: {report:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(say(&mut old, "still there").await, "a:still there");
+    assert_eq!(a.open.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

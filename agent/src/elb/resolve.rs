@@ -184,6 +184,8 @@ fn group(name: &str, spec: &TargetGroupSpec, world: &World<'_>) -> GroupConfig {
         } else {
             Algorithm::RoundRobin
         },
+        health_check_enabled: hc.enabled.unwrap_or(true),
+        connection_termination: spec.connection_termination,
     }
 }
 
@@ -488,5 +490,24 @@ mod tests {
         let addresses: Vec<&str> = g.targets.iter().map(|t| t.address.as_str()).collect();
         assert_eq!(addresses, ["10.0.0.5:30001", "10.0.0.5:30002"]);
         assert!(registered_with(&web2, "api") && !registered_with(&web1, "api"));
+    }
+
+    #[test]
+    fn checks_are_on_and_connections_left_alone_unless_the_spec_says_otherwise() {
+        let world = World::default();
+        let mut spec = TargetGroupSpec {
+            protocol: "TCP".into(),
+            port: "5432".into(),
+            ..Default::default()
+        };
+        let g = group("db", &spec, &world);
+        assert!(g.health_check_enabled && !g.connection_termination);
+        spec.health_check = Some(hanul_proto::v1::HealthCheck {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        spec.connection_termination = true;
+        let g = group("db", &spec, &world);
+        assert!(!g.health_check_enabled && g.connection_termination);
     }
 }
