@@ -52,7 +52,6 @@ pub struct Context {
     pub nodes: Cache,
     /// member → (leaseEpoch, leaseRenewals, when this process saw them change).
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
-    started: Instant,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,10 +72,11 @@ impl Context {
                 Duration::ZERO
             }
             None => {
-                // First sight: silent since this process started (a restart never shortens
-                // a lease).
-                leases.insert(member.to_owned(), (epoch, renewals, self.started));
-                now - self.started
+                // First sight (this process just started, or the member is new): its last
+                // renewal may have been a moment ago, so the silence counts from now. That
+                // only ever lengthens a lease, never shortens it.
+                leases.insert(member.to_owned(), (epoch, renewals, now));
+                Duration::ZERO
             }
         }
     }
@@ -280,7 +280,6 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         members,
         nodes,
         leases: Mutex::new(HashMap::new()),
-        started: Instant::now(),
     });
     controller
         .run(reconcile, default_error_policy, ctx, 4)

@@ -297,12 +297,22 @@ pub fn plan(input: &Input) -> Plan {
 
     if st.epoch > 0 {
         // The synchronous set grows with the standbys that stream from this epoch's writer.
-        if st.failover.is_none() && st.sync_count > 0 {
+        // A member joins only once it holds all the writer had when it last reported: a
+        // commit acknowledged before then may be on no other member of the set.
+        let writer_flush = members
+            .get(&st.writer)
+            .filter(|w| w.role == ROLE_WRITER && w.epoch == st.epoch)
+            .map(|w| w.flush_lsn);
+        if st.failover.is_none()
+            && st.sync_count > 0
+            && let Some(writer_flush) = writer_flush
+        {
             for (name, m) in members {
                 if m.spec_role != ROLE_REPLICA
                     && *name != st.writer
                     && m.role == ROLE_STANDBY
                     && m.streaming
+                    && m.receive_lsn >= writer_flush
                     && m.epoch == st.epoch
                     && m.state == STATE_AVAILABLE
                     && !st.sync_standbys.contains(name)
@@ -483,7 +493,10 @@ fn failing_over(
         let Some(c) = members.get(&st.writer) else {
             return;
         };
-        if c.role == ROLE_WRITER && c.epoch == f.epoch {
+        // Promoted: it reports the new epoch as writer, or it acted on the new epoch and has
+        // stopped since (then the failover is over and its failure is handled as any
+        // writer's).
+        if c.epoch == f.epoch && (c.role == ROLE_WRITER || c.reported_down()) {
             st.failover = None;
             st.phase = PHASE_AVAILABLE.into();
             st.last_failover_time = Some(timestamp(input.now));
@@ -570,12 +583,13 @@ fn failing_over(
             f.epoch
         ),
     });
-    // The new synchronous set: the other voters, which follow the new writer at once; the
-    // others join it once they stream again.
+    // The new synchronous set: the other voters with as much WAL as the candidate (one with
+    // less may lack commits only the candidate has), which follow the new writer at once; the
+    // others join once they have caught up.
     st.sync_standbys = voters
         .iter()
+        .filter(|(n, v)| **n != candidate && (v.2, v.1) == best)
         .map(|(n, _)| (*n).clone())
-        .filter(|n| *n != candidate)
         .collect();
     st.epoch = f.epoch;
     st.writer = candidate.clone();
@@ -666,5 +680,7 @@ fn endpoints(
     }
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

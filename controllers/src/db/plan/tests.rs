@@ -143,10 +143,16 @@ fn a_new_cluster_gets_its_members_spread_over_zones_and_a_writer_in_epoch_one() 
 }
 
 #[test]
-fn a_standby_joins_the_synchronous_set_once_it_streams_in_this_epoch() {
+fn a_standby_joins_the_synchronous_set_once_it_streams_in_this_epoch_and_caught_up() {
     let (spec, mut status, mut members) = running();
     status.sync_standbys.clear();
     members.get_mut("db-3").unwrap().streaming = false;
+    // Streaming but behind what the writer reported: a commit acknowledged before may be on
+    // no member of the set yet.
+    members.get_mut("db-2").unwrap().receive_lsn = 999;
+    let p = run(&spec, &status, &members, None);
+    assert!(p.status.sync_standbys.is_empty());
+    members.get_mut("db-2").unwrap().receive_lsn = 1000;
     let p = run(&spec, &status, &members, None);
     assert_eq!(p.status.sync_standbys, vec!["db-2".to_owned()]);
     // A standby of an older epoch does not join.
@@ -190,7 +196,8 @@ fn a_failed_writer_starts_a_failover_and_the_most_advanced_voter_is_promoted() {
     assert_eq!(p.status.epoch, 2);
     assert_eq!(p.status.writer, "db-3");
     assert_eq!(p.status.failover.as_ref().unwrap().target, "db-3");
-    assert_eq!(p.status.sync_standbys, vec!["db-2".to_owned()]);
+    // db-2 has less WAL than db-3: it joins the new set only once it has caught up.
+    assert!(p.status.sync_standbys.is_empty());
 
     // Done once the candidate reports itself writer of epoch 2.
     let c = members.get_mut("db-3").unwrap();
@@ -369,5 +376,80 @@ fn read_replicas_scale_in_from_the_highest() {
         vec![Effect::Delete {
             name: "db-3".into()
         }]
+    );
+}
+
+#[test]
+fn voters_with_the_candidates_wal_form_the_new_synchronous_set() {
+    let (spec, status, mut members) = running();
+    fail_writer(&mut members);
+    let p = run(&spec, &status, &members, None);
+    vote(&mut members, "db-2", 2, 1000);
+    vote(&mut members, "db-3", 2, 1000);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.writer, "db-2", "ties go to the first by name");
+    assert_eq!(p.status.sync_standbys, vec!["db-3".to_owned()]);
+}
+
+// Found by the property test (props.rs): a candidate whose PostgreSQL stops right after its
+// promotion, before the controller saw it as writer, must not stall the failover.
+#[test]
+fn a_candidate_that_fails_right_after_its_promotion_does_not_stall_the_failover() {
+    let (spec, status, mut members) = running();
+    fail_writer(&mut members);
+    let p = run(&spec, &status, &members, None);
+    vote(&mut members, "db-2", 2, 1000);
+    vote(&mut members, "db-3", 2, 1000);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!((p.status.epoch, p.status.writer.as_str()), (2, "db-2"));
+    let c = members.get_mut("db-2").unwrap();
+    c.epoch = 2;
+    c.lease_epoch = 2;
+    c.timeline = 2;
+    c.role.clear();
+    c.streaming = false;
+    c.state = STATE_FAILED.into();
+    let mut st = p.status;
+    for _ in 0..5 {
+        st = run(&spec, &st, &members, None).status;
+    }
+    assert!(
+        st.failover.as_ref().is_some_and(|f| f.epoch > 2),
+        "the cluster waits for db-2 forever: {:?}",
+        (st.epoch, &st.writer, &st.phase, &st.failover)
+    );
+}
+
+// Found by the property test: a voter behind the candidate must not become the only voter of
+// the next failover.
+#[test]
+fn a_voter_behind_the_candidate_is_not_the_only_voter_of_the_next_failover() {
+    let (spec, status, mut members) = running();
+    // db-1 acknowledged commits up to 1000 through db-3 (ANY 1 of db-2, db-3), then failed.
+    fail_writer(&mut members);
+    let p = run(&spec, &status, &members, None);
+    vote(&mut members, "db-2", 2, 950);
+    vote(&mut members, "db-3", 2, 1000);
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!((p.status.epoch, p.status.writer.as_str()), (2, "db-3"));
+    let c = members.get_mut("db-3").unwrap();
+    c.role = ROLE_WRITER.into();
+    c.epoch = 2;
+    c.lease_epoch = 2;
+    c.timeline = 2;
+    c.streaming = false;
+    c.flush_lsn = 1010;
+    let p = run(&spec, &p.status, &members, None);
+    assert!(p.status.failover.is_none());
+    let c = members.get_mut("db-3").unwrap();
+    c.role.clear();
+    c.state = STATE_FAILED.into();
+    let p = run(&spec, &p.status, &members, None);
+    vote(&mut members, "db-2", 3, 950);
+    let p = run(&spec, &p.status, &members, None);
+    assert_ne!(
+        (p.status.epoch, p.status.writer.as_str()),
+        (3, "db-2"),
+        "db-2 lacks the commits acknowledged between 950 and 1000"
     );
 }
