@@ -5,9 +5,11 @@
 //! [`driver`] (the process driver: sessions, cgroups, logs, re-adoption after a restart),
 //! [`instances`] (the instance loop: the EC2 lifecycle on top of the driver), [`endpoint`]
 //! (the instance metadata endpoint, the logs the server proxies, metrics), [`elb`] (the load
-//! balancers placed on this node, on the `hanul-lb` data plane).
+//! balancers placed on this node, on the `hanul-lb` data plane), [`db`] (the PostgreSQL members
+//! of managed databases placed on this node, and their clusters' endpoints).
 //! The agent talks to the API server only through the gRPC client.
 
+pub mod db;
 pub mod driver;
 pub mod elb;
 pub mod endpoint;
@@ -161,6 +163,16 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             out
         })
     };
+    let db = db::run(
+        client.clone(),
+        db::Settings {
+            node: config.name.clone(),
+            address: config.address.clone(),
+            data_dir: config.data_dir.clone(),
+            ports,
+        },
+        shutdown.clone(),
+    );
     let elb = elb::run(
         client.clone(),
         elb::Settings {
@@ -194,6 +206,7 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         heartbeats,
         endpoint,
         elb,
+        db,
         instances::run(controller, ctx, shutdown, config.workers.max(1))
     );
     Ok(())

@@ -3,7 +3,10 @@
 //!
 //! - [`postgres`]: one member's data directory, its configuration, the command that runs it,
 //!   readiness and SQL through the member's own socket; a standby cloned from a writer with a
-//!   base backup, streaming (synchronously when the writer lists it), and its promotion.
+//!   base backup, streaming (synchronously when the writer lists it), and its promotion; the
+//!   steps of a failover (a standby's detach and the WAL it holds, a repoint by reload, the
+//!   synchronous set set live, fast and immediate stops) and [`Member::observe`], what a
+//!   running member is and where its WAL stands.
 //!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
 //! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]);
@@ -12,4 +15,6 @@
 
 pub mod postgres;
 
-pub use postgres::{Binaries, Error, Member, Upstream};
+pub use postgres::{
+    Binaries, Error, Exec, ExecFuture, Member, Observation, StopMode, TokioExec, Upstream,
+};

@@ -14,11 +14,14 @@
 //! postgres itself; the agent decides (a writer that crashed may have lost its role).
 
 use nix::unistd::{Gid, Uid, User, chown};
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::pin::Pin;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Command;
 
 /// Where Debian puts PostgreSQL 15's server binaries.
 pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
@@ -51,6 +54,138 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// What [`Exec::output`] returns.
+pub type ExecFuture = Pin<Box<dyn Future<Output = std::io::Result<Output>> + Send>>;
+
+/// How the member's helper programs (`initdb`, `psql`, `pg_ctl`, ...) are run and waited for.
+/// [`TokioExec`] by default. A process that reaps every child itself (the agent is a child
+/// subreaper with a thread in `waitpid(-1)`) cannot wait on a child with tokio: it supplies an
+/// `Exec` that goes through its own reaper.
+pub trait Exec: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `cmd` to its end, collecting stdout and stderr.
+    fn output(&self, cmd: Command) -> ExecFuture;
+}
+
+/// Runs helpers as tokio child processes (killed if the future is dropped).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioExec;
+
+impl Exec for TokioExec {
+    fn output(&self, cmd: Command) -> ExecFuture {
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        Box::pin(async move { cmd.output().await })
+    }
+}
+
+/// How PostgreSQL is shut down (`pg_ctl stop -m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Clients are disconnected, the WAL is flushed and sent to the standbys, a shutdown
+    /// checkpoint is written: the member's data is complete (a switchover's old writer).
+    Fast,
+    /// Every process quits at once, no checkpoint: the next start runs crash recovery (a
+    /// writer that fences itself must stop taking writes now).
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// What a running member says about itself ([`Member::observe`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    /// `pg_is_in_recovery()`: a standby.
+    pub in_recovery: bool,
+    /// The timeline it writes (writer) or receives / last replayed (standby).
+    pub timeline: u32,
+    /// The writer's `pg_current_wal_flush_lsn()`; 0 on a standby.
+    pub flush_lsn: u64,
+    /// A standby's `pg_last_wal_receive_lsn()` (kept after its WAL receiver stops); None when
+    /// it never streamed since it started.
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// The WAL receiver's status (`streaming`, `waiting`, ...); empty when none runs.
+    pub wal_receiver: String,
+    /// How far behind the writer a standby's replay is, in seconds; 0 when it replayed all it
+    /// received.
+    pub lag_seconds: f64,
+    /// The writer's standbys that stream (`pg_stat_replication`), by application_name.
+    pub streaming_standbys: Vec<String>,
+    /// The `synchronous_standby_names` in effect.
+    pub synchronous_standby_names: String,
+}
+
+impl Observation {
+    /// A standby whose WAL receiver streams from its upstream.
+    pub fn streaming(&self) -> bool {
+        self.wal_receiver == "streaming"
+    }
+
+    /// The WAL a standby holds: what it received, else what it replayed.
+    pub fn received(&self) -> u64 {
+        self.receive_lsn.or(self.replay_lsn).unwrap_or(0)
+    }
+}
+
+/// One query for [`Observation`]: branches that only work on a writer (or a standby) are in
+/// `case`s, which PostgreSQL evaluates lazily for volatile functions.
+const OBSERVE_SQL: &str = "select pg_is_in_recovery(), \
+    case when pg_is_in_recovery() \
+      then coalesce((select received_tli from pg_stat_wal_receiver), \
+                    (select timeline_id from pg_control_checkpoint())) \
+      else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end, \
+    case when pg_is_in_recovery() then '' else pg_current_wal_flush_lsn()::text end, \
+    coalesce(pg_last_wal_receive_lsn()::text, ''), \
+    coalesce(pg_last_wal_replay_lsn()::text, ''), \
+    coalesce((select status from pg_stat_wal_receiver), ''), \
+    case when not pg_is_in_recovery() \
+           or pg_last_wal_receive_lsn() is not distinct from pg_last_wal_replay_lsn() then 0 \
+      else coalesce(extract(epoch from now() - pg_last_xact_replay_timestamp()), 0) end, \
+    coalesce((select string_agg(application_name, ',' order by application_name) \
+              from pg_stat_replication where state = 'streaming'), ''), \
+    current_setting('synchronous_standby_names')";
+
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some((hi << 32) | lo)
+}
+
+fn parse_observation(row: &str) -> Option<Observation> {
+    let f: Vec<&str> = row.trim_end_matches('\n').splitn(9, '|').collect();
+    if f.len() != 9 {
+        return None;
+    }
+    Some(Observation {
+        in_recovery: f[0] == "t",
+        timeline: f[1].trim().parse().unwrap_or(0),
+        flush_lsn: parse_lsn(f[2]).unwrap_or(0),
+        receive_lsn: parse_lsn(f[3]),
+        replay_lsn: parse_lsn(f[4]),
+        wal_receiver: f[5].to_string(),
+        lag_seconds: f[6].trim().parse().unwrap_or(0.0),
+        streaming_standbys: f[7]
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        synchronous_standby_names: f[8].to_string(),
+    })
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The PostgreSQL server binaries.
@@ -118,7 +253,16 @@ pub struct Member {
     pub upstream: Option<Upstream>,
     /// A writer's `synchronous_standby_names` (`ANY 1 (m2, m3)`); empty: asynchronous.
     pub synchronous_standby_names: String,
+    /// A standby that stopped streaming (a failover vote): `primary_conninfo` is empty while
+    /// it stays a standby (`standby.signal` kept).
+    pub detached: bool,
+    /// Whether a standby serves clients' reads. PostgreSQL itself always runs with
+    /// `hot_standby = on` (the agent queries its standbys through the socket, for their WAL
+    /// positions and votes); an unreadable standby refuses clients' TCP connections in
+    /// `pg_hba.conf` instead, until it is promoted.
+    pub readable: bool,
     owner: Option<(Uid, Gid)>,
+    exec: Arc<dyn Exec>,
 }
 
 impl Member {
@@ -143,8 +287,17 @@ impl Member {
             superuser: superuser.into(),
             upstream: None,
             synchronous_standby_names: String::new(),
+            detached: false,
+            readable: true,
             owner,
+            exec: Arc::new(TokioExec),
         })
+    }
+
+    /// Runs the member's helper programs with `exec` (see [`Exec`]).
+    pub fn with_exec(mut self, exec: Arc<dyn Exec>) -> Member {
+        self.exec = exec;
+        self
     }
 
     /// Whether the data directory holds a cluster already.
@@ -173,13 +326,16 @@ impl Member {
             .env("PATH", "/usr/bin:/bin")
             .env("LC_ALL", "C.UTF-8")
             .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .stdin(Stdio::null());
         c
     }
 
-    async fn run(&self, mut c: Command, what: &str) -> Result<String> {
-        let out = c.output().await.map_err(io(format!("running {what}")))?;
+    async fn run(&self, c: Command, what: &str) -> Result<String> {
+        let out = self
+            .exec
+            .output(c)
+            .await
+            .map_err(io(format!("running {what}")))?;
         if !out.status.success() {
             return Err(Error::Failed {
                 command: what.into(),
@@ -288,6 +444,7 @@ impl Member {
              wal_log_hints = on\n\
              restart_after_crash = off\n\
              wal_retrieve_retry_interval = 100ms\n\
+             wal_keep_size = 1024\n\
              password_encryption = scram-sha-256\n\
              logging_collector = off\n",
             listen = self.listen,
@@ -300,7 +457,11 @@ impl Member {
             "synchronous_standby_names = {}\n",
             quote(&self.synchronous_standby_names)
         ));
-        let conninfo = self.upstream.as_ref().map(Upstream::conninfo);
+        let conninfo = self
+            .upstream
+            .as_ref()
+            .filter(|_| !self.detached)
+            .map(Upstream::conninfo);
         conf.push_str(&format!(
             "primary_conninfo = {}\n",
             quote(conninfo.as_deref().unwrap_or(""))
@@ -312,14 +473,22 @@ impl Member {
         if !text.lines().any(|l| l.trim() == include) {
             self.write_owned(&main, &format!("{text}\n{include}\n"))?;
         }
-        let hba = "# Written by hanul.\n\
-                   local all all trust\n\
-                   local replication all trust\n\
-                   host all all 0.0.0.0/0 scram-sha-256\n\
-                   host all all ::/0 scram-sha-256\n\
-                   host replication all 0.0.0.0/0 scram-sha-256\n\
-                   host replication all ::/0 scram-sha-256\n";
-        self.write_owned(&self.data_dir.join("pg_hba.conf"), hba)
+        // Clients' connections: refused on a standby that takes no reads.
+        let clients = if self.upstream.is_some() && !self.readable {
+            "reject"
+        } else {
+            "scram-sha-256"
+        };
+        let hba = format!(
+            "# Written by hanul.\n\
+             local all all trust\n\
+             local replication all trust\n\
+             host all all 0.0.0.0/0 {clients}\n\
+             host all all ::/0 {clients}\n\
+             host replication all 0.0.0.0/0 scram-sha-256\n\
+             host replication all ::/0 scram-sha-256\n"
+        );
+        self.write_owned(&self.data_dir.join("pg_hba.conf"), &hba)
     }
 
     fn write_owned(&self, path: &Path, text: &str) -> Result<()> {
@@ -335,10 +504,29 @@ impl Member {
 
     /// The command that runs the member in the foreground (the agent supervises it). Its
     /// output goes where the caller sends it.
-    pub fn postgres(&self) -> Command {
+    pub fn postgres(&self) -> tokio::process::Command {
         let mut c = self.command("postgres");
         c.arg("-D").arg(&self.data_dir);
+        let mut c = tokio::process::Command::from(c);
+        c.kill_on_drop(true);
         c
+    }
+
+    /// The argv of [`Member::postgres`], for a supervisor that spawns it itself.
+    pub fn postgres_argv(&self) -> Vec<String> {
+        vec![
+            self.bin.path("postgres").to_string_lossy().into_owned(),
+            "-D".into(),
+            self.data_dir.to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// The environment of [`Member::postgres`] (nothing else is inherited).
+    pub fn postgres_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("LC_ALL".into(), "C.UTF-8".into()),
+        ]
     }
 
     /// Whether the member accepts connections (`pg_isready` on its socket).
@@ -357,7 +545,7 @@ impl Member {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        c.status().await.is_ok_and(|s| s.success())
+        self.exec.output(c).await.is_ok_and(|o| o.status.success())
     }
 
     /// Waits until [`Member::ready`], for at most `timeout`.
@@ -445,9 +633,104 @@ impl Member {
                 "-c",
                 sql,
             ])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .env("PGCONNECT_TIMEOUT", "10")
+            // The agent's own writes (a database at bootstrap, a CHECKPOINT) never wait for a
+            // synchronous standby: the writer may have none yet.
+            .env("PGOPTIONS", "-c synchronous_commit=local")
+            .stdin(Stdio::null());
         self.run(c, "psql").await
+    }
+
+    /// Stops the running member (`pg_ctl stop`) and waits until it is down (at most a minute).
+    pub async fn stop(&self, mode: StopMode) -> Result<()> {
+        let mut c = self.command("pg_ctl");
+        c.args(["stop", "-w", "-t", "60", "-m", mode.as_str(), "-D"])
+            .arg(&self.data_dir);
+        self.run(c, "pg_ctl stop").await.map(drop)
+    }
+
+    /// What the running member is and where its WAL stands.
+    pub async fn observe(&self) -> Result<Observation> {
+        let row = self.query("postgres", OBSERVE_SQL).await?;
+        parse_observation(&row).ok_or_else(|| Error::Failed {
+            command: "psql (observe)".into(),
+            status: "unexpected output".into(),
+            stderr: row,
+        })
+    }
+
+    /// A standby stops streaming from its upstream and stays a standby: `primary_conninfo`
+    /// emptied, reload, then waits (at most `timeout`) until its WAL receiver is gone, so its
+    /// WAL no longer grows. Returns what it holds then ([`Observation::received`]).
+    pub async fn detach(&mut self, timeout: Duration) -> Result<Observation> {
+        self.detached = true;
+        self.write_conf()?;
+        self.reload().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let o = self.observe().await?;
+            if o.wal_receiver.is_empty() {
+                return Ok(o);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Failed {
+                    command: "detach".into(),
+                    status: "timed out".into(),
+                    stderr: format!("the WAL receiver is still {}", o.wal_receiver),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A running standby streams from `upstream` from now on (`primary_conninfo`, reload): a
+    /// voter following the writer its vote elected, whose timeline it can follow.
+    pub async fn repoint(&mut self, upstream: Upstream) -> Result<()> {
+        self.upstream = Some(upstream);
+        self.detached = false;
+        self.configure()?;
+        self.reload().await
+    }
+
+    /// Sets a running writer's `synchronous_standby_names` and reloads.
+    pub async fn set_synchronous_standby_names(&mut self, names: &str) -> Result<()> {
+        self.synchronous_standby_names = names.to_string();
+        self.write_conf()?;
+        self.reload().await
+    }
+
+    /// Waits until a promoted member leaves recovery (at most `timeout`); false if it did not.
+    pub async fn wait_promoted(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.in_recovery().await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `CREATE DATABASE name` unless it exists.
+    pub async fn create_database(&self, name: &str) -> Result<()> {
+        let literal = format!("'{}'", name.replace('\'', "''"));
+        let exists = self
+            .query(
+                "postgres",
+                &format!("select 1 from pg_database where datname = {literal}"),
+            )
+            .await?;
+        if exists.trim() == "1" {
+            return Ok(());
+        }
+        self.query(
+            "postgres",
+            &format!("create database {}", quote_ident(name)),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -649,6 +932,145 @@ mod tests {
         assert_eq!(streaming.trim(), "m1");
         stop(w).await;
         stop(s).await;
+    }
+
+    async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The steps of a failover, for real: a writer and two standbys, the synchronous set set
+    /// live, the writer stopped `fast`, both standbys detached (their WAL receivers gone, the
+    /// received WAL kept), one promoted, the other repointed to it by a reload and streaming
+    /// again on the new timeline; then an `immediate` stop.
+    #[tokio::test]
+    async fn standbys_vote_and_follow_a_promoted_one_by_reload() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (p1, p2, p3) = (free_port(), free_port(), free_port());
+        let upstream = |port: u16, name: &str| Upstream {
+            host: "127.0.0.1".into(),
+            port,
+            user: "master".into(),
+            password: "pw".into(),
+            application_name: name.into(),
+        };
+        let mut m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
+        m1.init("pw").await.unwrap();
+        let mut w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await);
+        m1.create_database("app's").await.unwrap();
+        m1.create_database("app's").await.unwrap();
+        let mut m2 = Member::new(bin.clone(), &dir.path().join("m2"), p2, "master").unwrap();
+        m2.clone_from(upstream(p1, "m2")).await.unwrap();
+        let s2 = start(&m2);
+        let mut m3 = Member::new(bin, &dir.path().join("m3"), p3, "master").unwrap();
+        m3.readable = false;
+        m3.clone_from(upstream(p1, "m3")).await.unwrap();
+        let mut s3 = start(&m3);
+        assert!(m2.wait_ready(Duration::from_secs(30)).await);
+        assert!(m3.wait_ready(Duration::from_secs(30)).await);
+
+        // The synchronous set, live.
+        m1.set_synchronous_standby_names("ANY 1 (m2, m3)")
+            .await
+            .unwrap();
+        let o = poll("both standbys stream", async || {
+            let o = m1.observe().await.unwrap();
+            (o.streaming_standbys.len() == 2).then_some(o)
+        })
+        .await;
+        assert!(!o.in_recovery);
+        assert_eq!(o.synchronous_standby_names, "ANY 1 (m2, m3)");
+        assert_eq!(o.streaming_standbys, ["m2", "m3"]);
+        assert_eq!(o.timeline, 1);
+        // Each WAL sender takes the new setting when it handles the reload.
+        poll("both standbys are synchronous candidates", async || {
+            let sync = m1
+                .query(
+                    "postgres",
+                    "select string_agg(sync_state, ',' order by application_name) \
+                     from pg_stat_replication",
+                )
+                .await
+                .unwrap();
+            (sync.trim() == "quorum,quorum").then_some(())
+        })
+        .await;
+        m1.query("app's", "create table t (v int); insert into t values (1)")
+            .await
+            .unwrap();
+        let o3 = poll("m3 streams", async || {
+            let o = m3.observe().await.unwrap();
+            o.streaming().then_some(o)
+        })
+        .await;
+        assert!(o3.in_recovery);
+        assert!(o3.receive_lsn.is_some());
+        // An unreadable standby refuses clients over TCP.
+        let tcp = std::process::Command::new("psql")
+            .env("PGPASSWORD", "pw")
+            .args(["-h", "127.0.0.1", "-p", &p3.to_string(), "-U", "master"])
+            .args(["-d", "postgres", "-AtXc", "select 1"])
+            .output()
+            .unwrap();
+        assert!(!tcp.status.success());
+
+        // The writer goes down cleanly: its last WAL reaches both.
+        let flushed = m1.observe().await.unwrap().flush_lsn;
+        m1.stop(StopMode::Fast).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), w.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+        // Both vote: streaming stops, the received WAL stays readable.
+        let v2 = m2.detach(Duration::from_secs(10)).await.unwrap();
+        let v3 = m3.detach(Duration::from_secs(10)).await.unwrap();
+        assert!(v2.received() > flushed, "{} <= {flushed}", v2.received());
+        assert_eq!(v2.received(), v3.received());
+        let o3 = m3.observe().await.unwrap();
+        assert!(o3.in_recovery && o3.wal_receiver.is_empty());
+        assert!(m3.data_dir.join("standby.signal").exists());
+
+        // m2 takes over; m3 follows it after a reload, onto timeline 2.
+        m2.promote().await.unwrap();
+        assert!(m2.wait_promoted(Duration::from_secs(30)).await.unwrap());
+        m2.query("postgres", "checkpoint").await.unwrap();
+        m3.repoint(upstream(p2, "m3")).await.unwrap();
+        m2.set_synchronous_standby_names("FIRST 1 (m3)")
+            .await
+            .unwrap();
+        m2.query("app's", "insert into t values (2)").await.unwrap();
+        let o3 = poll("m3 streams from m2 on timeline 2", async || {
+            let o = m3.observe().await.unwrap();
+            (o.streaming() && o.timeline == 2).then_some(o)
+        })
+        .await;
+        assert_eq!(o3.lag_seconds, 0.0);
+        let seen = m3.query("app's", "select count(*) from t").await.unwrap();
+        assert_eq!(seen.trim(), "2");
+        let o2 = m2.observe().await.unwrap();
+        assert_eq!((o2.in_recovery, o2.timeline), (false, 2));
+        assert_eq!(o2.streaming_standbys, ["m3"]);
+
+        m3.stop(StopMode::Immediate).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), s3.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!m3.ready().await);
+        stop(s2).await;
     }
 
     /// A real PostgreSQL: initdb, start, a query through the socket and one over TCP with the

@@ -1,0 +1,1153 @@
+//! One member's loop on this node: gathers what the store and the node say, asks
+//! [`plan::decide`] for one step, runs it, and reports the member's status. One task per
+//! member, so no two steps of a member ever run at once; woken by changes of the member, its
+//! cluster and its peers, by its postgres exiting, and by a tick (the writer's lease).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hanul_controllers::runtime::Shutdown;
+use hanul_db::{Member, Observation, StopMode, Upstream};
+use hanul_proto::Kind;
+use hanul_proto::db::{
+    DEFAULT_MASTER_USERNAME, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_CREATING,
+    STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED, instance_class,
+    lease_renew_interval, self_fence_after,
+};
+use hanul_proto::events::{NORMAL, WARNING};
+use hanul_proto::time::now;
+use hanul_proto::v1::object::Resource;
+use hanul_proto::v1::{DbCluster, DbInstance, DbInstanceStatus, DbVote, Object};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use super::Context;
+use super::plan::{self, Facts, Local, Source, Step, View};
+use crate::driver::{LaunchSpec, Limits, WorkloadState};
+
+/// How long a started PostgreSQL gets to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a promotion gets to end recovery.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a standby's WAL receiver gets to stop for a vote.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Between SIGTERM and SIGKILL when the driver stops what `pg_ctl stop` left.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The loop's pace when nothing wakes it.
+const TICK: Duration = Duration::from_secs(1);
+/// An observation is reused for this long (the writer's loop runs faster, for its lease).
+const OBSERVE_EVERY: Duration = Duration::from_millis(900);
+/// After a failed step.
+const RETRY: Duration = Duration::from_secs(2);
+/// The member's file of what the node remembers.
+const LOCAL_FILE: &str = "member.json";
+
+/// How one pass ended.
+enum Next {
+    /// Something was done: look again at once.
+    Now,
+    /// Nothing to do until a change or the tick.
+    Later,
+    /// The member is gone from this node: the task ends.
+    Done,
+}
+
+/// Runs one member until it is deleted, moves away, or the agent stops.
+pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shutdown: Shutdown) {
+    let mut m = MemberLoop {
+        root: ctx.dir.join(&name),
+        ctx,
+        name,
+        local: None,
+        latest: None,
+        renewed: Instant::now(),
+        attempted: None,
+        observed: None,
+        last_step: None,
+        fenced: None,
+    };
+    let mut streak = 0;
+    loop {
+        let wait = match m.pass().await {
+            Ok(Next::Done) => {
+                m.ctx.forget_task(&m.name);
+                return;
+            }
+            Ok(Next::Now) if streak < 20 => {
+                streak += 1;
+                continue;
+            }
+            Ok(_) => m.tick(),
+            Err(e) => {
+                warn!(member = %m.name, error = %e, "A DB member step failed; retrying.");
+                RETRY.min(m.tick() * 2)
+            }
+        };
+        streak = 0;
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// An error of one step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PostgreSQL")]
+    Postgres(#[from] hanul_db::Error),
+    #[error("API call {op} for DBInstance/{member} failed")]
+    Api {
+        op: &'static str,
+        member: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("driver")]
+    Driver(#[from] crate::driver::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct MemberLoop {
+    ctx: Arc<Context>,
+    name: String,
+    root: PathBuf,
+    local: Option<Local>,
+    /// The object our last write returned: newer than the cache until the watch brings it.
+    latest: Option<Object>,
+    /// The writer's last successful lease renewal, and last attempt.
+    renewed: Instant,
+    attempted: Option<Instant>,
+    observed: Option<(Instant, Observation)>,
+    /// The last step logged, so that repeats are not.
+    last_step: Option<Step>,
+    /// The epoch in which this writer fenced itself: its report says fenced, not failed, even
+    /// when the store was unreachable at the time.
+    fenced: Option<u64>,
+}
+
+impl MemberLoop {
+    fn tick(&self) -> Duration {
+        let lease = self
+            .cluster()
+            .and_then(|c| c.spec)
+            .map(|s| plan::lease(&s))
+            .unwrap_or(Duration::from_secs(3));
+        if self.local.as_ref().is_some_and(|l| l.role == ROLE_WRITER) {
+            lease_renew_interval(lease).min(TICK) / 2
+        } else {
+            TICK
+        }
+    }
+
+    /// How long an API call or a query may take: a writer's must end before its fence
+    /// deadline, so that a hung call never keeps it from fencing in time.
+    fn budget(&self) -> Duration {
+        const MAX: Duration = Duration::from_secs(5);
+        let running = self
+            .ctx
+            .driver
+            .state(&self.name)
+            .is_some_and(|s| s.is_running());
+        if !running || self.local.as_ref().is_none_or(|l| l.role != ROLE_WRITER) {
+            return MAX;
+        }
+        let lease = self
+            .cluster()
+            .and_then(|c| c.spec)
+            .map(|s| plan::lease(&s))
+            .unwrap_or(Duration::from_secs(3));
+        (self.renewed + self_fence_after(lease))
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(50), MAX)
+    }
+
+    fn object(&self) -> Option<Object> {
+        let cached = self.ctx.instances.get(Kind::DbInstance, &self.name);
+        match (cached, &self.latest) {
+            (Some(c), Some(l)) if l.resource_version() > c.resource_version() => Some(l.clone()),
+            (Some(c), _) => Some((*c).clone()),
+            (None, _) => None,
+        }
+    }
+
+    fn cluster(&self) -> Option<DbCluster> {
+        let o = self.object()?;
+        let Some(Resource::DbInstance(i)) = &o.resource else {
+            return None;
+        };
+        let cluster = i.spec.as_ref()?.cluster.clone();
+        match &self.ctx.clusters.get(Kind::DbCluster, &cluster)?.resource {
+            Some(Resource::DbCluster(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    async fn pass(&mut self) -> Result<Next> {
+        let Some(object) = self.object() else {
+            return self.gone().await;
+        };
+        let Some(Resource::DbInstance(instance)) = object.resource.clone() else {
+            return Ok(Next::Later);
+        };
+        let spec = instance.spec.clone().unwrap_or_default();
+        if spec.node != self.ctx.node {
+            return self.gone().await;
+        }
+        let meta = instance.metadata.clone().unwrap_or_default();
+        let deleting = meta.deleted_at.is_some();
+        if deleting {
+            return self.delete(&object).await;
+        }
+        let object = self.ensure_finalizer(object).await?;
+        let Some(cluster) = self.cluster() else {
+            debug!(member = %self.name, cluster = %spec.cluster, "Waiting for the member's cluster.");
+            return Ok(Next::Later);
+        };
+        let cluster_spec = cluster.spec.clone().unwrap_or_default();
+        let cluster_status = cluster.status.clone().unwrap_or_default();
+        let status = instance.status.clone().unwrap_or_default();
+        let local = self.local()?;
+        let member = self.member(&cluster, &local)?;
+
+        let running = self
+            .ctx
+            .driver
+            .state(&self.name)
+            .is_some_and(|s| s.is_running());
+        let observed = if running {
+            self.observe(&member).await
+        } else {
+            self.observed = None;
+            None
+        };
+        let n = Instant::now();
+        let facts = Facts {
+            initialized: member.initialized(),
+            running,
+            observed: observed.clone(),
+            local: local.clone(),
+            since_renewal: n - self.renewed,
+            since_attempt: self.attempted.map_or(Duration::MAX, |a| n - a),
+        };
+        let peer_objects: Vec<(String, DbInstanceStatus)> = self
+            .ctx
+            .instances
+            .list_kind(Kind::DbInstance)
+            .iter()
+            .filter_map(|o| match &o.resource {
+                Some(Resource::DbInstance(p))
+                    if o.name() != self.name
+                        && p.spec.as_ref().is_some_and(|s| s.cluster == spec.cluster) =>
+                {
+                    Some((o.name().to_string(), p.status.clone().unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect();
+        let peers: Vec<(&str, &DbInstanceStatus)> =
+            peer_objects.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let name = self.name.clone();
+        let view = View {
+            name: &name,
+            deleting,
+            spec: &spec,
+            status: &status,
+            cluster: &cluster_spec,
+            cluster_status: &cluster_status,
+            peers: &peers,
+        };
+        let step = plan::decide(&view, &facts);
+        if !matches!(step, Step::Idle | Step::Renew) && self.last_step.as_ref() != Some(&step) {
+            info!(member = %self.name, cluster = %spec.cluster, epoch = cluster_status.epoch,
+                  writer = %cluster_status.writer, local_epoch = local.epoch, local_role = %local.role,
+                  running, ?step, "DB member step.");
+        }
+        self.last_step = Some(step.clone());
+        let writer_flush = peers
+            .iter()
+            .find(|(n, _)| *n == cluster_status.writer)
+            .map(|(_, s)| s.flush_lsn);
+        let ctx = StepCtx {
+            object: &object,
+            spec: &spec,
+            cluster: &cluster,
+            view: &view,
+            writer_flush,
+        };
+        self.execute(step, member, &ctx).await
+    }
+
+    async fn execute(&mut self, step: Step, mut member: Member, c: &StepCtx<'_>) -> Result<Next> {
+        let cs = c.view.cluster_status;
+        let cluster = c.cluster.spec.clone().unwrap_or_default();
+        match step {
+            Step::Idle => {
+                self.report(c, None, |_| {}).await?;
+                Ok(Next::Later)
+            }
+            Step::Wait(why) => {
+                self.report(c, Some(why), |_| {}).await?;
+                Ok(Next::Later)
+            }
+            Step::Delete => self.delete(c.object).await,
+            Step::Renew => {
+                self.attempted = Some(Instant::now());
+                let epoch = self.local_ref().epoch;
+                let ok = self
+                    .report_forced(c, None, move |s| {
+                        s.lease_epoch = epoch;
+                        s.lease_renewals += 1;
+                    })
+                    .await;
+                match ok {
+                    Ok(_) => {
+                        self.renewed = Instant::now();
+                        Ok(Next::Later)
+                    }
+                    Err(e) => {
+                        warn!(member = %self.name, error = %e, "Could not renew the writer's lease.");
+                        Ok(Next::Later)
+                    }
+                }
+            }
+            Step::Bootstrap { epoch } => {
+                self.set_state(c, STATE_CREATING, "creating the writer")
+                    .await?;
+                let mut local = self.local_ref().clone();
+                member.synchronous_standby_names.clear();
+                member.init(&cluster.master_password).await?;
+                self.start(c, &mut member).await?;
+                if !cluster.database_name.is_empty() {
+                    member.create_database(&cluster.database_name).await?;
+                }
+                local.epoch = epoch;
+                local.role = ROLE_WRITER.into();
+                self.save(local)?;
+                self.became_writer();
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceCreated",
+                    format!(
+                        "DB instance {} created as the writer of epoch {epoch}",
+                        self.name
+                    ),
+                );
+                Ok(Next::Now)
+            }
+            Step::Clone {
+                from,
+                epoch,
+                rebuild,
+            } => {
+                let state = if rebuild {
+                    STATE_REBUILDING
+                } else {
+                    STATE_CREATING
+                };
+                self.set_state(c, state, &format!("copying the data of {}", from.name))
+                    .await?;
+                self.clone_from(&mut member, &from, epoch, c).await?;
+                let (reason, what) = if rebuild {
+                    ("DBInstanceRebuilt", "rebuilt from a backup of")
+                } else {
+                    ("DBInstanceCreated", "created as a standby of")
+                };
+                self.emit(
+                    c,
+                    NORMAL,
+                    reason,
+                    format!("DB instance {} {what} {}", self.name, from.name),
+                );
+                Ok(Next::Now)
+            }
+            Step::StartStandby => {
+                self.start(c, &mut member).await?;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceRestarted",
+                    format!("DB instance {} restarted as a standby", self.name),
+                );
+                Ok(Next::Now)
+            }
+            Step::ReportFailed => {
+                let why = match self.ctx.driver.state(&self.name) {
+                    Some(WorkloadState::Exited {
+                        code,
+                        signal,
+                        oom_killed,
+                        ..
+                    }) => {
+                        if oom_killed {
+                            "PostgreSQL ran out of memory and was killed".to_string()
+                        } else {
+                            format!("PostgreSQL exited (code {code:?}, signal {signal:?})")
+                        }
+                    }
+                    _ => "PostgreSQL is not running".to_string(),
+                };
+                if self.fenced == Some(self.local_ref().epoch) {
+                    let message = "the writer's lease could not be renewed or the cluster is replacing it; PostgreSQL was stopped so that it takes no writes";
+                    self.set_state(c, STATE_FENCED, message).await?;
+                    return Ok(Next::Now);
+                }
+                let message = format!(
+                    "{why}; the writer is not restarted until the cluster fails over or restarts it"
+                );
+                self.set_state(c, STATE_FAILED, &message).await?;
+                self.emit(
+                    c,
+                    WARNING,
+                    "DBInstanceFailed",
+                    format!("Writer {}: {message}", self.name),
+                );
+                Ok(Next::Now)
+            }
+            Step::Fence => {
+                warn!(member = %self.name, since_renewal = ?self.renewed.elapsed(), "The writer is given up (its lease could not be renewed, or the cluster is replacing it): stopping PostgreSQL at once.");
+                self.stop(&member, StopMode::Immediate, Duration::from_secs(5))
+                    .await;
+                self.fenced = Some(self.local_ref().epoch);
+                let message = "the writer's lease could not be renewed or the cluster is replacing it; PostgreSQL was stopped so that it takes no writes";
+                // The store may be unreachable: this write is retried on later passes.
+                let _ = self.set_state(c, STATE_FENCED, message).await;
+                self.emit(
+                    c,
+                    WARNING,
+                    "DBInstanceFenced",
+                    format!("Writer {} fenced: {message}", self.name),
+                );
+                Ok(Next::Now)
+            }
+            Step::ApplySync { names } => {
+                info!(member = %self.name, synchronous_standby_names = %names, "Setting the synchronous standbys.");
+                member.set_synchronous_standby_names(&names).await?;
+                self.observed = None;
+                Ok(Next::Now)
+            }
+            Step::StepDown => {
+                info!(member = %self.name, "Switchover: stopping the writer (fast) so that its WAL reaches the standbys.");
+                self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                    .await;
+                self.set_state(c, STATE_STOPPED, "stopped for a switchover")
+                    .await?;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceStopped",
+                    format!("Writer {} stopped for a switchover", self.name),
+                );
+                Ok(Next::Now)
+            }
+            Step::Vote { epoch } => {
+                let o = member.detach(DETACH_TIMEOUT).await?;
+                let mut local = self.local_ref().clone();
+                local.voted = epoch;
+                local.detached = true;
+                self.save(local)?;
+                let vote = DbVote {
+                    epoch,
+                    lsn: o.received(),
+                    timeline: o.timeline,
+                };
+                info!(member = %self.name, epoch, lsn = %hanul_proto::db::format_lsn(vote.lsn), timeline = vote.timeline, "Voted in a failover.");
+                self.observed = None;
+                self.report_forced(c, None, move |s| s.vote = Some(vote))
+                    .await?;
+                Ok(Next::Now)
+            }
+            Step::Promote { epoch } => {
+                let names = plan::synchronous_standby_names(&cluster, cs, &[]);
+                let mut local = self.local_ref().clone();
+                local.epoch = epoch;
+                local.role = ROLE_WRITER.into();
+                local.upstream.clear();
+                local.upstream_address.clear();
+                local.detached = false;
+                // Persisted first: from here this member is the writer of `epoch`, and a pass
+                // cut short finishes the promotion rather than following anyone.
+                self.save(local)?;
+                member.synchronous_standby_names = names.clone();
+                if member.in_recovery().await? {
+                    member.promote().await?;
+                    if !member.wait_promoted(PROMOTE_TIMEOUT).await? {
+                        return Err(Error::Other(
+                            "the promotion did not end recovery in time".into(),
+                        ));
+                    }
+                }
+                member.set_synchronous_standby_names(&names).await?;
+                member.query("postgres", "checkpoint").await?;
+                self.became_writer();
+                self.observed = None;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstancePromoted",
+                    format!(
+                        "DB instance {} promoted to writer (epoch {epoch})",
+                        self.name
+                    ),
+                );
+                Ok(Next::Now)
+            }
+            Step::RecoverInPlace { epoch } => {
+                let names = plan::synchronous_standby_names(&cluster, cs, &[]);
+                member.synchronous_standby_names = names;
+                member.upstream = None;
+                member.configure()?;
+                let mut local = self.local_ref().clone();
+                local.epoch = epoch;
+                self.save(local)?;
+                self.start(c, &mut member).await?;
+                if member.in_recovery().await? {
+                    return Err(Error::Other(
+                        "the former writer came back in recovery".into(),
+                    ));
+                }
+                member.query("postgres", "checkpoint").await?;
+                self.became_writer();
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceRestarted",
+                    format!(
+                        "Writer {} restarted in place after crash recovery (epoch {epoch})",
+                        self.name
+                    ),
+                );
+                Ok(Next::Now)
+            }
+            Step::Repoint { to, epoch } => {
+                member.repoint(self.upstream(&cluster, &to)?).await?;
+                let mut local = self.local_ref().clone();
+                local.epoch = epoch;
+                local.role = ROLE_STANDBY.into();
+                local.upstream = to.name.clone();
+                local.upstream_address = to.address.clone();
+                local.detached = false;
+                self.save(local)?;
+                self.observed = None;
+                info!(member = %self.name, writer = %to.name, epoch, "Following the new writer.");
+                Ok(Next::Now)
+            }
+            Step::StopToRejoin { epoch } => {
+                let lost_writer = self.local_ref().role == ROLE_WRITER;
+                // A writer that lost its term must take no more writes: at once.
+                let mode = if lost_writer {
+                    StopMode::Immediate
+                } else {
+                    StopMode::Fast
+                };
+                self.stop(&member, mode, Duration::from_secs(70)).await;
+                self.set_state(
+                    c,
+                    STATE_STOPPED,
+                    &format!("stopped to follow the writer of epoch {epoch}"),
+                )
+                .await?;
+                Ok(Next::Now)
+            }
+            Step::Rejoin { from, epoch } => {
+                self.set_state(
+                    c,
+                    STATE_REJOINING,
+                    &format!("rewinding to follow {}", from.name),
+                )
+                .await?;
+                let mut local = self.local_ref().clone();
+                local.unfit = true;
+                self.save(local.clone())?;
+                member.readable = c.spec.readable;
+                match member.rewind(self.upstream(&cluster, &from)?).await {
+                    Ok(()) => {
+                        local.unfit = false;
+                        local.epoch = epoch;
+                        local.role = ROLE_STANDBY.into();
+                        local.upstream = from.name.clone();
+                        local.upstream_address = from.address.clone();
+                        local.detached = false;
+                        self.save(local)?;
+                        self.start(c, &mut member).await?;
+                        self.emit(
+                            c,
+                            NORMAL,
+                            "DBInstanceRejoined",
+                            format!(
+                                "DB instance {} rejoined as a standby of {} (epoch {epoch})",
+                                self.name, from.name
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        warn!(member = %self.name, error = %e, "The rewind failed: rebuilding from a base backup.");
+                        self.emit(c, WARNING, "DBInstanceRewindFailed", format!(
+                            "DB instance {} could not be rewound ({e}); rebuilding it from a backup of {}", self.name, from.name));
+                        self.set_state(
+                            c,
+                            STATE_REBUILDING,
+                            &format!("copying the data of {}", from.name),
+                        )
+                        .await?;
+                        self.clone_from(&mut member, &from, epoch, c).await?;
+                        self.emit(
+                            c,
+                            NORMAL,
+                            "DBInstanceRebuilt",
+                            format!(
+                                "DB instance {} rebuilt from a backup of {}",
+                                self.name, from.name
+                            ),
+                        );
+                    }
+                }
+                Ok(Next::Now)
+            }
+        }
+    }
+
+    /// A base backup of `from` in place of whatever the data directory holds, then start.
+    async fn clone_from(
+        &mut self,
+        member: &mut Member,
+        from: &Source,
+        epoch: u64,
+        c: &StepCtx<'_>,
+    ) -> Result<()> {
+        let cluster = c.cluster.spec.clone().unwrap_or_default();
+        let mut local = self.local_ref().clone();
+        local.unfit = true;
+        self.save(local.clone())?;
+        let data = member.data_dir.clone();
+        remove(&data)
+            .await
+            .map_err(|e| Error::Other(format!("removing {}: {e}", data.display())))?;
+        member.readable = c.spec.readable;
+        member.clone_from(self.upstream(&cluster, from)?).await?;
+        local.unfit = false;
+        local.epoch = epoch;
+        local.role = ROLE_STANDBY.into();
+        local.upstream = from.name.clone();
+        local.upstream_address = from.address.clone();
+        local.detached = false;
+        self.save(local)?;
+        self.start(c, member).await
+    }
+
+    fn upstream(&self, cluster: &hanul_proto::v1::DbClusterSpec, to: &Source) -> Result<Upstream> {
+        let (host, port) = split_address(&to.address)
+            .ok_or_else(|| Error::Other(format!("bad address {:?} of {}", to.address, to.name)))?;
+        Ok(Upstream {
+            host,
+            port,
+            user: superuser(cluster),
+            password: cluster.master_password.clone(),
+            application_name: self.name.clone(),
+        })
+    }
+
+    fn became_writer(&mut self) {
+        self.renewed = Instant::now();
+        self.attempted = None;
+    }
+
+    /// Starts postgres as a workload and waits until it accepts connections.
+    async fn start(&mut self, c: &StepCtx<'_>, member: &mut Member) -> Result<()> {
+        if !crate::instances::ports::host_port_is_free(member.port, "tcp") {
+            // Taken while PostgreSQL was down (the range is shared with instances): move.
+            let port = self
+                .ctx
+                .pick_port(&self.name)
+                .ok_or_else(|| Error::Other("no free port left in the node's port range".into()))?;
+            warn!(member = %self.name, old = member.port, port, "The member's port is taken; moving to another.");
+            let mut local = self.local_ref().clone();
+            local.port = port;
+            self.save(local)?;
+            member.port = port;
+            member.configure()?;
+        }
+        let class = instance_class(&c.spec.instance_class);
+        let limits = Limits {
+            cpu_millis: class.map_or(0, |c| c.vcpus * 1000),
+            memory_mib: class.map_or(0, |c| c.memory_mib),
+            pids: 0,
+        };
+        let spec = LaunchSpec {
+            instance: self.name.clone(),
+            root: self.root.clone(),
+            command: member.postgres_argv(),
+            env: member
+                .postgres_env()
+                .into_iter()
+                // As the instances carry it: what runs for a node can be found by it.
+                .chain([("HANUL_NODE".to_owned(), self.ctx.node.clone())])
+                .collect::<BTreeMap<_, _>>(),
+            working_dir: None,
+            user: hanul_db::postgres::OS_USER.into(),
+            limits,
+            user_data: None,
+        };
+        let pid = self.ctx.driver.start(&spec).await?;
+        info!(member = %self.name, pid, port = member.port, "Started PostgreSQL.");
+        self.observed = None;
+        if !member.wait_ready(START_TIMEOUT).await {
+            let running = self
+                .ctx
+                .driver
+                .state(&self.name)
+                .is_some_and(|s| s.is_running());
+            return Err(Error::Other(format!(
+                "PostgreSQL did not accept connections within {START_TIMEOUT:?} (running: {running}; see {})",
+                crate::driver::console_log(&self.root).display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops postgres with `mode`, then makes sure nothing of it runs.
+    async fn stop(&mut self, member: &Member, mode: StopMode, timeout: Duration) {
+        let running = self
+            .ctx
+            .driver
+            .state(&self.name)
+            .is_some_and(|s| s.is_running());
+        if running {
+            match tokio::time::timeout(timeout, member.stop(mode)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(member = %self.name, error = %e, "pg_ctl stop failed; killing PostgreSQL.")
+                }
+                Err(_) => warn!(member = %self.name, "pg_ctl stop timed out; killing PostgreSQL."),
+            }
+        }
+        let grace = if mode == StopMode::Immediate {
+            Duration::ZERO
+        } else {
+            STOP_GRACE
+        };
+        if let Err(e) = self.ctx.driver.stop(&self.name, grace).await {
+            warn!(member = %self.name, error = %e, "Could not stop PostgreSQL's processes.");
+        }
+        self.observed = None;
+    }
+
+    async fn observe(&mut self, member: &Member) -> Option<Observation> {
+        if let Some((at, o)) = &self.observed
+            && at.elapsed() < OBSERVE_EVERY
+        {
+            return Some(o.clone());
+        }
+        match tokio::time::timeout(self.budget(), member.observe()).await {
+            Ok(Ok(o)) => {
+                self.observed = Some((Instant::now(), o.clone()));
+                Some(o)
+            }
+            Ok(Err(e)) => {
+                debug!(member = %self.name, error = %e, "PostgreSQL did not answer.");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn local_ref(&self) -> &Local {
+        // Set by `local()` at the start of every pass before any step runs.
+        self.local
+            .as_ref()
+            .expect("the member's local state is loaded")
+    }
+
+    /// The member's local state, loaded (or created, with a port) on first use.
+    fn local(&mut self) -> Result<Local> {
+        if let Some(l) = &self.local {
+            return Ok(l.clone());
+        }
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::Other(format!("creating {}: {e}", self.root.display())))?;
+        let mut local = load_local(&self.root).unwrap_or_default();
+        if local.port == 0 {
+            local.port = self
+                .ctx
+                .pick_port(&self.name)
+                .ok_or_else(|| Error::Other("no free port left in the node's port range".into()))?;
+            info!(member = %self.name, port = local.port, "Chose the member's port.");
+        }
+        self.save(local.clone())?;
+        Ok(local)
+    }
+
+    fn save(&mut self, local: Local) -> Result<()> {
+        let path = self.root.join(LOCAL_FILE);
+        let tmp = self.root.join(format!("{LOCAL_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(&local).map_err(|e| Error::Other(e.to_string()))?;
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::Other(format!("writing {}: {e}", path.display())))?;
+        self.local = Some(local);
+        Ok(())
+    }
+
+    /// The hanul-db member for this member's files and settings.
+    fn member(&self, cluster: &DbCluster, local: &Local) -> Result<Member> {
+        let bin =
+            self.ctx.bin.clone().ok_or_else(|| {
+                Error::Other("PostgreSQL 15 is not installed on this node".into())
+            })?;
+        let spec = cluster.spec.clone().unwrap_or_default();
+        let mut m = Member::new(bin, &self.root, local.port, &superuser(&spec))?
+            .with_exec(Arc::new(super::exec::ReapedExec));
+        m.listen = match self.ctx.address.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => "*".into(),
+        };
+        if local.role == ROLE_STANDBY
+            && let Some((host, port)) = split_address(&local.upstream_address)
+        {
+            m.upstream = Some(Upstream {
+                host,
+                port,
+                user: superuser(&spec),
+                password: spec.master_password.clone(),
+                application_name: self.name.clone(),
+            });
+        }
+        m.detached = local.detached;
+        if let Some(Resource::DbInstance(i)) = self.object().and_then(|o| o.resource) {
+            m.readable = i.spec.is_some_and(|s| s.readable);
+        }
+        if local.role == ROLE_WRITER
+            && let Some((_, o)) = &self.observed
+        {
+            m.synchronous_standby_names = o.synchronous_standby_names.clone();
+        }
+        Ok(m)
+    }
+
+    async fn ensure_finalizer(&mut self, object: Object) -> Result<Object> {
+        if object
+            .metadata()
+            .is_some_and(|m| m.finalizers.iter().any(|f| f == super::FINALIZER))
+        {
+            return Ok(object);
+        }
+        let mut o = object;
+        o.metadata_mut()
+            .finalizers
+            .push(super::FINALIZER.to_string());
+        let written = self
+            .ctx
+            .client
+            .update(o)
+            .await
+            .map_err(|s| api(&self.name, "update", s))?;
+        self.latest = Some(written.clone());
+        Ok(written)
+    }
+
+    /// Writes the status if it differs from the one in the store.
+    async fn report(
+        &mut self,
+        c: &StepCtx<'_>,
+        message: Option<String>,
+        change: impl Fn(&mut DbInstanceStatus),
+    ) -> Result<()> {
+        self.write(c, message, None, false, change).await
+    }
+
+    /// Writes the status even when nothing else changed (lease renewals, votes).
+    async fn report_forced(
+        &mut self,
+        c: &StepCtx<'_>,
+        message: Option<String>,
+        change: impl Fn(&mut DbInstanceStatus),
+    ) -> Result<()> {
+        self.write(c, message, None, true, change).await
+    }
+
+    async fn set_state(&mut self, c: &StepCtx<'_>, state: &str, message: &str) -> Result<()> {
+        self.write(c, Some(message.to_string()), Some(state), false, |_| {})
+            .await
+    }
+
+    /// The status from what the node sees, then `change`; written with the object's
+    /// resourceVersion as precondition, re-read and retried on a conflict.
+    async fn write(
+        &mut self,
+        c: &StepCtx<'_>,
+        message: Option<String>,
+        state: Option<&str>,
+        force: bool,
+        change: impl Fn(&mut DbInstanceStatus),
+    ) -> Result<()> {
+        let local = self.local_ref().clone();
+        let driver_state = self.ctx.driver.state(&self.name);
+        let pid = match driver_state {
+            Some(WorkloadState::Running { pid, .. }) => i64::from(pid),
+            _ => 0,
+        };
+        let running = pid != 0;
+        let observed = self.observed.as_ref().map(|(_, o)| o.clone());
+        let address = format!("{}:{}", self.ctx.address, local.port);
+        let writer_flush = c.writer_flush;
+        let timeout = self.budget();
+        let fill = |s: &mut DbInstanceStatus, generation: i64| {
+            let before = s.state.clone();
+            s.observed_generation = generation;
+            s.epoch = local.epoch;
+            s.address = address.clone();
+            s.pid = pid;
+            match (&observed, running) {
+                (Some(o), true) => {
+                    s.role = if o.in_recovery {
+                        ROLE_STANDBY
+                    } else {
+                        ROLE_WRITER
+                    }
+                    .into();
+                    s.timeline = o.timeline;
+                    s.flush_lsn = o.flush_lsn;
+                    s.receive_lsn = o.receive_lsn.unwrap_or(0);
+                    s.replay_lsn = o.replay_lsn.unwrap_or(0);
+                    s.streaming = o.streaming();
+                    s.lag_seconds = o.lag_seconds;
+                    s.lag_bytes = match (o.in_recovery, writer_flush) {
+                        (true, Some(f)) => f.saturating_sub(o.replay_lsn.unwrap_or(0)),
+                        _ => 0,
+                    };
+                    // Whatever it was (creating, rejoining, a writer failed or fenced and now
+                    // restarted in place): running and answering is available.
+                    s.state = STATE_AVAILABLE.into();
+                }
+                (None, true) => {
+                    if s.state.is_empty() {
+                        s.state = STATE_CREATING.into();
+                    }
+                }
+                (_, false) => {
+                    s.role.clear();
+                    s.streaming = false;
+                    s.lag_seconds = 0.0;
+                    if s.state.is_empty() || s.state == STATE_AVAILABLE && local.role.is_empty() {
+                        s.state = STATE_CREATING.into();
+                    }
+                }
+            }
+            if let Some(state) = state {
+                s.state = state.into();
+            }
+            match &message {
+                Some(m) => s.message = m.clone(),
+                None if s.state == STATE_AVAILABLE => s.message.clear(),
+                None => {}
+            }
+            change(s);
+            if s.state != before {
+                s.state_time = Some(now());
+            }
+        };
+        let mut object = c.object.clone();
+        if let Some(l) = &self.latest
+            && l.resource_version() > object.resource_version()
+        {
+            object = l.clone();
+        }
+        for _ in 0..4 {
+            let Some(Resource::DbInstance(i)) = &mut object.resource else {
+                return Ok(());
+            };
+            let generation = i.metadata.as_ref().map_or(0, |m| m.generation);
+            let old = i.status.clone().unwrap_or_default();
+            let mut new = old.clone();
+            fill(&mut new, generation);
+            if new == old && !force {
+                return Ok(());
+            }
+            i.status = Some(new);
+            let write = self.ctx.client.update_status(object.clone());
+            match tokio::time::timeout(timeout, write).await {
+                Ok(Ok(written)) => {
+                    self.latest = Some(written);
+                    return Ok(());
+                }
+                Ok(Err(s)) if matches!(s.code(), Code::Aborted | Code::FailedPrecondition) => {
+                    object = self
+                        .ctx
+                        .client
+                        .get(Kind::DbInstance, &self.name)
+                        .await
+                        .map_err(|s| api(&self.name, "get", s))?;
+                }
+                Ok(Err(s)) => return Err(api(&self.name, "update status", s)),
+                Err(_) => {
+                    return Err(api(
+                        &self.name,
+                        "update status",
+                        tonic::Status::deadline_exceeded("the status write timed out"),
+                    ));
+                }
+            }
+        }
+        Err(Error::Other(
+            "the status kept changing under the write".into(),
+        ))
+    }
+
+    fn emit(&self, c: &StepCtx<'_>, ty: &'static str, reason: &'static str, message: String) {
+        let recorder = self.ctx.recorder.clone();
+        let about = c.object.clone();
+        tokio::spawn(async move {
+            let _ = recorder.emit(&about, ty, reason, message).await;
+        });
+    }
+
+    /// Deletion: stop, remove the files, drop the finalizer.
+    async fn delete(&mut self, object: &Object) -> Result<Next> {
+        self.clean_up().await;
+        let mut o = object.clone();
+        for _ in 0..4 {
+            let before = o.metadata().map_or(0, |m| m.finalizers.len());
+            o.metadata_mut()
+                .finalizers
+                .retain(|f| f != super::FINALIZER);
+            if o.metadata().map_or(0, |m| m.finalizers.len()) == before {
+                break;
+            }
+            match self.ctx.client.update(o.clone()).await {
+                Ok(_) => break,
+                Err(s) if s.code() == Code::NotFound => break,
+                Err(s) if matches!(s.code(), Code::Aborted | Code::FailedPrecondition) => {
+                    o = match self.ctx.client.get(Kind::DbInstance, &self.name).await {
+                        Ok(o) => o,
+                        Err(s) if s.code() == Code::NotFound => break,
+                        Err(s) => return Err(api(&self.name, "get", s)),
+                    };
+                }
+                Err(s) => return Err(api(&self.name, "update", s)),
+            }
+        }
+        info!(member = %self.name, "DB member deleted from this node.");
+        Ok(Next::Done)
+    }
+
+    /// The member is not in the cache or is bound elsewhere: the server confirms, then the
+    /// member is stopped and its files removed.
+    async fn gone(&mut self) -> Result<Next> {
+        match self.ctx.client.get(Kind::DbInstance, &self.name).await {
+            Ok(o) => {
+                let here = matches!(&o.resource, Some(Resource::DbInstance(DbInstance { spec: Some(s), .. })) if s.node == self.ctx.node);
+                if here {
+                    // The cache is behind.
+                    return Ok(Next::Later);
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(api(&self.name, "get", s)),
+        }
+        info!(member = %self.name, "The DB member is gone or placed elsewhere: stopping and removing it.");
+        self.clean_up().await;
+        Ok(Next::Done)
+    }
+
+    async fn clean_up(&mut self) {
+        if let Ok(member) = self.any_member() {
+            self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                .await;
+        } else if let Err(e) = self.ctx.driver.stop(&self.name, STOP_GRACE).await {
+            warn!(member = %self.name, error = %e, "Could not stop PostgreSQL.");
+        }
+        self.ctx.driver.forget(&self.name);
+        if let Err(e) = remove(&self.root).await {
+            warn!(member = %self.name, error = %e, "Could not remove the member's directory.");
+        }
+        self.local = None;
+    }
+
+    /// A hanul-db member good enough to stop PostgreSQL, without the cluster.
+    fn any_member(&self) -> Result<Member> {
+        let local = load_local(&self.root).unwrap_or_default();
+        let bin = self
+            .ctx
+            .bin
+            .clone()
+            .ok_or_else(|| Error::Other("no PostgreSQL".into()))?;
+        Ok(
+            Member::new(bin, &self.root, local.port, DEFAULT_MASTER_USERNAME)?
+                .with_exec(Arc::new(super::exec::ReapedExec)),
+        )
+    }
+}
+
+/// What a step needs of the pass that decided it.
+struct StepCtx<'a> {
+    object: &'a Object,
+    spec: &'a hanul_proto::v1::DbInstanceSpec,
+    cluster: &'a DbCluster,
+    view: &'a View<'a>,
+    /// The writer's flush position, for a standby's lag in bytes.
+    writer_flush: Option<u64>,
+}
+
+fn superuser(spec: &hanul_proto::v1::DbClusterSpec) -> String {
+    if spec.master_username.is_empty() {
+        DEFAULT_MASTER_USERNAME.into()
+    } else {
+        spec.master_username.clone()
+    }
+}
+
+fn api(member: &str, op: &'static str, source: tonic::Status) -> Error {
+    Error::Api {
+        op,
+        member: member.to_string(),
+        source,
+    }
+}
+
+/// `host:port` (the host may be a bracketed IPv6 address).
+fn split_address(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// The local state in `root`, if any.
+pub(super) fn load_local(root: &Path) -> Option<Local> {
+    let text = std::fs::read(root.join(LOCAL_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+async fn remove(path: &Path) -> std::io::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_address("10.0.0.1:5432"),
+            Some(("10.0.0.1".into(), 5432))
+        );
+        assert_eq!(split_address("[::1]:5432"), Some(("::1".into(), 5432)));
+        assert_eq!(split_address("nope"), None);
+    }
+}

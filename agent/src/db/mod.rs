@@ -1,0 +1,329 @@
+//! The agent's side of the managed databases (RDS): runs the PostgreSQL members
+//! (`DBInstance`s) placed on this node and the endpoints of the clusters whose endpoints are
+//! here, following the protocol of [`hanul_proto::db`].
+//!
+//! ```text
+//!  watch DBInstance, DBCluster ──▶ one task per member on this node ──▶ plan::decide ──▶ step
+//!        │                          (woken by changes, its postgres exiting, a tick)   │
+//!        │                                      DBInstance.status (role, epoch, WAL, lease, vote) ◀┘
+//!        └──▶ endpoints::resolve ──▶ a DataPlane of its own (writer :port, reader :port+1)
+//! ```
+//!
+//! Members run on a [`ProcessDriver`] of their own (state in `data_dir/db/driver`, cgroups
+//! under `hanul/<node>-db`), so the instance loop's sweep never sees them; each member's
+//! directory is `data_dir/db/<member>` (PostgreSQL's data, socket, logs and `member.json`, what
+//! the node remembers of it: its port, the epoch and role it last acted on). After an agent
+//! restart the driver re-adopts the running postgres processes; the member's task queries
+//! them and carries on without restarting them.
+//!
+//! Members whose `DBInstance` is gone or placed elsewhere (deleted while the agent was away)
+//! get a task too, from the sweep: it finds them gone, stops them and removes their files.
+
+pub mod endpoints;
+pub mod exec;
+pub mod member;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hanul_controllers::runtime::{Cache, Shutdown};
+use hanul_db::Binaries;
+use hanul_lb::DataPlane;
+use hanul_proto::events::Recorder;
+use hanul_proto::v1::object::Resource;
+use hanul_proto::{Client, Kind};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::driver::{ProcessDriver, WorkloadDriver};
+use crate::instances::ports::{PortRange, host_port_is_free};
+
+/// The finalizer an agent puts on the DB members it runs: a delete waits until PostgreSQL is
+/// stopped and its files are removed.
+pub const FINALIZER: &str = "hanul.dev/agent-db";
+/// How often the supervisor looks at everything without a change.
+const RESYNC: Duration = Duration::from_secs(1);
+/// How often leftovers (workloads and directories without a task) are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The driver's directory under `data_dir/db`.
+const DRIVER_DIR: &str = "driver";
+
+/// What the DB loop needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node: String,
+    /// The node's address: members and endpoints listen on it.
+    pub address: String,
+    pub data_dir: PathBuf,
+    /// The node's `--port-range`: members' ports come from it.
+    pub ports: PortRange,
+}
+
+/// Shared by the member tasks.
+pub struct Context {
+    pub client: Client,
+    pub driver: Arc<dyn WorkloadDriver>,
+    pub recorder: Recorder,
+    pub node: String,
+    pub address: String,
+    /// `data_dir/db`.
+    pub dir: PathBuf,
+    pub ports: PortRange,
+    /// None when PostgreSQL is not installed: members say so in their status.
+    pub bin: Option<Binaries>,
+    pub instances: Cache,
+    pub clusters: Cache,
+    /// The running member tasks, and how to wake each.
+    tasks: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Ports given to members by this agent (port → member): two members choosing at once
+    /// must not both take a port neither has written down yet.
+    claimed: Mutex<HashMap<u16, String>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("node", &self.node).finish()
+    }
+}
+
+impl Context {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn forget_task(&self, name: &str) {
+        self.tasks().remove(name);
+    }
+
+    /// A port for a new member: from the top of the node's range down (instances take theirs
+    /// from the bottom up), not held by another member here and free on the host.
+    pub(crate) fn pick_port(&self, member: &str) -> Option<u16> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used: HashSet<u16> = claimed
+            .iter()
+            .filter(|(_, m)| m.as_str() != member)
+            .map(|(p, _)| *p)
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy() == member {
+                    continue;
+                }
+                if let Some(l) = member::load_local(&e.path()) {
+                    used.insert(l.port);
+                }
+            }
+        }
+        let port = (self.ports.low..=self.ports.high)
+            .rev()
+            .find(|p| !used.contains(p) && host_port_is_free(*p, "tcp"))?;
+        claimed.retain(|_, m| m.as_str() != member);
+        claimed.insert(port, member.to_owned());
+        Some(port)
+    }
+
+    /// Starts the task of `name` unless it runs; wakes it either way.
+    fn ensure_task(self: &Arc<Self>, name: &str, shutdown: &Shutdown) {
+        let mut tasks = self.tasks();
+        if let Some(wake) = tasks.get(name) {
+            wake.notify_one();
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        tasks.insert(name.to_string(), wake.clone());
+        tokio::spawn(member::run(
+            self.clone(),
+            name.to_string(),
+            wake,
+            shutdown.clone(),
+        ));
+    }
+
+    fn wake(&self, name: &str) {
+        if let Some(w) = self.tasks().get(name) {
+            w.notify_one();
+        }
+    }
+}
+
+/// Runs the DB members and endpoints of this node until `shutdown`. The members keep running
+/// when it returns (a new agent adopts them).
+pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
+    let dir = settings.data_dir.join("db");
+    let driver = match ProcessDriver::new(
+        dir.join(DRIVER_DIR),
+        format!("hanul/{}-db", settings.node),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "Cannot start the DB members' process driver: no DB members run on this node.");
+            return;
+        }
+    };
+    let bin = match Binaries::locate() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            info!(error = %e, "PostgreSQL is not installed: DB members placed here will report it.");
+            None
+        }
+    };
+    let changed = Arc::new(Notify::new());
+    let start = |kind| {
+        let cache = Cache::new(Some(kind));
+        cache.start(&client, shutdown.clone());
+        let mut events = cache.subscribe();
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            while !matches!(
+                events.recv().await,
+                Err(tokio::sync::broadcast::error::RecvError::Closed)
+            ) {
+                changed.notify_one();
+            }
+        });
+        cache
+    };
+    let instances = start(Kind::DbInstance);
+    let clusters = start(Kind::DbCluster);
+    let driver: Arc<dyn WorkloadDriver> = Arc::new(driver);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), format!("agent/{}", settings.node)),
+        client,
+        driver: driver.clone(),
+        node: settings.node.clone(),
+        address: settings.address.clone(),
+        dir,
+        ports: settings.ports,
+        bin,
+        instances,
+        clusters,
+        tasks: Mutex::new(HashMap::new()),
+        claimed: Mutex::new(HashMap::new()),
+    });
+    ctx.instances.wait_synced().await;
+    ctx.clusters.wait_synced().await;
+
+    // Exits wake their member at once.
+    {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let mut exits = driver.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    e = exits.recv() => match e {
+                        Ok(e) => ctx.wake(&e.instance),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+
+    let bind: IpAddr = settings
+        .address
+        .parse()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let mut plane: Option<(
+        DataPlane,
+        tokio::sync::mpsc::UnboundedReceiver<hanul_lb::HealthEvent>,
+    )> = None;
+    let mut listener_errors: HashMap<u16, String> = HashMap::new();
+    let mut last_sweep = tokio::time::Instant::now() - SWEEP_EVERY;
+    info!(node = %settings.node, "DB member loop ready.");
+    loop {
+        // Members placed here.
+        for o in ctx.instances.list_kind(Kind::DbInstance) {
+            if let Some(Resource::DbInstance(i)) = &o.resource
+                && i.spec.as_ref().is_some_and(|s| s.node == ctx.node)
+            {
+                ctx.ensure_task(o.name(), &shutdown);
+            }
+        }
+        // Everyone else of their clusters may have changed too: wake them all (cheap).
+        for wake in ctx.tasks().values() {
+            wake.notify_one();
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            sweep(&ctx, &shutdown);
+        }
+
+        // Endpoints.
+        let objects: Vec<_> = ctx
+            .clusters
+            .list_kind(Kind::DbCluster)
+            .into_iter()
+            .chain(ctx.instances.list_kind(Kind::DbInstance))
+            .collect();
+        let mut world = endpoints::World::default();
+        for o in &objects {
+            match &o.resource {
+                Some(Resource::DbCluster(c)) => world.clusters.push((o.name(), c)),
+                Some(Resource::DbInstance(i)) => world.members.push((o.name(), i)),
+                _ => {}
+            }
+        }
+        let config = endpoints::resolve(&world, &ctx.node, bind);
+        if plane.is_none() && !config.listeners.is_empty() {
+            match DataPlane::with_workers(1) {
+                Ok(p) => {
+                    info!("DB endpoints' data plane started.");
+                    plane = Some(p);
+                }
+                Err(e) => warn!(error = %e, "Cannot start the DB endpoints' data plane."),
+            }
+        }
+        if let Some((p, health)) = &mut plane {
+            while health.try_recv().is_ok() {}
+            for state in p.apply(config) {
+                let error = state.error.clone().unwrap_or_default();
+                if listener_errors.get(&state.port) != Some(&error) {
+                    if error.is_empty() {
+                        info!(endpoint = %state.load_balancer, port = state.port, "DB endpoint listening.");
+                    } else {
+                        warn!(endpoint = %state.load_balancer, port = state.port, error = %error, "DB endpoint cannot listen.");
+                    }
+                    listener_errors.insert(state.port, error);
+                }
+            }
+        }
+
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+            _ = shutdown.wait() => return,
+        }
+        // Changes arriving together are looked at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Gives a task to every member this node holds something of (a workload in the driver, a
+/// directory) that has none: the task finds out whether it is still placed here, and if not
+/// stops it and removes its files.
+fn sweep(ctx: &Arc<Context>, shutdown: &Shutdown) {
+    let mut names: HashSet<String> = ctx.driver.list().into_iter().map(|(n, _)| n).collect();
+    if let Ok(entries) = std::fs::read_dir(&ctx.dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != DRIVER_DIR && e.path().is_dir() {
+                names.insert(name);
+            }
+        }
+    }
+    for name in names {
+        if !ctx.tasks().contains_key(&name) {
+            ctx.ensure_task(&name, shutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+//! The DB member loop for real: an in-process API server (memory store), this module's loop
+//! on one node running two real PostgreSQL members, and the test playing the cluster's
+//! controller by writing `DBCluster.status` as the protocol says. Needs root (members run as
+//! `postgres`, in cgroups) and PostgreSQL 15.
+
+use super::*;
+use hanul_controllers::runtime::ShutdownTrigger;
+use hanul_proto::db::{
+    REASON_SWITCHOVER, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_STOPPED,
+};
+use hanul_proto::v1::{
+    DbCluster, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover, DbInstance, DbInstanceSpec,
+    DbInstanceStatus, ObjectMeta, Replication,
+};
+
+const PASSWORD: &str = "s3cret-pw";
+
+struct Harness {
+    server: Option<hanul_apiserver::Server>,
+    client: Client,
+    dir: tempfile::TempDir,
+    /// Each test its own node: the drivers' cgroups are per node, and a new driver kills
+    /// what it finds in its node's cgroups that it does not know.
+    node: &'static str,
+    ports: PortRange,
+    running: Option<(ShutdownTrigger, tokio::task::JoinHandle<()>)>,
+}
+
+fn free_port() -> u16 {
+    // Two free ports in a row, for the writer and reader endpoints.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl Harness {
+    async fn start(node: &'static str, ports: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let server = hanul_apiserver::start(hanul_apiserver::Config {
+            data_dir: dir.path().join("server"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
+            store: hanul_apiserver::StoreBackend::Memory,
+        })
+        .await
+        .unwrap();
+        let client = Client::connect(&server.url(), server.tokens.admin())
+            .await
+            .unwrap();
+        let mut h = Harness {
+            server: Some(server),
+            client,
+            dir,
+            node,
+            ports: PortRange::parse(ports).unwrap(),
+            running: None,
+        };
+        h.start_loop();
+        h
+    }
+
+    fn start_loop(&mut self) {
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(run(
+            self.client.clone(),
+            Settings {
+                node: self.node.into(),
+                address: "127.0.0.1".into(),
+                data_dir: self.dir.path().join("agent"),
+                ports: self.ports,
+            },
+            shutdown,
+        ));
+        self.running = Some((trigger, task));
+    }
+
+    /// Stops the loop (the members keep running, as when an agent stops).
+    async fn stop_loop(&mut self) {
+        if let Some((trigger, task)) = self.running.take() {
+            trigger.trigger();
+            let _ = task.await;
+        }
+    }
+
+    async fn member(&self, name: &str) -> Option<DbInstance> {
+        match self.client.get(Kind::DbInstance, name).await {
+            Ok(o) => match o.resource {
+                Some(Resource::DbInstance(i)) => Some(i),
+                _ => None,
+            },
+            Err(_) => None,
+        }
+    }
+
+    /// Waits (at most 60 s) until `check` holds for the member's status.
+    async fn until(&self, name: &str, what: &str, check: impl Fn(&DbInstanceStatus) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.member(name).await.and_then(|i| i.status);
+            if status.as_ref().is_some_and(&check) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: {what}: not within 60 s; last seen: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn set_cluster_status(&self, change: impl Fn(&mut DbClusterStatus)) {
+        for _ in 0..10 {
+            let mut o = self.client.get(Kind::DbCluster, "db").await.unwrap();
+            if let Some(Resource::DbCluster(c)) = &mut o.resource {
+                change(c.status.get_or_insert_with(Default::default));
+            }
+            if self.client.update_status(o).await.is_ok() {
+                return;
+            }
+        }
+        panic!("could not write the cluster's status");
+    }
+}
+
+/// psql over TCP, as a client. Through the agent's reaper: it waits on every child here.
+async fn psql(port: u16, sql: &str) -> Result<String, String> {
+    use hanul_db::Exec as _;
+    let mut c = std::process::Command::new("psql");
+    c.env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "master"])
+        .args(["-d", "app", "-AtXc", sql]);
+    let out = exec::ReapedExec
+        .output(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+async fn until_sql(port: u16, sql: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = psql(port, sql).await;
+        if got.as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} on port {port}: wanted {want}, last got {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_cluster(h: &Harness, deployment: &str, port: u16) {
+    let cluster = DbCluster {
+        metadata: Some(ObjectMeta {
+            name: "db".into(),
+            ..Default::default()
+        }),
+        spec: Some(DbClusterSpec {
+            deployment: deployment.into(),
+            instance_class: "db.t3.micro".into(),
+            port: Some(u32::from(port)),
+            database_name: "app".into(),
+            master_username: "master".into(),
+            master_password: PASSWORD.into(),
+            replication: Some(Replication {
+                data_durability: "required".into(),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    h.client.create(cluster.into()).await.unwrap();
+}
+
+fn instance(node: &str, name: &str, role: &str, readable: bool) -> DbInstance {
+    DbInstance {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(DbInstanceSpec {
+            cluster: "db".into(),
+            role: role.into(),
+            zone: "az-a".into(),
+            node: node.into(),
+            instance_class: "db.t3.micro".into(),
+            readable,
+            storage_gib: 20,
+        }),
+        status: None,
+    }
+}
+
+/// Bootstrap, a standby cloned and synchronous, the endpoints; then a switchover: the old
+/// writer stops fast, the standby votes, is promoted, the old writer rewinds and follows it,
+/// the writer endpoint moves; then both members are deleted and their files removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_boots_switches_over_and_is_deleted_as_root() {
+    if !nix::unistd::Uid::effective().is_root() || Binaries::locate().is_err() {
+        eprintln!("SKIPPED: needs root and PostgreSQL 15");
+        return;
+    }
+    let mut h = Harness::start("db-test-a", "47100-47149").await;
+    let port = free_port();
+    create_cluster(&h, hanul_proto::db::MULTI_AZ_INSTANCE, port).await;
+    h.set_cluster_status(|s| {
+        s.epoch = 1;
+        s.writer = "db-1".into();
+        s.sync_standbys = vec!["db-2".into()];
+        s.sync_count = 1;
+        s.endpoints = Some(DbEndpoints {
+            node: h.node.into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    h.client
+        .create(instance(h.node, "db-1", ROLE_WRITER, true).into())
+        .await
+        .unwrap();
+    h.client
+        .create(instance(h.node, "db-2", ROLE_STANDBY, false).into())
+        .await
+        .unwrap();
+
+    h.until("db-1", "writer of epoch 1, renewing", |s| {
+        s.role == ROLE_WRITER && s.epoch == 1 && s.state == STATE_AVAILABLE && s.lease_renewals > 2
+    })
+    .await;
+    h.until("db-2", "streaming standby", |s| {
+        s.role == ROLE_STANDBY && s.epoch == 1 && s.streaming && s.state == STATE_AVAILABLE
+    })
+    .await;
+    let m1 = h.member("db-1").await.unwrap();
+    assert!(
+        m1.metadata
+            .as_ref()
+            .unwrap()
+            .finalizers
+            .contains(&FINALIZER.to_string())
+    );
+    // Through the writer endpoint (synchronous: the commit waits for db-2).
+    until_sql(port, "select 1", "1").await;
+    psql(port, "create table t (v int); insert into t values (1)")
+        .await
+        .unwrap();
+    until_sql(
+        port,
+        "select setting from pg_settings where name = 'synchronous_standby_names'",
+        "FIRST 1 (\"db-2\")",
+    )
+    .await;
+    // The reader endpoint: db-2 takes no reads, so the writer serves them.
+    until_sql(port + 1, "select count(*) from t", "1").await;
+
+    // An agent restart: the new loop adopts both postgres processes and carries on.
+    let pid = |i: Option<DbInstance>| i.and_then(|i| i.status).map_or(0, |s| s.pid);
+    let (pid1, pid2) = (pid(h.member("db-1").await), pid(h.member("db-2").await));
+    assert!(pid1 > 0 && pid2 > 0);
+    h.stop_loop().await;
+    let renewals = h
+        .member("db-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .lease_renewals;
+    h.start_loop();
+    h.until("db-1", "renewing again", |s| {
+        s.lease_renewals > renewals + 2
+    })
+    .await;
+    assert_eq!(
+        pid(h.member("db-1").await),
+        pid1,
+        "the writer was restarted"
+    );
+    assert_eq!(
+        pid(h.member("db-2").await),
+        pid2,
+        "the standby was restarted"
+    );
+    until_sql(port, "select count(*) from t", "1").await;
+
+    // Switchover to db-2.
+    h.set_cluster_status(|s| {
+        s.failover = Some(DbFailover {
+            epoch: 2,
+            from: "db-1".into(),
+            reason: REASON_SWITCHOVER.into(),
+            target: "db-2".into(),
+            started_at: None,
+        });
+    })
+    .await;
+    h.until("db-1", "stopped for the switchover", |s| {
+        s.state == STATE_STOPPED && s.role.is_empty()
+    })
+    .await;
+    h.until("db-2", "voted", |s| {
+        s.vote.as_ref().is_some_and(|v| v.epoch == 2 && v.lsn > 0)
+    })
+    .await;
+    h.set_cluster_status(|s| {
+        s.epoch = 2;
+        s.writer = "db-2".into();
+        s.sync_standbys = vec!["db-1".into()];
+    })
+    .await;
+    h.until("db-2", "writer of epoch 2", |s| {
+        s.role == ROLE_WRITER && s.epoch == 2 && s.timeline == 2
+    })
+    .await;
+    h.set_cluster_status(|s| s.failover = None).await;
+    h.until("db-1", "rejoined as a standby of db-2", |s| {
+        s.role == ROLE_STANDBY && s.epoch == 2 && s.streaming && s.state == STATE_AVAILABLE
+    })
+    .await;
+    // The writer endpoint now reaches db-2 (the only one that takes writes), and db-1 has it.
+    until_sql(port, "select pg_is_in_recovery()", "f").await;
+    psql(port, "insert into t values (2)").await.unwrap();
+    until_sql(port, "select count(*) from t", "2").await;
+
+    // Delete both: stopped, files removed, finalizers dropped.
+    for name in ["db-1", "db-2"] {
+        h.client.delete(Kind::DbInstance, name).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.member("db-1").await.is_some() || h.member("db-2").await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db_dir = h.dir.path().join("agent/db");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while db_dir.join("db-1").exists() || db_dir.join("db-2").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member directories left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop_loop().await;
+}
+
+fn alive(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A writer whose PostgreSQL is killed reports failed and stays down until the cluster names
+/// it writer at a newer epoch (then it recovers in place); a writer whose agent cannot reach
+/// the API server stops its PostgreSQL before a lease has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_writer_waits_for_a_new_epoch_and_a_cut_off_one_fences_itself_as_root() {
+    if !nix::unistd::Uid::effective().is_root() || Binaries::locate().is_err() {
+        eprintln!("SKIPPED: needs root and PostgreSQL 15");
+        return;
+    }
+    let mut h = Harness::start("db-test-b", "47150-47199").await;
+    let port = free_port();
+    create_cluster(&h, hanul_proto::db::SINGLE_AZ, port).await;
+    h.set_cluster_status(|s| {
+        s.epoch = 1;
+        s.writer = "db-1".into();
+        s.endpoints = Some(DbEndpoints {
+            node: h.node.into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    h.client
+        .create(instance(h.node, "db-1", ROLE_WRITER, true).into())
+        .await
+        .unwrap();
+    h.until("db-1", "writer of epoch 1", |s| {
+        s.role == ROLE_WRITER && s.epoch == 1 && s.state == STATE_AVAILABLE
+    })
+    .await;
+    until_sql(port, "select 1", "1").await;
+    psql(port, "create table t (v int)").await.unwrap();
+
+    // Killed: failed, and not restarted.
+    let pid = h.member("db-1").await.unwrap().status.unwrap().pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    h.until("db-1", "failed", |s| {
+        s.state == hanul_proto::db::STATE_FAILED && s.role.is_empty() && s.pid == 0
+    })
+    .await;
+    // Several of the loop's passes (it runs every lease/12 for a writer) must leave it down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = h.member("db-1").await.unwrap().status.unwrap();
+    assert_eq!(
+        (s.state.as_str(), s.pid),
+        (hanul_proto::db::STATE_FAILED, 0)
+    );
+
+    // Restarted in place at a newer epoch.
+    h.set_cluster_status(|s| s.epoch = 2).await;
+    h.until("db-1", "writer of epoch 2", |s| {
+        s.role == ROLE_WRITER && s.epoch == 2 && s.state == STATE_AVAILABLE && s.pid > 0
+    })
+    .await;
+    until_sql(port, "select count(*) from t", "0").await;
+
+    // The API server goes away: PostgreSQL stops within the lease (3 s).
+    let pid = h.member("db-1").await.unwrap().status.unwrap().pid;
+    assert!(alive(pid));
+    let cut = tokio::time::Instant::now();
+    drop(h.server.take());
+    while alive(pid) {
+        assert!(
+            cut.elapsed() < Duration::from_secs(3),
+            "the writer did not fence itself within the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop_loop().await;
+}
