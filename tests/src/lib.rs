@@ -4,6 +4,8 @@
 //! The binary is `$HANUL_BIN` when set, else `target/debug/hanul`, built once per test process
 //! with `cargo build -p hanul` (a no-op when it is fresh).
 
+pub mod pg;
+
 use anyhow::{Context, bail};
 use std::{
     io::{Read, Write},

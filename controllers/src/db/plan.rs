@@ -552,14 +552,19 @@ fn failing_over(
         *wake = Some(left + Duration::from_millis(20));
         return;
     }
-    let best = voters
+    // Every voter of S followed this epoch's writer, so their WAL positions are on one
+    // history and compare as positions. (A standby that just stopped streaming reports the
+    // timeline of its last restartpoint, which may lag: it is shown, not compared.)
+    let best = voters.iter().map(|(_, v)| v.1).max().unwrap_or_default();
+    let best_timeline = voters
         .iter()
-        .map(|(_, v)| (v.2, v.1))
+        .filter(|(_, v)| v.1 == best)
+        .map(|(_, v)| v.2)
         .max()
         .unwrap_or_default();
     let candidate = voters
         .iter()
-        .filter(|(_, v)| (v.2, v.1) == best)
+        .filter(|(_, v)| v.1 == best)
         .map(|(n, _)| (*n).clone())
         .max_by_key(|n| (*n == f.target, std::cmp::Reverse(n.clone())))
         .unwrap_or_default();
@@ -577,9 +582,8 @@ fn failing_over(
         warning: false,
         reason: "PromotingStandby",
         message: format!(
-            "Promoting {candidate} (timeline {}, WAL {}) to writer of epoch {}.",
-            best.0,
-            hanul_proto::db::format_lsn(best.1),
+            "Promoting {candidate} (timeline {best_timeline}, WAL {}) to writer of epoch {}.",
+            hanul_proto::db::format_lsn(best),
             f.epoch
         ),
     });
@@ -588,7 +592,7 @@ fn failing_over(
     // others join once they have caught up.
     st.sync_standbys = voters
         .iter()
-        .filter(|(n, v)| **n != candidate && (v.2, v.1) == best)
+        .filter(|(n, v)| **n != candidate && v.1 == best)
         .map(|(n, _)| (*n).clone())
         .collect();
     st.epoch = f.epoch;

@@ -453,3 +453,18 @@ fn a_voter_behind_the_candidate_is_not_the_only_voter_of_the_next_failover() {
         "db-2 lacks the commits acknowledged between 950 and 1000"
     );
 }
+
+#[test]
+fn a_stale_timeline_in_a_vote_does_not_outrank_the_switchover_target() {
+    let (spec, status, mut members) = running();
+    let p = run(&spec, &status, &members, Some("db-3@1"));
+    vote(&mut members, "db-2", 2, 1000);
+    // Same WAL; db-3 reports the timeline of its last restartpoint.
+    members.get_mut("db-2").unwrap().vote = Some((2, 1000, 2));
+    members.get_mut("db-3").unwrap().vote = Some((2, 1000, 1));
+    let w = members.get_mut("db-1").unwrap();
+    w.role.clear();
+    w.state = STATE_STOPPED.into();
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.writer, "db-3");
+}

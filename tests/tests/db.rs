@@ -1,0 +1,429 @@
+//! End-to-end tests of managed PostgreSQL: `hanul server` and one agent per zone as separate
+//! processes, DB clusters whose members are real PostgreSQL 15 servers with real streaming
+//! replication, endpoints that carry real PostgreSQL connections, and failovers caused by
+//! really killing a writer's PostgreSQL or its agent.
+
+use hanul_e2e::pg::{ACKED_TABLE, AckedWriter, conninfo, execute, missing, query_one};
+use hanul_e2e::{AgentProcess, ServerProcess, poll, write_manifest};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+const PASSWORD: &str = "e2e-secret-pw";
+const SQL: Duration = Duration::from_secs(10);
+
+struct Lab {
+    server: ServerProcess,
+    /// (zone, agent); `None` while it is down.
+    agents: Vec<(String, Option<AgentProcess>)>,
+    dirs: Vec<Option<tempfile::TempDir>>,
+    manifests: tempfile::TempDir,
+    tag: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    fn start(tag: &str, zones: &[&str]) -> Lab {
+        let server =
+            ServerProcess::start_in(tempfile::tempdir().unwrap(), &["--node-grace-period", "3s"])
+                .unwrap();
+        let mut lab = Lab {
+            server,
+            agents: Vec::new(),
+            dirs: Vec::new(),
+            manifests: tempfile::tempdir().unwrap(),
+            tag: tag.into(),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        };
+        for z in zones {
+            let node = lab.node(z);
+            let agent = AgentProcess::start(&lab.server, &node, z, 16, 16384).unwrap();
+            lab.server.wait_node_ready(&node, WAIT);
+            lab.agents.push((z.to_string(), Some(agent)));
+            lab.dirs.push(None);
+        }
+        lab
+    }
+
+    fn node(&self, zone: &str) -> String {
+        format!("n{}-{}-{zone}", std::process::id(), self.tag)
+    }
+
+    fn apply(&self, name: &str, yaml: &str) {
+        let f = write_manifest(self.manifests.path(), name, yaml);
+        self.server.cli(&["apply", "-f", &f]).ok();
+    }
+
+    fn cluster(&self, name: &str) -> Value {
+        self.server.get_json(&format!("dbcluster/{name}")).unwrap()
+    }
+
+    fn member(&self, name: &str) -> Value {
+        self.server.get_json(&format!("dbinstance/{name}")).unwrap()
+    }
+
+    /// Waits until the cluster is available in an epoch of at least `epoch`, with `members`
+    /// members available and `sync` synchronous standbys; returns its status.
+    fn wait_available(&self, name: &str, epoch: u64, members: usize, sync: usize) -> Value {
+        poll(WAIT, &format!("{name} available in epoch {epoch}"), || {
+            let c = self.cluster(name);
+            let s = &c["status"];
+            let available = s["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["state"] == "available")
+                .count();
+            let synced = s["syncStandbys"].as_array().map_or(0, Vec::len);
+            let ok = s["phase"] == "available"
+                && epoch_of(&c) >= epoch
+                && available >= members
+                && synced >= sync;
+            if ok {
+                Ok(Some(s.clone()))
+            } else {
+                Err(s.to_string())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// Runs `sql` once the endpoint at `address` takes it: right after the cluster turns
+    /// available, the agent running the endpoints may not have seen it yet.
+    fn sql_eventually(&self, address: &str, sql: &str) {
+        poll(
+            Duration::from_secs(20),
+            &format!("{sql} through {address}"),
+            || self.sql(address, sql).map(Some),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    fn sql(&self, address: &str, sql: &str) -> Result<(), String> {
+        self.rt.block_on(execute(
+            &conninfo(address, "postgres", PASSWORD, "app"),
+            sql,
+            SQL,
+        ))
+    }
+
+    fn query(&self, address: &str, sql: &str) -> Result<String, String> {
+        self.rt.block_on(query_one(
+            &conninfo(address, "postgres", PASSWORD, "app"),
+            sql,
+            SQL,
+        ))
+    }
+
+    /// SIGKILLs the agent of `node`, keeping its data dir for a restart.
+    fn kill_agent(&mut self, node: &str) {
+        let i = self
+            .agents
+            .iter()
+            .position(|(z, _)| self.node(z) == node)
+            .expect("an agent of that node");
+        let agent = self.agents[i].1.take().expect("agent running");
+        self.dirs[i] = Some(agent.kill());
+    }
+
+    fn restart_agents(&mut self) {
+        for i in 0..self.agents.len() {
+            if let Some(dir) = self.dirs[i].take() {
+                let zone = self.agents[i].0.clone();
+                let node = self.node(&zone);
+                let agent =
+                    AgentProcess::start_in(&self.server, &node, &zone, 16, 16384, dir).unwrap();
+                self.agents[i].1 = Some(agent);
+            }
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- server\n{}", tail(&self.server.log_text(), 40));
+        for (zone, a) in &self.agents {
+            if let Some(a) = a {
+                out += &format!("\n--- agent {zone}\n{}", tail(&a.log_text(), 80));
+                let members = std::fs::read_dir(a.data_dir.path().join("db"))
+                    .into_iter()
+                    .flatten()
+                    .flatten();
+                for m in members {
+                    let log = m.path().join("logs/console.log");
+                    if let Ok(text) = std::fs::read_to_string(&log) {
+                        out += &format!("\n--- {}\n{}", log.display(), tail(&text, 15));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s
+        .lines()
+        .filter(|l| !l.contains("Controller started"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn epoch_of(c: &Value) -> u64 {
+    c["status"]["epoch"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| c["status"]["epoch"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Two free consecutive ports for a cluster's endpoints.
+fn free_port_pair() -> u16 {
+    for _ in 0..200 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free consecutive ports");
+}
+
+fn manifest(name: &str, deployment: &str, replicas: u32, port: u16, zones: &[&str]) -> String {
+    format!(
+        r#"
+apiVersion: hanul/v1
+kind: DBCluster
+metadata: {{name: {name}}}
+spec:
+  deployment: {deployment}
+  instanceClass: db.t3.micro
+  zones: [{zones}]
+  port: {port}
+  databaseName: app
+  masterUsername: postgres
+  masterPassword: {PASSWORD}
+  readReplicas: {{count: {replicas}}}
+  failover: {{leaseSeconds: 2}}
+"#,
+        zones = zones.join(", ")
+    )
+}
+
+#[test]
+fn a_multi_az_cluster_serves_its_endpoints_and_fails_over_without_losing_a_commit() {
+    let zones = ["az-a", "az-b", "az-c"];
+    let mut lab = Lab::start("maz", &zones);
+    let port = free_port_pair();
+    lab.apply(
+        "db.yaml",
+        &manifest("orders", "multiAZCluster", 1, port, &zones),
+    );
+    let status = lab.wait_available("orders", 1, 4, 2);
+    let writer_ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    let reader_ep = status["endpoints"]["reader"].as_str().unwrap().to_owned();
+    assert_eq!(writer_ep, format!("127.0.0.1:{port}"));
+
+    // The writer endpoint reaches the writer, the reader endpoint a standby, and what is
+    // written is read back through the reader.
+    lab.sql_eventually(&writer_ep, ACKED_TABLE);
+    lab.sql(
+        &writer_ep,
+        "CREATE TABLE notes (n int); INSERT INTO notes VALUES (42)",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(
+        lab.query(&writer_ep, "SELECT pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    assert_eq!(
+        lab.query(&reader_ep, "SELECT pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    poll(WAIT, "the row through the reader endpoint", || {
+        Ok(lab
+            .query(&reader_ep, "SELECT n FROM notes")
+            .ok()
+            .filter(|n| n == "42"))
+    })
+    .unwrap();
+    // A standby refuses writes.
+    let standby = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "syncStandby")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(lab.sql(&standby, "INSERT INTO notes VALUES (1)").is_err());
+
+    let (writer, thread) = AckedWriter::start(conninfo(&writer_ep, "postgres", PASSWORD, "app"), 1);
+    poll(WAIT, "the first acknowledged commits", || {
+        Ok((writer.acked().len() > 20).then_some(()))
+    })
+    .unwrap();
+
+    // 1. The writer's PostgreSQL is SIGKILLed.
+    let c = lab.cluster("orders");
+    let (epoch, old) = (
+        epoch_of(&c),
+        c["status"]["writer"].as_str().unwrap().to_owned(),
+    );
+    let pid = lab.member(&old)["status"]["pid"]
+        .as_str()
+        .and_then(|p| p.parse::<i32>().ok())
+        .or_else(|| lab.member(&old)["status"]["pid"].as_i64().map(|p| p as i32))
+        .expect("the writer's pid");
+    // SAFETY-free: kill(2) on a pid we read from the status.
+    assert_eq!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let s = lab.wait_available("orders", epoch + 1, 3, 1);
+    assert_ne!(s["writer"], old.as_str(), "a standby took over");
+    let before = writer.acked().len();
+    poll(
+        WAIT,
+        "commits through the writer endpoint after the failover",
+        || Ok((writer.acked().len() > before + 10).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    // The old writer comes back as a standby of the new one.
+    poll(WAIT, "the old writer to rejoin", || {
+        let m = lab.member(&old);
+        let s = &m["status"];
+        Ok(
+            (s["role"] == "standby" && s["state"] == "available" && s["streaming"] == true)
+                .then_some(()),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // 2. The writer's agent is SIGKILLed (its PostgreSQL keeps running, unreachable through
+    //    the endpoints and unable to commit without its standbys).
+    let c = lab.cluster("orders");
+    let (epoch, old) = (
+        epoch_of(&c),
+        c["status"]["writer"].as_str().unwrap().to_owned(),
+    );
+    let old_member = lab.member(&old);
+    let (node, old_address) = (
+        old_member["spec"]["node"].as_str().unwrap().to_owned(),
+        old_member["status"]["address"].as_str().unwrap().to_owned(),
+    );
+    lab.kill_agent(&node);
+    let s = lab.wait_available("orders", epoch + 1, 2, 1);
+    assert_ne!(s["writer"], old.as_str());
+    // The fenced writer never acknowledges a write.
+    match lab.sql(&old_address, "INSERT INTO notes VALUES (7)") {
+        Ok(()) => panic!("the old writer acknowledged a write after the failover"),
+        Err(e) => eprintln!("old writer refused or held the write: {e}"),
+    }
+    let before = writer.acked().len();
+    poll(WAIT, "commits after the second failover", || {
+        Ok((writer.acked().len() > before + 10).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.restart_agents();
+    poll(WAIT, "the second old writer to rejoin", || {
+        let m = lab.member(&old);
+        let s = &m["status"];
+        Ok(
+            (s["role"] == "standby" && s["state"] == "available" && s["streaming"] == true)
+                .then_some(()),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // 3. A planned switchover to a named standby.
+    let s = lab.wait_available("orders", epoch + 1, 4, 2);
+    let target = s["syncStandbys"][0].as_str().unwrap().to_owned();
+    let epoch = epoch + 1;
+    lab.server
+        .cli(&["db", "failover", "orders", "--target", &target])
+        .ok();
+    let s = lab.wait_available("orders", epoch + 1, 3, 1);
+    if s["writer"] != target.as_str() {
+        panic!(
+            "{target} was asked for, {} became writer\n{}\n{}",
+            s["writer"],
+            lab.server.cli(&["events"]).stdout,
+            lab.logs()
+        );
+    }
+    let before = writer.acked().len();
+    poll(WAIT, "commits after the switchover", || {
+        Ok((writer.acked().len() > before + 10).then_some(()))
+    })
+    .unwrap();
+
+    writer.stop();
+    thread.join().unwrap();
+    let acked = writer.acked();
+    let lost = lab
+        .rt
+        .block_on(missing(
+            &conninfo(&writer_ep, "postgres", PASSWORD, "app"),
+            &acked,
+        ))
+        .unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged commits lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+    eprintln!(
+        "{} acknowledged commits, {} attempts failed, none lost",
+        acked.len(),
+        writer.failures.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn a_single_az_writer_that_crashes_is_restarted_in_place_with_its_data() {
+    let mut lab = Lab::start("saz", &["az-a"]);
+    let port = free_port_pair();
+    lab.apply("db.yaml", &manifest("solo", "singleAZ", 0, port, &["az-a"]));
+    let status = lab.wait_available("solo", 1, 1, 0);
+    let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&ep, "CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2)");
+    let pid = lab.member("solo-1")["status"]["pid"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            lab.member("solo-1")["status"]["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+        })
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    let s = lab.wait_available("solo", 2, 1, 0);
+    assert_eq!(s["writer"], "solo-1");
+    poll(WAIT, "the rows after the restart", || {
+        Ok(lab
+            .query(&ep, "SELECT count(*) FROM t")
+            .ok()
+            .filter(|n| n == "2"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    // Deleting the cluster stops its PostgreSQL and removes its members.
+    lab.server
+        .cli(&["delete", "dbcluster", "solo", "--wait"])
+        .ok();
+    poll(WAIT, "the members to go", || {
+        let out = lab.server.cli(&["get", "dbinstances", "-o", "name"]);
+        Ok((!out.stdout.contains("solo-")).then_some(()))
+    })
+    .unwrap();
+    lab.restart_agents();
+}
