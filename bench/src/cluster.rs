@@ -83,7 +83,8 @@ pub(crate) struct Agent {
     pub(crate) name: &'static str,
     pub(crate) zone: &'static str,
     pub(crate) child: ChildGuard,
-    _dir: tempfile::TempDir,
+    ports: &'static str,
+    dir: tempfile::TempDir,
 }
 
 /// The server and its two agents. Dropping it kills the agents, then whatever instance processes
@@ -97,6 +98,14 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) async fn start(bin: &Path) -> anyhow::Result<Cluster> {
+        Cluster::start_nodes(bin, &NODES).await
+    }
+
+    /// A server and one agent per `(name, zone, port range)`.
+    pub(crate) async fn start_nodes(
+        bin: &Path,
+        nodes: &[(&'static str, &'static str, &'static str)],
+    ) -> anyhow::Result<Cluster> {
         // The object size only matters to the store benchmark's payloads.
         let server = Hanul::start(bin, 0).await?;
         let join = server.data_dir().join("join.token");
@@ -106,8 +115,11 @@ impl Cluster {
             agents: Vec::new(),
             server,
         };
-        for (name, zone, ports) in NODES {
-            let agent = cluster.start_agent(bin, &join, name, zone, ports)?;
+        for &(name, zone, ports) in nodes {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("hanul-bench-{name}-"))
+                .tempdir()?;
+            let agent = cluster.start_agent(bin, &join, name, zone, ports, dir)?;
             cluster.agents.push(agent);
         }
         cluster.wait_nodes_ready().await?;
@@ -120,11 +132,9 @@ impl Cluster {
         join_token: &Path,
         name: &'static str,
         zone: &'static str,
-        ports: &str,
+        ports: &'static str,
+        dir: tempfile::TempDir,
     ) -> anyhow::Result<Agent> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("hanul-bench-{name}-"))
-            .tempdir()?;
         // The instances run as `nobody` and must reach their directories below this one.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod 0755 {}", dir.path().display()))?;
@@ -139,14 +149,43 @@ impl Cluster {
             .arg(&data)
             .args(["--cpus", "400", "--memory-mib", "200000"])
             .args(["--port-range", ports, "--heartbeat", "2s"]);
-        let log = dir.path().join("agent.log");
+        let log = dir.path().join(format!("agent-{}.log", std::process::id()));
         let child = ChildGuard::spawn(&format!("hanul agent {name}"), cmd, &log)?;
         Ok(Agent {
             name,
             zone,
             child,
-            _dir: dir,
+            ports,
+            dir,
         })
+    }
+
+    /// SIGKILLs the agent of node `name` (its workloads keep running) and starts a new one on
+    /// the same data dir, which adopts them, once `down` has run.
+    pub(crate) async fn kill_agent_while<T>(
+        &mut self,
+        bin: &Path,
+        name: &str,
+        down: impl AsyncFnOnce(&Cluster) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let i = self
+            .agents
+            .iter()
+            .position(|a| a.name == name)
+            .with_context(|| format!("no agent named {name}"))?;
+        let Agent {
+            name,
+            zone,
+            child,
+            ports,
+            dir,
+        } = self.agents.remove(i);
+        drop(child);
+        let result = down(self).await;
+        let join = self.server.data_dir().join("join.token");
+        let agent = self.start_agent(bin, &join, name, zone, ports, dir)?;
+        self.agents.insert(i, agent);
+        result
     }
 
     /// Waits until both Node objects carry `Ready=True`.

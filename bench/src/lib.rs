@@ -14,6 +14,7 @@
 
 pub mod asg;
 mod cluster;
+pub mod db;
 pub mod hanul;
 pub mod instances;
 pub mod lb;
@@ -49,6 +50,10 @@ pub enum Command {
     /// An Auto Scaling group on two agents: desired 0 → 100 until all are in service, and a
     /// killed instance until its replacement is in service.
     Asg(asg::AsgArgs),
+    /// A multi-AZ DB cluster on three agents: failover time when the writer's PostgreSQL or
+    /// its agent is killed, lost acknowledged commits, and pgbench through the writer endpoint
+    /// against direct.
+    Db(db::DbArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -108,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instances(args) => instances::run(args).await,
         Command::Lb(args) => lb::run(args).await,
         Command::Asg(args) => asg::run(args).await,
+        Command::Db(args) => db::run(args).await,
     }
 }
 

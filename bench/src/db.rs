@@ -1,0 +1,341 @@
+//! `hanul-bench db`: managed PostgreSQL failover and endpoint overhead.
+//!
+//! A `multiAZCluster` (writer and two synchronous standbys, one per zone) on three agents
+//! (zones az-a, az-b, az-c), with the default lease. Then:
+//! - pgbench (TPC-B-like, `-c N -j 2 -T D`) through the writer endpoint and directly to the
+//!   writer's PostgreSQL, back to back: the endpoint's TPS as a fraction of direct;
+//! - a client that commits one row at a time through the writer endpoint, all along, and
+//!   records every commit PostgreSQL acknowledged (a commit answered with a warning does not
+//!   count);
+//! - `--kills` times: SIGKILL of the writer's PostgreSQL; failover time is from the kill to the
+//!   first commit acknowledged through the writer endpoint after it. After each, the cluster is
+//!   left to heal (the old writer rejoins and streams) before the next kill;
+//! - `--kills` times: SIGKILL of the writer's agent (its PostgreSQL keeps running: the agent
+//!   is lost, not the database), same measure; the agent is started again afterwards and its
+//!   member rejoins;
+//! - at the end, every acknowledged commit is looked for on the last writer.
+//!
+//! There is no peer to run beside it on this machine; RDS documents 60–120 s for a Multi-AZ
+//! instance failover and under 35 s for a Multi-AZ cluster.
+
+use crate::cluster::Cluster;
+use crate::report::Machine;
+use crate::stats::Samples;
+use anyhow::{Context as _, bail};
+use hanul_e2e::pg::{ACKED_TABLE, AckedWriter, conninfo, execute, missing};
+use hanul_proto::{
+    Client, Kind,
+    v1::{
+        DbCluster, DbClusterSpec, DbClusterStatus, FailoverSettings, Object, ObjectMeta,
+        object::Resource,
+    },
+};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+const NODES: [(&str, &str, &str); 3] = [
+    ("bench-db-a", "az-a", "43000-43099"),
+    ("bench-db-b", "az-b", "43100-43199"),
+    ("bench-db-c", "az-c", "43200-43299"),
+];
+const CLUSTER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+const WAIT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    #[arg(long, env = "HANUL_BIN", default_value = "target/release/hanul")]
+    pub hanul_bin: PathBuf,
+    /// Failovers of each kind (PostgreSQL killed, agent killed).
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// The writer's lease in seconds (the cluster's failover.leaseSeconds).
+    #[arg(long, default_value_t = 3)]
+    pub lease_seconds: u32,
+    /// How long each pgbench run lasts.
+    #[arg(long, default_value = "20s")]
+    pub pgbench_duration: humantime::Duration,
+    #[arg(long, default_value_t = 8)]
+    pub pgbench_clients: u32,
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin: PathBuf,
+}
+
+pub async fn run(args: DbArgs) -> anyhow::Result<()> {
+    println!("{}", Machine::read().describe());
+    let mut cluster = Cluster::start_nodes(&args.hanul_bin, &NODES).await?;
+    let result = measure(&args, &mut cluster).await;
+    // Stop the members before the agents go, so no PostgreSQL outlives the run.
+    let _ = cluster.client.delete(Kind::DbCluster, CLUSTER).await;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match cluster.client.list(Some(Kind::DbInstance), "").await {
+            Ok((left, _)) if left.is_empty() => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    result
+}
+
+async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
+    let client = cluster.client.clone();
+    let port = free_port_pair()?;
+    let db = DbCluster {
+        metadata: Some(ObjectMeta {
+            name: CLUSTER.into(),
+            ..Default::default()
+        }),
+        spec: Some(DbClusterSpec {
+            deployment: "multiAZCluster".into(),
+            zones: NODES.iter().map(|n| n.1.to_owned()).collect(),
+            port: Some(port.into()),
+            database_name: "bench".into(),
+            master_password: PASSWORD.into(),
+            failover: Some(FailoverSettings {
+                automatic: Some(true),
+                lease_seconds: Some(args.lease_seconds),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    client
+        .create(db.into())
+        .await
+        .context("creating the DB cluster")?;
+    let created = Instant::now();
+    let status = wait_healthy(&client, 1).await?;
+    println!(
+        "cluster {CLUSTER}: multiAZCluster, 3 members in az-a/az-b/az-c, lease {} s; available with both standbys synchronous after {:.1} s",
+        args.lease_seconds,
+        created.elapsed().as_secs_f64()
+    );
+    let endpoints = status.endpoints.clone().unwrap_or_default();
+    let writer_ep = endpoints.writer.clone();
+    let info = |address: &str| conninfo(address, "postgres", PASSWORD, "bench");
+    execute(&info(&writer_ep), ACKED_TABLE, Duration::from_secs(10))
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    // pgbench through the endpoint and direct.
+    let direct = member_address(&client, &status.writer).await?;
+    pgbench(args, &writer_ep, &["-i", "-s", "10", "-q"]).await?;
+    let duration = args.pgbench_duration.as_secs().to_string();
+    let clients = args.pgbench_clients.to_string();
+    let run = ["-c", &clients, "-j", "2", "-T", &duration, "-n"];
+    let via = tps(&pgbench(args, &writer_ep, &run).await?)?;
+    let straight = tps(&pgbench(args, &direct, &run).await?)?;
+    println!(
+        "pgbench -c {clients} -j 2 -T {duration} (scale 10): writer endpoint {via:.0} TPS, direct {straight:.0} TPS, ratio {:.2}",
+        via / straight
+    );
+
+    let (writer, thread) = AckedWriter::start(info(&writer_ep), 1);
+    let mut crash = Vec::new();
+    let mut lost_agent = Vec::new();
+    for i in 0..args.kills {
+        let status = wait_healthy(&client, 0).await?;
+        let pid = member_pid(&client, &status.writer).await?;
+        let t0 = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        if !killed.success() {
+            bail!("could not kill the writer's postgres (pid {pid})");
+        }
+        let dt = first_ack(&writer, t0).await?;
+        println!(
+            "postgres kill {}: {} (pid {pid}) → first commit after {:.0} ms",
+            i + 1,
+            status.writer,
+            dt.as_secs_f64() * 1000.0
+        );
+        crash.push(dt);
+    }
+    for i in 0..args.kills {
+        let status = wait_healthy(&client, 0).await?;
+        let node = member_node(&client, &status.writer).await?;
+        let bin = args.hanul_bin.clone();
+        let dt = cluster
+            .kill_agent_while(&bin, &node, async |_| {
+                let t0 = Instant::now();
+                first_ack(&writer, t0).await
+            })
+            .await?;
+        println!(
+            "agent kill {}: {} on {node} → first commit after {:.0} ms",
+            i + 1,
+            status.writer,
+            dt.as_secs_f64() * 1000.0
+        );
+        lost_agent.push(dt);
+    }
+    writer.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let acked = writer.acked();
+    let status = wait_healthy(&client, 0).await?;
+    let endpoints = status.endpoints.clone().unwrap_or_default();
+    let lost = missing(&info(&endpoints.writer), &acked)
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    println!();
+    println!(
+        "| failover (kill → first commit through the writer endpoint) | runs | p50 ms | p99 ms | max ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (what, runs) in [
+        ("writer's PostgreSQL SIGKILLed", &crash),
+        ("writer's agent SIGKILLed", &lost_agent),
+    ] {
+        let mut samples = Samples::default();
+        for d in runs.iter() {
+            samples.push(*d);
+        }
+        let s = samples.summary();
+        println!(
+            "| {what} | {} | {:.0} | {:.0} | {:.0} |",
+            s.count, s.p50_ms, s.p99_ms, s.max_ms
+        );
+    }
+    println!(
+        "acknowledged commits: {}, lost: {}, attempts that failed (not acknowledged): {}",
+        acked.len(),
+        lost.len(),
+        writer.failures.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    if !lost.is_empty() {
+        bail!(
+            "{} acknowledged commits were lost: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+    }
+    Ok(())
+}
+
+async fn cluster_status(client: &Client) -> anyhow::Result<DbClusterStatus> {
+    let o = client.get(Kind::DbCluster, CLUSTER).await?;
+    match o.resource {
+        Some(Resource::DbCluster(c)) => Ok(c.status.unwrap_or_default()),
+        _ => bail!("{CLUSTER} is not a DBCluster"),
+    }
+}
+
+/// Waits until the cluster is available (in an epoch of at least `epoch`), every member is
+/// available and both standbys are synchronous again.
+async fn wait_healthy(client: &Client, epoch: u64) -> anyhow::Result<DbClusterStatus> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = cluster_status(client).await?;
+        let all = s.members.len() == 3 && s.members.iter().all(|m| m.state == "available");
+        if s.phase == "available" && s.epoch >= epoch && all && s.sync_standbys.len() == 2 {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster did not heal within {WAIT:?}: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn member(client: &Client, name: &str) -> anyhow::Result<Object> {
+    Ok(client.get(Kind::DbInstance, name).await?)
+}
+
+async fn member_address(client: &Client, name: &str) -> anyhow::Result<String> {
+    match member(client, name).await?.resource {
+        Some(Resource::DbInstance(m)) => Ok(m.status.unwrap_or_default().address),
+        _ => bail!("{name} is not a DBInstance"),
+    }
+}
+
+async fn member_pid(client: &Client, name: &str) -> anyhow::Result<i64> {
+    match member(client, name).await?.resource {
+        Some(Resource::DbInstance(m)) => Ok(m.status.unwrap_or_default().pid),
+        _ => bail!("{name} is not a DBInstance"),
+    }
+}
+
+async fn member_node(client: &Client, name: &str) -> anyhow::Result<String> {
+    match member(client, name).await?.resource {
+        Some(Resource::DbInstance(m)) => Ok(m.spec.unwrap_or_default().node),
+        _ => bail!("{name} is not a DBInstance"),
+    }
+}
+
+/// How long after `t0` the first commit was acknowledged.
+async fn first_ack(writer: &AckedWriter, t0: Instant) -> anyhow::Result<Duration> {
+    let deadline = t0 + Duration::from_secs(60);
+    loop {
+        if let Some(at) = writer.first_ack_after(t0) {
+            return Ok(at - t0);
+        }
+        if Instant::now() > deadline {
+            bail!("no commit was acknowledged within 60 s of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn pgbench(args: &DbArgs, address: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{address} is not host:port"))?;
+    let out = tokio::process::Command::new(args.pg_bin.join("pgbench"))
+        .args(["-h", host, "-p", port, "-U", "postgres"])
+        .args(extra)
+        .arg("bench")
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .await
+        .context("running pgbench")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("pgbench {extra:?} against {address} failed:\n{text}");
+    }
+    Ok(text)
+}
+
+/// pgbench's "tps = N (without initial connection time)".
+fn tps(output: &str) -> anyhow::Result<f64> {
+    output
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .with_context(|| format!("no tps in pgbench's output:\n{output}"))
+}
+
+fn free_port_pair() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = a.local_addr()?.port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    bail!("no two free consecutive ports")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tps_is_read_from_pgbench_output() {
+        let out = "latency average = 3.1 ms\ntps = 2571.441366 (without initial connection time)\n";
+        assert!((tps(out).unwrap() - 2571.441366).abs() < 1e-6);
+        assert!(tps("nothing").is_err());
+    }
+}
