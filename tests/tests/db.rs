@@ -387,7 +387,7 @@ fn a_multi_az_cluster_serves_its_endpoints_and_fails_over_without_losing_a_commi
 }
 
 #[test]
-fn a_single_az_writer_that_crashes_is_restarted_in_place_with_its_data() {
+fn a_single_az_writer_that_crashes_or_reboots_is_restarted_in_place_with_its_data() {
     let mut lab = Lab::start("saz", &["az-a"]);
     let port = free_port_pair();
     lab.apply("db.yaml", &manifest("solo", "singleAZ", 0, port, &["az-a"]));
@@ -410,6 +410,23 @@ fn a_single_az_writer_that_crashes_is_restarted_in_place_with_its_data() {
     let s = lab.wait_available("solo", 2, 1, 0);
     assert_eq!(s["writer"], "solo-1");
     poll(WAIT, "the rows after the restart", || {
+        Ok(lab
+            .query(&ep, "SELECT count(*) FROM t")
+            .ok()
+            .filter(|n| n == "2"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    // A reboot restarts the writer in place in a new epoch; the data stays.
+    let pid_before = lab.member("solo-1")["status"]["pid"].clone();
+    lab.server.cli(&["db", "reboot", "solo"]).ok();
+    let s = lab.wait_available("solo", 3, 1, 0);
+    assert_eq!(s["writer"], "solo-1");
+    assert_ne!(
+        lab.member("solo-1")["status"]["pid"],
+        pid_before,
+        "a new postmaster"
+    );
+    poll(WAIT, "the rows after the reboot", || {
         Ok(lab
             .query(&ep, "SELECT count(*) FROM t")
             .ok()

@@ -501,6 +501,13 @@ impl MemberLoop {
                 );
                 Ok(Next::Now)
             }
+            Step::Restart => {
+                info!(member = %self.name, "Reboot: stopping the writer (fast) to start it again in place.");
+                self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                    .await;
+                self.observed = None;
+                Ok(Next::Now)
+            }
             Step::RecoverInPlace { epoch } => {
                 let names = plan::synchronous_standby_names(&cluster, cs, &[]);
                 member.synchronous_standby_names = names;
@@ -521,10 +528,7 @@ impl MemberLoop {
                     c,
                     NORMAL,
                     "DBInstanceRestarted",
-                    format!(
-                        "Writer {} restarted in place after crash recovery (epoch {epoch})",
-                        self.name
-                    ),
+                    format!("Writer {} restarted in place (epoch {epoch})", self.name),
                 );
                 Ok(Next::Now)
             }

@@ -123,6 +123,8 @@ pub enum Step {
     ApplySync { names: String },
     /// A planned switchover away from this writer: stop it `fast`.
     StepDown,
+    /// Stop the writer cleanly (`fast`) for a reboot; it is started again in place next.
+    Restart,
     /// Vote in the election of `epoch`: stop streaming, report the WAL held.
     Vote { epoch: u64 },
     /// Become the writer of `epoch` (promote a standby, or take the epoch as a running writer).
@@ -271,7 +273,12 @@ fn writer(v: &View<'_>, f: &Facts, named: bool, newer: bool) -> Step {
     let local = &f.local;
     if newer {
         if named {
-            return if f.running {
+            let serving = f.observed.as_ref().is_some_and(|o| !o.in_recovery);
+            return if f.running && serving {
+                // Named again while it runs as the writer: a reboot. It stops cleanly and is
+                // then started in place in the new epoch.
+                Step::Restart
+            } else if f.running {
                 Step::Promote { epoch: cs.epoch }
             } else {
                 Step::RecoverInPlace { epoch: cs.epoch }
@@ -725,6 +732,19 @@ mod tests {
         w.spec.role = ROLE_STANDBY.into();
         // (The writer being replaced stops instead.)
         assert_eq!(decide_as("db-1", &w, &running_writer(1)), Step::Fence);
+    }
+
+    #[test]
+    fn a_writer_named_again_while_it_serves_restarts_for_a_reboot() {
+        let w = world("db-1", 2);
+        assert_eq!(decide_as("db-1", &w, &running_writer(1)), Step::Restart);
+        let mut down = running_writer(1);
+        down.running = false;
+        down.observed = None;
+        assert_eq!(
+            decide_as("db-1", &w, &down),
+            Step::RecoverInPlace { epoch: 2 }
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
 };
 use hanul_proto::{
     Client, Kind,
-    db::SWITCHOVER_ANNOTATION,
+    db::{REBOOT_ANNOTATION, SWITCHOVER_ANNOTATION},
     events::{NORMAL, Recorder, WARNING},
     v1::{DbInstance, DbInstanceSpec, Object, ObjectMeta, OwnerReference, object::Resource},
 };
@@ -166,6 +166,7 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             .annotations
             .get(SWITCHOVER_ANNOTATION)
             .map(String::as_str),
+        reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
         now: ctx.clock.now(),
     };
     let plan = plan::plan(&input);

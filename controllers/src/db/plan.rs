@@ -84,6 +84,8 @@ pub struct Input<'a> {
     pub nodes: &'a [NodeInfo],
     /// The switchover annotation's value, if any.
     pub switchover: Option<&'a str>,
+    /// The reboot annotation's value, if any: `ID` or `force-failover:ID`.
+    pub reboot: Option<&'a str>,
     pub now: SystemTime,
 }
 
@@ -387,6 +389,42 @@ fn watch_writer(
             });
         } else {
             start_failover(input, st, REASON_SWITCHOVER, target, events);
+            return;
+        }
+    }
+
+    // A reboot the user asked for: the writer restarts in place in a new epoch, or with
+    // `--force-failover` hands over to a standby as in a switchover.
+    if let Some(request) = input.reboot
+        && request != st.reboot_handled
+    {
+        st.reboot_handled = request.to_owned();
+        let failover = request.starts_with("force-failover:");
+        if !up {
+            events.push(Event {
+                warning: true,
+                reason: "RebootRefused",
+                message: "The reboot was not started: the writer is not available.".into(),
+            });
+        } else if failover && st.sync_standbys.is_empty() {
+            events.push(Event {
+                warning: true,
+                reason: "RebootRefused",
+                message: "The reboot with failover was not started: no standby is in the \
+                          synchronous set."
+                    .into(),
+            });
+        } else if failover {
+            start_failover(input, st, REASON_SWITCHOVER, "", events);
+            return;
+        } else {
+            st.epoch += 1;
+            st.phase = PHASE_REBOOTING.into();
+            events.push(Event {
+                warning: false,
+                reason: "DBInstanceRebooting",
+                message: format!("Rebooting the writer {} (epoch {}).", st.writer, st.epoch),
+            });
             return;
         }
     }

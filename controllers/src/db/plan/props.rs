@@ -587,6 +587,7 @@ impl World {
             members: &members,
             nodes: &self.nodes,
             switchover: self.annotation.as_deref(),
+            reboot: None,
             now: at(self.now),
         });
         let new = p.status;

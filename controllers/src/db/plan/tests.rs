@@ -42,6 +42,16 @@ fn run(
     members: &BTreeMap<String, Member>,
     switchover: Option<&str>,
 ) -> Plan {
+    run_rebooting(spec, status, members, switchover, None)
+}
+
+fn run_rebooting(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    switchover: Option<&str>,
+    reboot: Option<&str>,
+) -> Plan {
     let nodes = nodes();
     plan(&Input {
         cluster: "db",
@@ -51,6 +61,7 @@ fn run(
         members,
         nodes: &nodes,
         switchover,
+        reboot,
         now: at(),
     })
 }
@@ -467,4 +478,23 @@ fn a_stale_timeline_in_a_vote_does_not_outrank_the_switchover_target() {
     w.state = STATE_STOPPED.into();
     let p = run(&spec, &p.status, &members, None);
     assert_eq!(p.status.writer, "db-3");
+}
+
+#[test]
+fn a_reboot_restarts_the_writer_in_a_new_epoch_and_force_failover_hands_over() {
+    let (spec, status, members) = running();
+    let p = run_rebooting(&spec, &status, &members, None, Some("r1"));
+    assert_eq!((p.status.epoch, p.status.writer.as_str()), (2, "db-1"));
+    assert_eq!(p.status.phase, PHASE_REBOOTING);
+    assert_eq!(p.status.sync_standbys, status.sync_standbys);
+    // Rebooting until the writer reports the new epoch; the same request is not redone.
+    let p = run_rebooting(&spec, &p.status, &members, None, Some("r1"));
+    assert_eq!(
+        (p.status.epoch, p.status.phase.as_str()),
+        (2, PHASE_REBOOTING)
+    );
+    let p = run_rebooting(&spec, &status, &members, None, Some("force-failover:r2"));
+    let f = p.status.failover.unwrap();
+    assert_eq!((f.epoch, f.reason.as_str()), (2, REASON_SWITCHOVER));
+    assert_eq!(p.status.epoch, 1);
 }
