@@ -149,7 +149,15 @@ impl Cluster {
             .arg(&data)
             .args(["--cpus", "400", "--memory-mib", "200000"])
             .args(["--port-range", ports, "--heartbeat", "2s"]);
-        let log = dir.path().join(format!("agent-{}.log", std::process::id()));
+        // A restarted agent writes a new log beside the old one.
+        let runs = std::fs::read_dir(dir.path())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("agent"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let log = dir.path().join(format!("agent-{runs}.log"));
         let child = ChildGuard::spawn(&format!("hanul agent {name}"), cmd, &log)?;
         Ok(Agent {
             name,

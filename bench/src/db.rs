@@ -7,9 +7,10 @@
 //! - a client that commits one row at a time through the writer endpoint, all along, and
 //!   records every commit PostgreSQL acknowledged (a commit answered with a warning does not
 //!   count);
-//! - `--kills` times: SIGKILL of the writer's PostgreSQL; failover time is from the kill to the
-//!   first commit acknowledged through the writer endpoint after it. After each, the cluster is
-//!   left to heal (the old writer rejoins and streams) before the next kill;
+//! - `--kills` times: SIGKILL of the writer's PostgreSQL (its whole process group); failover
+//!   time is from the kill to the first commit acknowledged through the writer endpoint by
+//!   another member. After each, the cluster is left to heal (the old writer rejoins and
+//!   streams) before the next kill;
 //! - `--kills` times: SIGKILL of the writer's agent (its PostgreSQL keeps running: the agent
 //!   is lost, not the database), same measure; the agent is started again afterwards and its
 //!   member rejoins;
@@ -139,14 +140,17 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
     for i in 0..args.kills {
         let status = wait_healthy(&client, 0).await?;
         let pid = member_pid(&client, &status.writer).await?;
+        let port = member_port(&client, &status.writer).await?;
         let t0 = Instant::now();
+        // The whole server: the postmaster leads its own process group, with every backend.
         let killed = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args(["-KILL", "--", &format!("-{pid}")])
             .status()?;
         if !killed.success() {
             bail!("could not kill the writer's postgres (pid {pid})");
         }
-        let dt = first_ack(&writer, t0).await?;
+        let dt = first_ack(&writer, t0, port).await?;
+        wait_healthy(&client, status.epoch + 1).await?;
         println!(
             "postgres kill {}: {} (pid {pid}) → first commit after {:.0} ms",
             i + 1,
@@ -158,13 +162,15 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
     for i in 0..args.kills {
         let status = wait_healthy(&client, 0).await?;
         let node = member_node(&client, &status.writer).await?;
+        let port = member_port(&client, &status.writer).await?;
         let bin = args.hanul_bin.clone();
         let dt = cluster
             .kill_agent_while(&bin, &node, async |_| {
                 let t0 = Instant::now();
-                first_ack(&writer, t0).await
+                first_ack(&writer, t0, port).await
             })
             .await?;
+        wait_healthy(&client, status.epoch + 1).await?;
         println!(
             "agent kill {}: {} on {node} → first commit after {:.0} ms",
             i + 1,
@@ -267,11 +273,21 @@ async fn member_node(client: &Client, name: &str) -> anyhow::Result<String> {
     }
 }
 
-/// How long after `t0` the first commit was acknowledged.
-async fn first_ack(writer: &AckedWriter, t0: Instant) -> anyhow::Result<Duration> {
+async fn member_port(client: &Client, name: &str) -> anyhow::Result<u16> {
+    let address = member_address(client, name).await?;
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .with_context(|| format!("{name}'s address {address:?} has no port"))
+}
+
+/// How long after `t0` the first commit was acknowledged by another server than the killed
+/// writer (listening on `old_port`): the old writer's backends may still finish a commit in
+/// flight, and a writer whose agent is lost keeps committing until its standbys leave it.
+async fn first_ack(writer: &AckedWriter, t0: Instant, old_port: u16) -> anyhow::Result<Duration> {
     let deadline = t0 + Duration::from_secs(60);
     loop {
-        if let Some(at) = writer.first_ack_after(t0) {
+        if let Some(at) = writer.first_ack_after(t0, old_port) {
             return Ok(at - t0);
         }
         if Instant::now() > deadline {

@@ -83,8 +83,9 @@ pub async fn query_one(conninfo: &str, sql: &str, timeout: Duration) -> Result<S
 /// error), until stopped; keeps the ids of the commits PostgreSQL acknowledged.
 #[derive(Clone, Debug, Default)]
 pub struct AckedWriter {
-    /// Each acknowledged id, with when its acknowledgement arrived.
-    pub acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// Each acknowledged id, with when its acknowledgement arrived and the port of the
+    /// PostgreSQL server that acknowledged it (`inet_server_port()`: each member has its own).
+    pub acked: Arc<Mutex<Vec<(u64, Instant, u16)>>>,
     pub attempts: Arc<AtomicU64>,
     pub failures: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -117,15 +118,19 @@ impl AckedWriter {
             .lock()
             .unwrap()
             .iter()
-            .map(|(id, _)| *id)
+            .map(|(id, ..)| *id)
             .collect()
     }
 
-    /// When the first commit after `t` was acknowledged, if one was.
-    pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+    /// When the first commit after `t` was acknowledged by a server other than the one on
+    /// `not_port`, if one was.
+    pub fn first_ack_after(&self, t: Instant, not_port: u16) -> Option<Instant> {
         let acked = self.acked.lock().unwrap();
-        let i = acked.partition_point(|(_, at)| *at <= t);
-        acked.get(i).map(|(_, at)| *at)
+        let i = acked.partition_point(|(_, at, _)| *at <= t);
+        acked[i..]
+            .iter()
+            .find(|(_, _, port)| *port != not_port)
+            .map(|(_, at, _)| *at)
     }
 
     async fn run(self, conninfo: String, first: u64) {
@@ -137,6 +142,15 @@ impl AckedWriter {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
+            let server = tokio::time::timeout(
+                Duration::from_secs(3),
+                client.query_one("SELECT inet_server_port()", &[]),
+            )
+            .await;
+            let Ok(Ok(row)) = server else {
+                continue;
+            };
+            let port = row.get::<_, Option<i32>>(0).unwrap_or(0) as u16;
             while !self.stop.load(Ordering::SeqCst) {
                 let id = next;
                 next += 1;
@@ -149,7 +163,7 @@ impl AckedWriter {
                 .await;
                 match r {
                     Ok(Ok(_)) if !warned.load(Ordering::SeqCst) => {
-                        self.acked.lock().unwrap().push((id, Instant::now()))
+                        self.acked.lock().unwrap().push((id, Instant::now(), port))
                     }
                     _ => {
                         self.failures.fetch_add(1, Ordering::Relaxed);

@@ -272,7 +272,10 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         }
         let config = endpoints::resolve(&world, &ctx.node, bind);
         if plane.is_none() && !config.listeners.is_empty() {
-            match DataPlane::with_workers(1) {
+            // One traffic thread per core, as the load balancers' plane: PostgreSQL's many
+            // small messages make the relay's per-message cost count.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            match DataPlane::with_workers(workers) {
                 Ok(p) => {
                     info!("DB endpoints' data plane started.");
                     plane = Some(p);
