@@ -11,7 +11,7 @@
 //!   time is from the kill to the first commit acknowledged through the writer endpoint by
 //!   another member. After each, the cluster is left to heal (the old writer rejoins and
 //!   streams) before the next kill;
-//! - `--kills` times: SIGKILL of the writer's agent (its PostgreSQL keeps running: the agent
+//! - `--agent-kills` times: SIGKILL of the writer's agent (its PostgreSQL keeps running: the agent
 //!   is lost, not the database), same measure; the agent is started again afterwards and its
 //!   member rejoins;
 //! - at the end, every acknowledged commit is looked for on the last writer.
@@ -50,9 +50,12 @@ const WAIT: Duration = Duration::from_secs(180);
 pub struct DbArgs {
     #[arg(long, env = "HANUL_BIN", default_value = "target/release/hanul")]
     pub hanul_bin: PathBuf,
-    /// Failovers of each kind (PostgreSQL killed, agent killed).
+    /// Failovers with the writer's PostgreSQL killed.
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
+    /// Failovers with the writer's agent killed.
+    #[arg(long, default_value_t = 20)]
+    pub agent_kills: usize,
     /// The writer's lease in seconds (the cluster's failover.leaseSeconds).
     #[arg(long, default_value_t = 3)]
     pub lease_seconds: u32,
@@ -159,7 +162,7 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         );
         crash.push(dt);
     }
-    for i in 0..args.kills {
+    for i in 0..args.agent_kills {
         let status = wait_healthy(&client, 0).await?;
         let node = member_node(&client, &status.writer).await?;
         let port = member_port(&client, &status.writer).await?;

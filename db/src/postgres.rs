@@ -431,6 +431,11 @@ impl Member {
     }
 
     /// Writes `hanul.conf` and `pg_hba.conf`, and includes the former once.
+    ///
+    /// `wal_receiver_status_interval = 1`: a standby that has all the WAL and receives none
+    /// (commits waiting for a synchronous standby write none) tells the writer so only this
+    /// often, and a commit waiting when the writer's synchronous set changes is released by
+    /// that message: PostgreSQL's default of 10 s would hold such a commit up to 10 s.
     fn write_conf(&self) -> Result<()> {
         let mut conf = format!(
             "# Written by hanul; changes here are overwritten.\n\
@@ -445,6 +450,7 @@ impl Member {
              restart_after_crash = off\n\
              wal_retrieve_retry_interval = 100ms\n\
              wal_keep_size = 1024\n\
+             wal_receiver_status_interval = 1\n\
              password_encryption = scram-sha-256\n\
              logging_collector = off\n",
             listen = self.listen,
