@@ -16,10 +16,12 @@
 //!   member rejoins;
 //! - at the end, every acknowledged commit is looked for on the last writer.
 //!
-//! There is no peer to run beside it on this machine; RDS documents 60–120 s for a Multi-AZ
+//! The endpoint's peer is HAProxy in TCP mode in front of the same writer, run in the same
+//! pgbench round. For failover there is no peer on this machine; RDS documents 60–120 s for a Multi-AZ
 //! instance failover and under 35 s for a Multi-AZ cluster.
 
 use crate::cluster::Cluster;
+use crate::process::ChildGuard;
 use crate::report::Machine;
 use crate::stats::Samples;
 use anyhow::{Context as _, bail};
@@ -66,6 +68,9 @@ pub struct DbArgs {
     pub pgbench_clients: u32,
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     pub pg_bin: PathBuf,
+    /// The peer proxy for the endpoint's pgbench run (Debian's haproxy).
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    pub haproxy_bin: PathBuf,
 }
 
 pub async fn run(args: DbArgs) -> anyhow::Result<()> {
@@ -131,11 +136,32 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
     let clients = args.pgbench_clients.to_string();
     let run = ["-c", &clients, "-j", "2", "-T", &duration, "-n"];
     let via = tps(&pgbench(args, &writer_ep, &run).await?)?;
+    // The natural peer: HAProxy as a TCP proxy to the same writer, with as many threads.
+    let haproxy = match start_haproxy(args, &direct) {
+        Ok((guard, dir, address)) => {
+            let t = tps(&pgbench(args, &address, &run).await?)?;
+            drop(guard);
+            drop(dir);
+            Some(t)
+        }
+        Err(e) => {
+            println!("HAProxy not run: {e:#}");
+            None
+        }
+    };
     let straight = tps(&pgbench(args, &direct, &run).await?)?;
     println!(
         "pgbench -c {clients} -j 2 -T {duration} (scale 10): writer endpoint {via:.0} TPS, direct {straight:.0} TPS, ratio {:.2}",
         via / straight
     );
+    if let Some(h) = haproxy {
+        println!(
+            "  HAProxy (TCP mode, nbthread {}) to the same writer: {h:.0} TPS, ratio {:.2}; hanul's endpoint / HAProxy {:.2}",
+            threads(),
+            h / straight,
+            via / h
+        );
+    }
 
     let (writer, thread) = AckedWriter::start(info(&writer_ep), 1);
     let mut crash = Vec::new();
@@ -334,6 +360,38 @@ fn tps(output: &str) -> anyhow::Result<f64> {
                 .and_then(|n| n.parse().ok())
         })
         .with_context(|| format!("no tps in pgbench's output:\n{output}"))
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// HAProxy in TCP mode in front of `target`, in the foreground; its guard kills it.
+fn start_haproxy(
+    args: &DbArgs,
+    target: &str,
+) -> anyhow::Result<(ChildGuard, tempfile::TempDir, String)> {
+    let dir = tempfile::Builder::new().prefix("hanul-bench-haproxy-").tempdir()?;
+    let port = crate::process::free_port()?;
+    let config = format!(
+        "global\n  nbthread {}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{port}\n  server writer {target}\n",
+        threads()
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(&args.haproxy_bin);
+    cmd.arg("-db").arg("-f").arg(&path);
+    let mut guard = ChildGuard::spawn("haproxy", cmd, &dir.path().join("haproxy.log"))?;
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        guard.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("haproxy did not listen on {address}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((guard, dir, address))
 }
 
 fn free_port_pair() -> anyhow::Result<u16> {
