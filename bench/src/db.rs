@@ -371,7 +371,9 @@ fn start_haproxy(
     args: &DbArgs,
     target: &str,
 ) -> anyhow::Result<(ChildGuard, tempfile::TempDir, String)> {
-    let dir = tempfile::Builder::new().prefix("hanul-bench-haproxy-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("hanul-bench-haproxy-")
+        .tempdir()?;
     let port = crate::process::free_port()?;
     let config = format!(
         "global\n  nbthread {}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{port}\n  server writer {target}\n",
