@@ -11,8 +11,8 @@ use hanul_proto::{
     manifest::{to_value, to_yaml},
     v1::{
         AutoScalingGroup, Condition, DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec,
-        DbInstanceStatus, Event, Image, Instance, InstanceType, LaunchTemplate, LoadBalancer, Node,
-        Object, Resources, TargetGroup, Volume, object::Resource,
+        DbInstanceStatus, DbParameterGroup, Event, Image, Instance, InstanceType, LaunchTemplate,
+        LoadBalancer, Node, Object, Resources, TargetGroup, Volume, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -300,6 +300,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["NAME", "CLUSTER", "ROLE", "STATE", "ZONE", "NODE", "AGE"],
             &["ADDRESS", "EPOCH", "TIMELINE", "LSN", "LAG"],
         ),
+        Kind::DbParameterGroup => (&["NAME", "FAMILY", "PARAMETERS", "AGE"], &["DESCRIPTION"]),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -327,6 +328,7 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::LaunchTemplate(o)) => launch_template_row(o, wide, now),
         Some(Resource::DbCluster(o)) => db_cluster_row(o, wide, now),
         Some(Resource::DbInstance(o)) => db_instance_row(o, wide, now),
+        Some(Resource::DbParameterGroup(o)) => db_parameter_group_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -434,6 +436,22 @@ pub fn bytes(n: u64) -> String {
     let s = format!("{v:.1}");
     let s = s.strip_suffix(".0").unwrap_or(&s);
     format!("{s}{}", UNITS[unit])
+}
+
+/// A DBParameterGroup's row: PARAMETERS counts them.
+fn db_parameter_group_row(o: &DbParameterGroup, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let mut row = vec![
+        name,
+        or_none(&spec.family),
+        spec.parameters.len().to_string(),
+        age,
+    ];
+    if wide {
+        row.push(or_none(&spec.description));
+    }
+    row
 }
 
 fn db_instance_row(o: &DbInstance, wide: bool, now: i64) -> Vec<String> {
@@ -1229,6 +1247,33 @@ pub(crate) mod tests {
                 "<none>"
             ]
         );
+    }
+
+    #[test]
+    fn a_db_parameter_group_row_counts_its_parameters() {
+        let g: Object = DbParameterGroup {
+            metadata: meta("tuned", 600),
+            spec: Some(hanul_proto::v1::DbParameterGroupSpec {
+                family: "postgres15".into(),
+                description: "for orders".into(),
+                parameters: [("work_mem".into(), "64MB".into())].into(),
+            }),
+            status: None,
+        }
+        .into();
+        assert_eq!(
+            lines(&table(
+                Kind::DbParameterGroup,
+                std::slice::from_ref(&g),
+                false,
+                NOW
+            )),
+            [
+                "NAME    FAMILY       PARAMETERS   AGE",
+                "tuned   postgres15   1            10m"
+            ]
+        );
+        assert_eq!(row(&g, true, NOW)[4], "for orders");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! ```text
 //!  ROOT/pgdata/            the data directory (0700, postgres)
 //!  ROOT/pgdata/hanul.conf  port, addresses, replication and safety settings
+//!  ROOT/pgdata/hanul-params.conf  the cluster's parameter group, included before hanul.conf
+//!                          (hanul's own settings win); what PostgreSQL refuses is left out
 //!  ROOT/run/               the member's socket directory (0700, postgres)
 //! ```
 //!
@@ -14,6 +16,7 @@
 //! postgres itself; the agent decides (a writer that crashed may have lost its role).
 
 use nix::unistd::{Gid, Uid, User, chown};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -29,6 +32,8 @@ pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 pub const BIN_DIR_ENV: &str = "HANUL_PG_BIN";
 /// The operating system user members run as.
 pub const OS_USER: &str = "postgres";
+/// The parameter group's file in the data directory.
+pub const PARAMETERS_FILE: &str = "hanul-params.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -122,6 +127,11 @@ pub struct Observation {
     pub streaming_standbys: Vec<String>,
     /// The `synchronous_standby_names` in effect.
     pub synchronous_standby_names: String,
+    /// PostgreSQL's verdict on [`PARAMETERS_FILE`] (`pg_file_settings` with `pg_settings`):
+    /// the static (`postmaster`) parameters whose value waits for a restart.
+    pub pending_restart: Vec<String>,
+    /// The parameters of the file PostgreSQL cannot apply (bad value, unknown name).
+    pub refused_parameters: Vec<String>,
 }
 
 impl Observation {
@@ -152,7 +162,12 @@ const OBSERVE_SQL: &str = "select pg_is_in_recovery(), \
       else coalesce(extract(epoch from now() - pg_last_xact_replay_timestamp()), 0) end, \
     coalesce((select string_agg(application_name, ',' order by application_name) \
               from pg_stat_replication where state = 'streaming'), ''), \
-    current_setting('synchronous_standby_names')";
+    current_setting('synchronous_standby_names'), \
+    coalesce((select string_agg(f.name || ':' || case when f.applied then 'a' \
+                when s.context = 'postmaster' and s.name is not null then 'r' \
+                when f.error is null then 'a' else 'e' end, ',' order by f.name) \
+              from pg_file_settings f left join pg_settings s on s.name = f.name \
+              where f.sourcefile like '%/hanul-params.conf'), '')";
 
 fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
@@ -162,10 +177,18 @@ fn parse_lsn(s: &str) -> Option<u64> {
 }
 
 fn parse_observation(row: &str) -> Option<Observation> {
-    let f: Vec<&str> = row.trim_end_matches('\n').splitn(9, '|').collect();
-    if f.len() != 9 {
+    let f: Vec<&str> = row.trim_end_matches('\n').splitn(10, '|').collect();
+    if f.len() != 10 {
         return None;
     }
+    // name:verdict,... — a applied (or overridden), r waits for a restart, e refused.
+    let verdict = |v: &str| -> Vec<String> {
+        f[9].split(',')
+            .filter_map(|p| p.rsplit_once(':'))
+            .filter(|(_, x)| *x == v)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
     Some(Observation {
         in_recovery: f[0] == "t",
         timeline: f[1].trim().parse().unwrap_or(0),
@@ -180,7 +203,39 @@ fn parse_observation(row: &str) -> Option<Observation> {
             .map(str::to_string)
             .collect(),
         synchronous_standby_names: f[8].to_string(),
+        pending_restart: verdict("r"),
+        refused_parameters: verdict("e"),
     })
+}
+
+/// The parameter file's text: `name = 'value'` lines (strings quoted as postgresql.conf
+/// reads them: quotes doubled, backslashes escaped).
+fn parameters_text(parameters: &BTreeMap<String, String>) -> String {
+    let mut text = String::from(
+        "# Written by hanul from the cluster's DB parameter group; changes here are overwritten.\n",
+    );
+    for (name, value) in parameters {
+        let value = value.replace('\\', "\\\\").replace('\'', "''");
+        text.push_str(&format!("{name} = '{value}'\n"));
+    }
+    text
+}
+
+/// The parameter a line of PostgreSQL's complaint about its configuration names:
+/// `... unrecognized configuration parameter "foo" in file ...`, `invalid value for parameter
+/// "work_mem": "x"`, `parameter "x" requires a Boolean value`.
+fn complaint_about(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once("parameter \"")?;
+    rest.split_once('"').map(|(name, _)| name)
+}
+
+/// A log line without its prefix (time, pid, level).
+fn postgres_message(line: &str) -> String {
+    let text = ["FATAL:  ", "LOG:  ", "ERROR:  ", "DETAIL:  ", "HINT:  "]
+        .iter()
+        .find_map(|p| line.split_once(p).map(|(_, m)| m))
+        .unwrap_or(line);
+    text.trim().to_string()
 }
 
 /// Quotes an SQL identifier.
@@ -473,11 +528,23 @@ impl Member {
             quote(conninfo.as_deref().unwrap_or(""))
         ));
         self.write_owned(&self.data_dir.join("hanul.conf"), &conf)?;
+        // The parameter group first, hanul's settings last: the last setting wins.
         let main = self.data_dir.join("postgresql.conf");
         let text = std::fs::read_to_string(&main).map_err(io("reading postgresql.conf"))?;
-        let include = "include_if_exists = 'hanul.conf'";
-        if !text.lines().any(|l| l.trim() == include) {
-            self.write_owned(&main, &format!("{text}\n{include}\n"))?;
+        let includes = [
+            format!("include_if_exists = '{PARAMETERS_FILE}'"),
+            "include_if_exists = 'hanul.conf'".to_string(),
+        ];
+        let ours = |l: &str| includes.iter().any(|i| l.trim() == i);
+        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !tail.ends_with(&[includes[0].as_str(), includes[1].as_str()]) {
+            let mut kept: String = text
+                .lines()
+                .filter(|l| !ours(l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            kept.push_str(&format!("\n{}\n{}\n", includes[0], includes[1]));
+            self.write_owned(&main, &kept)?;
         }
         // Clients' connections: refused on a standby that takes no reads.
         let clients = if self.upstream.is_some() && !self.readable {
@@ -586,6 +653,61 @@ impl Member {
         // pg_rewind copied the source's configuration files: this member's come back.
         self.upstream = Some(upstream);
         self.configure()
+    }
+
+    /// Writes the parameter group's `parameters` to [`PARAMETERS_FILE`], leaving out those
+    /// PostgreSQL refuses: the configuration is read as a start would (`postgres -C`), and a
+    /// parameter named in its complaint is taken out, until it reads cleanly. So PostgreSQL
+    /// never fails to start, nor ignores the whole file on a reload, because of the group.
+    /// Returns whether the file changed (a running member then needs [`Member::reload`]) and
+    /// the parameters refused, with PostgreSQL's words.
+    pub async fn write_parameters(
+        &self,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<(bool, Vec<(String, String)>)> {
+        let path = self.data_dir.join(PARAMETERS_FILE);
+        let before = std::fs::read_to_string(&path).ok();
+        let mut kept = parameters.clone();
+        let mut refused = Vec::new();
+        let text = loop {
+            let text = parameters_text(&kept);
+            self.write_owned(&path, &text)?;
+            let mut c = self.command("postgres");
+            c.arg("-D").arg(&self.data_dir).args(["-C", "port"]);
+            let out = self
+                .exec
+                .output(c)
+                .await
+                .map_err(io("running postgres -C"))?;
+            if out.status.success() {
+                break text;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let mut named = Vec::new();
+            for line in stderr.lines() {
+                if let Some(name) = complaint_about(line)
+                    && kept.contains_key(name)
+                    && !named.iter().any(|(n, _)| n == name)
+                {
+                    named.push((name.to_string(), postgres_message(line)));
+                }
+            }
+            if named.is_empty() {
+                // A complaint that names none of the group's parameters: none is kept, so
+                // that what PostgreSQL says is not about them.
+                let why = stderr.trim().lines().last().unwrap_or("").to_string();
+                refused.extend(kept.keys().map(|k| (k.clone(), postgres_message(&why))));
+                kept.clear();
+                let text = parameters_text(&kept);
+                self.write_owned(&path, &text)?;
+                break text;
+            }
+            for (name, why) in named {
+                kept.remove(&name);
+                refused.push((name, why));
+            }
+        };
+        Ok((before.as_deref() != Some(text.as_str()), refused))
     }
 
     /// Tells a running member to read its configuration again (`pg_ctl reload`).
@@ -1077,6 +1199,104 @@ mod tests {
             .unwrap();
         assert!(!m3.ready().await);
         stop(s2).await;
+    }
+
+    /// A parameter group, for real: a dynamic parameter applies on a reload, a static one
+    /// waits for a restart (and is pending until then), and one PostgreSQL refuses (unknown
+    /// name, bad value) is reported and left out, so that the others apply and the member
+    /// still starts.
+    #[tokio::test]
+    async fn parameters_apply_live_or_at_restart_and_refused_ones_are_left_out() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
+        m.init("pw").await.unwrap();
+        let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // Before the first start: written, and read at start.
+        let (changed, refused) = m
+            .write_parameters(&params(&[("work_mem", "8MB")]))
+            .await
+            .unwrap();
+        assert!(changed && refused.is_empty(), "{refused:?}");
+        let child = start(&m);
+        assert!(m.wait_ready(Duration::from_secs(30)).await);
+        let show = async |name: &str| m.query("postgres", &format!("show {name}")).await.unwrap();
+        assert_eq!(show("work_mem").await.trim(), "8MB");
+        let before = show("max_connections").await;
+        let o = m.observe().await.unwrap();
+        assert!(
+            o.pending_restart.is_empty() && o.refused_parameters.is_empty(),
+            "{o:?}"
+        );
+
+        // A dynamic and a static change, and two PostgreSQL refuses.
+        let (changed, refused) = m
+            .write_parameters(&params(&[
+                ("work_mem", "16MB"),
+                ("max_connections", "142"),
+                ("no_such_setting", "1"),
+                ("random_page_cost", "cheap"),
+            ]))
+            .await
+            .unwrap();
+        assert!(changed);
+        let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 2, "{refused:?}");
+        assert!(names.contains(&"no_such_setting") && names.contains(&"random_page_cost"));
+        let why = &refused
+            .iter()
+            .find(|(n, _)| n == "random_page_cost")
+            .unwrap()
+            .1;
+        assert!(why.contains("invalid value for parameter"), "{why}");
+        let file = std::fs::read_to_string(m.data_dir.join(PARAMETERS_FILE)).unwrap();
+        assert!(
+            !file.contains("no_such_setting") && !file.contains("cheap"),
+            "{file}"
+        );
+        // The same parameters again: nothing to write.
+        let (again, _) = m
+            .write_parameters(&params(&[
+                ("work_mem", "16MB"),
+                ("max_connections", "142"),
+                ("no_such_setting", "1"),
+                ("random_page_cost", "cheap"),
+            ]))
+            .await
+            .unwrap();
+        assert!(!again);
+        m.reload().await.unwrap();
+        poll("work_mem applies on reload", async || {
+            (show("work_mem").await.trim() == "16MB").then_some(())
+        })
+        .await;
+        assert_eq!(show("max_connections").await, before);
+        let o = m.observe().await.unwrap();
+        assert_eq!(o.pending_restart, ["max_connections"]);
+        assert!(o.refused_parameters.is_empty(), "{o:?}");
+
+        // hanul's own settings win over the group's file.
+        let main = std::fs::read_to_string(m.data_dir.join("postgresql.conf")).unwrap();
+        let params_at = main.find("'hanul-params.conf'").unwrap();
+        assert!(params_at < main.find("'hanul.conf'").unwrap());
+
+        // A restart applies the static one.
+        stop(child).await;
+        let child = start(&m);
+        assert!(m.wait_ready(Duration::from_secs(30)).await);
+        assert_eq!(show("max_connections").await.trim(), "142");
+        let o = m.observe().await.unwrap();
+        assert!(o.pending_restart.is_empty(), "{o:?}");
+        stop(child).await;
     }
 
     /// A real PostgreSQL: initdb, start, a query through the socket and one over TCP with the

@@ -126,6 +126,73 @@ pub const SWITCHOVER_ANNOTATION: &str = "db.hanul.dev/switchover-requested";
 /// `force-failover:` in front for `--force-failover`.
 pub const REBOOT_ANNOTATION: &str = "db.hanul.dev/reboot-requested";
 
+/// `DBParameterGroup.spec.family`: the only one, and the default.
+pub const PARAMETER_GROUP_FAMILY: &str = "postgres15";
+pub const PARAMETER_GROUP_FAMILIES: &[&str] = &[PARAMETER_GROUP_FAMILY];
+
+/// `DBInstance.status.parameterApplyStatus` and `DBCluster.status.parameterApplyStatus`, in
+/// RDS's words.
+pub const PARAMS_IN_SYNC: &str = "in-sync";
+/// Static parameters (PostgreSQL's `postmaster` context) wait for the member's restart.
+pub const PARAMS_PENDING_REBOOT: &str = "pending-reboot";
+/// The member has not applied the group's current parameters yet (or the group is missing).
+pub const PARAMS_APPLYING: &str = "applying";
+/// PostgreSQL refused some parameters (unknown name, bad value): they are left out.
+pub const PARAMS_INVALID: &str = "invalid-parameters";
+
+/// The PostgreSQL settings hanul manages itself (in `hanul.conf`): a parameter group may not
+/// set them. Names ending in `*` are prefixes.
+pub const MANAGED_PARAMETERS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "wal_level",
+    "hot_standby",
+    "synchronous_standby_names",
+    "primary_conninfo",
+    "primary_slot_name",
+    "restart_after_crash",
+    "archive_mode",
+    "archive_command",
+    "restore_command",
+    "recovery_target*",
+    "promote_trigger_file",
+    "wal_keep_size",
+    "max_wal_senders",
+    "max_replication_slots",
+    "wal_log_hints",
+    "password_encryption",
+    "logging_collector",
+    "ssl*",
+];
+
+/// Whether hanul manages the PostgreSQL setting `name` (see [`MANAGED_PARAMETERS`]).
+pub fn is_managed_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    MANAGED_PARAMETERS
+        .iter()
+        .any(|m| match m.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *m,
+        })
+}
+
+/// The cluster's parameter apply status from its members': the one that needs the user most
+/// first (pending-reboot, then invalid-parameters, then applying); in-sync when all are, or
+/// when there is no member yet.
+pub fn sum_parameter_apply_status<'a>(members: impl IntoIterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = members.into_iter().collect();
+    [PARAMS_PENDING_REBOOT, PARAMS_INVALID, PARAMS_APPLYING]
+        .into_iter()
+        .find(|s| all.contains(s))
+        .unwrap_or(PARAMS_IN_SYNC)
+        .to_string()
+}
+
 /// An RDS instance class: the CPU and memory a member is limited to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstanceClass {
@@ -220,6 +287,40 @@ mod tests {
         assert_eq!(format_lsn((0x1a << 32) | 0xff), "1A/FF");
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(parse_lsn("0/1FFFFFFFF"), None);
+    }
+
+    #[test]
+    fn managed_parameters_match_by_name_or_prefix() {
+        for name in [
+            "port",
+            "ssl",
+            "ssl_cert_file",
+            "recovery_target_time",
+            "Wal_Level",
+        ] {
+            assert!(is_managed_parameter(name), "{name}");
+        }
+        for name in ["work_mem", "max_connections", "ports", "shared_buffers"] {
+            assert!(!is_managed_parameter(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_pending_reboot_when_any_member_is() {
+        assert_eq!(sum_parameter_apply_status([]), PARAMS_IN_SYNC);
+        assert_eq!(
+            sum_parameter_apply_status([PARAMS_IN_SYNC, PARAMS_APPLYING]),
+            PARAMS_APPLYING
+        );
+        assert_eq!(
+            sum_parameter_apply_status([PARAMS_INVALID, PARAMS_PENDING_REBOOT, PARAMS_IN_SYNC]),
+            PARAMS_PENDING_REBOOT
+        );
+        // A member that has not reported yet counts as in-sync only with the others.
+        assert_eq!(
+            sum_parameter_apply_status(["", PARAMS_IN_SYNC]),
+            PARAMS_IN_SYNC
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use crate::{
     Kind,
     v1::{
-        AutoScalingGroup, DbCluster, DbInstance, Event, Image, Instance, InstanceType,
-        LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume, object::Resource,
+        AutoScalingGroup, DbCluster, DbInstance, DbParameterGroup, Event, Image, Instance,
+        InstanceType, LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume,
+        object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -152,6 +153,7 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::LaunchTemplate => typed::<LaunchTemplate>(rest).map(Resource::LaunchTemplate),
         Kind::DbCluster => typed::<DbCluster>(rest).map(Resource::DbCluster),
         Kind::DbInstance => typed::<DbInstance>(rest).map(Resource::DbInstance),
+        Kind::DbParameterGroup => typed::<DbParameterGroup>(rest).map(Resource::DbParameterGroup),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -201,6 +203,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::LaunchTemplate(o)) => serde_json::to_value(o),
         Some(Resource::DbCluster(o)) => serde_json::to_value(o),
         Some(Resource::DbInstance(o)) => serde_json::to_value(o),
+        Some(Resource::DbParameterGroup(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

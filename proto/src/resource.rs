@@ -172,6 +172,7 @@ kinds! {
     LaunchTemplate { plural: "launchtemplates", short: ["lt", "launch-templates"], status: true },
     DbCluster as "DBCluster" { plural: "dbclusters", short: ["db", "dbc", "db-clusters"], status: true },
     DbInstance as "DBInstance" { plural: "dbinstances", short: ["dbi", "db-instances"], status: true },
+    DbParameterGroup as "DBParameterGroup" { plural: "dbparametergroups", short: ["dbpg", "db-parameter-groups"], status: true },
 }
 
 impl Kind {
@@ -266,7 +267,8 @@ into_object!(
     AutoScalingGroup,
     LaunchTemplate,
     DbCluster,
-    DbInstance
+    DbInstance,
+    DbParameterGroup
 );
 
 #[cfg(test)]

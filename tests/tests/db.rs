@@ -444,3 +444,114 @@ fn a_single_az_writer_that_crashes_or_reboots_is_restarted_in_place_with_its_dat
     .unwrap();
     lab.restart_agents();
 }
+
+fn parameter_group(name: &str, parameters: &[(&str, &str)]) -> String {
+    let parameters: Vec<String> = parameters
+        .iter()
+        .map(|(k, v)| format!("{k}: \"{v}\""))
+        .collect();
+    format!(
+        "apiVersion: hanul/v1\nkind: DBParameterGroup\nmetadata: {{name: {name}}}\nspec:\n  description: e2e\n  parameters: {{{}}}\n",
+        parameters.join(", ")
+    )
+}
+
+#[test]
+fn a_parameter_group_applies_dynamic_parameters_live_and_static_ones_at_the_reboot() {
+    let mut lab = Lab::start("pg", &["az-a"]);
+    let port = free_port_pair();
+    lab.apply(
+        "group.yaml",
+        &parameter_group("tuned", &[("work_mem", "8MB")]),
+    );
+    lab.apply(
+        "db.yaml",
+        &format!(
+            "{}  parameterGroup: tuned\n",
+            manifest("tuned", "singleAZ", 0, port, &["az-a"])
+        ),
+    );
+    let status = lab.wait_available("tuned", 1, 1, 0);
+    let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    let show = |lab: &Lab, name: &str| lab.query(&ep, &format!("SHOW {name}")).ok();
+    // Created with the group's parameters.
+    poll(WAIT, "work_mem 8MB from the start", || {
+        Ok(show(&lab, "work_mem").filter(|v| v == "8MB"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let statuses = |lab: &Lab| {
+        let c = lab.cluster("tuned");
+        let m = lab.member("tuned-1");
+        (
+            c["status"]["parameterApplyStatus"].clone(),
+            c["status"]["members"][0]["parameterApplyStatus"].clone(),
+            m["status"]["parameterApplyStatus"].clone(),
+            m["status"]["pendingRestart"].clone(),
+            m["status"]["pid"].clone(),
+        )
+    };
+    let wait_status = |lab: &Lab, want: &str, what: &str| {
+        poll(WAIT, what, || {
+            let s = statuses(lab);
+            if s.0 == want && s.1 == want && s.2 == want {
+                Ok(Some(s))
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()))
+    };
+    let (.., pid) = wait_status(&lab, "in-sync", "in-sync at creation");
+
+    // A dynamic parameter: live, no restart, still in-sync.
+    let max_connections = show(&lab, "max_connections").unwrap();
+    assert_ne!(max_connections, "142");
+    lab.apply(
+        "group.yaml",
+        &parameter_group("tuned", &[("work_mem", "16MB")]),
+    );
+    poll(WAIT, "work_mem 16MB without a restart", || {
+        Ok(show(&lab, "work_mem").filter(|v| v == "16MB"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let (.., pid_now) = wait_status(&lab, "in-sync", "in-sync after work_mem");
+    assert_eq!(pid_now, pid, "work_mem needs no restart");
+
+    // A static one: pending until the reboot.
+    lab.apply(
+        "group.yaml",
+        &parameter_group("tuned", &[("work_mem", "16MB"), ("max_connections", "142")]),
+    );
+    let (_, _, _, pending, pid_now) = wait_status(
+        &lab,
+        "pending-reboot",
+        "pending-reboot after max_connections",
+    );
+    assert_eq!(pending, serde_json::json!(["max_connections"]));
+    assert_eq!(pid_now, pid);
+    assert_eq!(show(&lab, "max_connections").unwrap(), max_connections);
+    let describe = lab.server.cli(&["describe", "db", "tuned"]).stdout;
+    assert!(describe.contains("pending-reboot"), "{describe}");
+
+    // The reboot applies it.
+    let epoch = epoch_of(&lab.cluster("tuned"));
+    lab.server.cli(&["db", "reboot", "tuned"]).ok();
+    lab.wait_available("tuned", epoch + 1, 1, 0);
+    poll(WAIT, "max_connections 142 after the reboot", || {
+        Ok(show(&lab, "max_connections").filter(|v| v == "142"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let (_, _, _, pending, _) = wait_status(&lab, "in-sync", "in-sync after the reboot");
+    assert!(pending.as_array().is_none_or(Vec::is_empty), "{pending}");
+    assert_eq!(show(&lab, "work_mem").unwrap(), "16MB");
+
+    lab.server
+        .cli(&["delete", "dbcluster", "tuned", "--wait"])
+        .ok();
+    poll(WAIT, "the members to go", || {
+        let out = lab.server.cli(&["get", "dbinstances", "-o", "name"]);
+        Ok((!out.stdout.contains("tuned-")).then_some(()))
+    })
+    .unwrap();
+    lab.restart_agents();
+}

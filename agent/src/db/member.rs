@@ -12,14 +12,15 @@ use hanul_controllers::runtime::Shutdown;
 use hanul_db::{Member, Observation, StopMode, Upstream};
 use hanul_proto::Kind;
 use hanul_proto::db::{
-    DEFAULT_MASTER_USERNAME, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_CREATING,
+    DEFAULT_MASTER_USERNAME, PARAMS_APPLYING, PARAMS_IN_SYNC, PARAMS_INVALID,
+    PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_CREATING,
     STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED, instance_class,
-    lease_renew_interval, self_fence_after,
+    is_managed_parameter, lease_renew_interval, self_fence_after,
 };
 use hanul_proto::events::{NORMAL, WARNING};
 use hanul_proto::time::now;
 use hanul_proto::v1::object::Resource;
-use hanul_proto::v1::{DbCluster, DbInstance, DbInstanceStatus, DbVote, Object};
+use hanul_proto::v1::{DbCluster, DbClusterSpec, DbInstance, DbInstanceStatus, DbVote, Object};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::Code;
@@ -69,6 +70,8 @@ pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shut
         observed: None,
         last_step: None,
         fenced: None,
+        params: None,
+        pending_reported: Vec::new(),
     };
     let mut streak = 0;
     loop {
@@ -132,6 +135,35 @@ struct MemberLoop {
     /// The epoch in which this writer fenced itself: its report says fenced, not failed, even
     /// when the store was unreachable at the time.
     fenced: Option<u64>,
+    /// What this member last did with its cluster's parameter group.
+    params: Option<Params>,
+    /// The static parameters last reported as waiting for a restart (an event each time the
+    /// list changes).
+    pending_reported: Vec<String>,
+}
+
+/// The parameter group as this member last applied it.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Params {
+    group: String,
+    /// The group's parameters (those hanul does not manage), as asked.
+    wanted: BTreeMap<String, String>,
+    /// Left out of the file: name and PostgreSQL's complaint.
+    refused: Vec<(String, String)>,
+}
+
+/// Event reasons of the parameter group, on the member.
+const REASON_PARAMS_APPLYING: &str = "ApplyingParameters";
+const REASON_PARAMS_INVALID: &str = "InvalidParameter";
+const REASON_PARAMS_PENDING_REBOOT: &str = "PendingReboot";
+
+/// How a group shows in messages.
+fn group_label(group: &str) -> String {
+    if group.is_empty() {
+        "the default DB parameter group".into()
+    } else {
+        format!("DB parameter group {group}")
+    }
 }
 
 impl MemberLoop {
@@ -223,12 +255,41 @@ impl MemberLoop {
             .driver
             .state(&self.name)
             .is_some_and(|s| s.is_running());
+        // A stopped member gets its parameters when it starts.
+        if running
+            && member.initialized()
+            && let Err(e) = self
+                .apply_parameters(&object, &cluster, &member, true, false)
+                .await
+        {
+            warn!(member = %self.name, error = %e, "Could not apply the DB parameter group.");
+        }
         let observed = if running {
             self.observe(&member).await
         } else {
             self.observed = None;
             None
         };
+        if let Some(o) = &observed
+            && o.pending_restart != self.pending_reported
+        {
+            self.pending_reported = o.pending_restart.clone();
+            if !o.pending_restart.is_empty() {
+                let group = cluster.spec.as_ref().map_or("", |s| &s.parameter_group);
+                self.emit_on(
+                    &object,
+                    NORMAL,
+                    REASON_PARAMS_PENDING_REBOOT,
+                    format!(
+                        "Parameter group change requires a reboot: {} of {} apply when DB instance {} restarts (hanul db reboot {})",
+                        o.pending_restart.join(", "),
+                        group_label(group),
+                        self.name,
+                        spec.cluster
+                    ),
+                );
+            }
+        }
         let n = Instant::now();
         let facts = Facts {
             initialized: member.initialized(),
@@ -508,6 +569,28 @@ impl MemberLoop {
                 self.observed = None;
                 Ok(Next::Now)
             }
+            Step::RestartStandby { to, epoch } => {
+                info!(member = %self.name, writer = %to.name, epoch, "Reboot: restarting the standby for its static parameters.");
+                self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                    .await;
+                member.upstream = Some(self.upstream(&cluster, &to)?);
+                member.detached = false;
+                member.configure()?;
+                let mut local = self.local_ref().clone();
+                local.follow(&to, epoch);
+                self.save(local)?;
+                self.start(c, &mut member).await?;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceRestarted",
+                    format!(
+                        "DB instance {} restarted with the cluster's reboot (epoch {epoch})",
+                        self.name
+                    ),
+                );
+                Ok(Next::Now)
+            }
             Step::RecoverInPlace { epoch } => {
                 let names = plan::synchronous_standby_names(&cluster, cs, &[]);
                 member.synchronous_standby_names = names;
@@ -535,11 +618,7 @@ impl MemberLoop {
             Step::Repoint { to, epoch } => {
                 member.repoint(self.upstream(&cluster, &to)?).await?;
                 let mut local = self.local_ref().clone();
-                local.epoch = epoch;
-                local.role = ROLE_STANDBY.into();
-                local.upstream = to.name.clone();
-                local.upstream_address = to.address.clone();
-                local.detached = false;
+                local.follow(&to, epoch);
                 self.save(local)?;
                 self.observed = None;
                 info!(member = %self.name, writer = %to.name, epoch, "Following the new writer.");
@@ -576,11 +655,7 @@ impl MemberLoop {
                 match member.rewind(self.upstream(&cluster, &from)?).await {
                     Ok(()) => {
                         local.unfit = false;
-                        local.epoch = epoch;
-                        local.role = ROLE_STANDBY.into();
-                        local.upstream = from.name.clone();
-                        local.upstream_address = from.address.clone();
-                        local.detached = false;
+                        local.follow(&from, epoch);
                         self.save(local)?;
                         self.start(c, &mut member).await?;
                         self.emit(
@@ -639,11 +714,7 @@ impl MemberLoop {
         member.readable = c.spec.readable;
         member.clone_from(self.upstream(&cluster, from)?).await?;
         local.unfit = false;
-        local.epoch = epoch;
-        local.role = ROLE_STANDBY.into();
-        local.upstream = from.name.clone();
-        local.upstream_address = from.address.clone();
-        local.detached = false;
+        local.follow(from, epoch);
         self.save(local)?;
         self.start(c, member).await
     }
@@ -701,6 +772,10 @@ impl MemberLoop {
             limits,
             user_data: None,
         };
+        // Before every start, so that a new member (initdb, base backup) or one whose files
+        // came from another (rewind) starts with its cluster's parameters.
+        self.apply_parameters(c.object, c.cluster, member, false, true)
+            .await?;
         let pid = self.ctx.driver.start(&spec).await?;
         info!(member = %self.name, pid, port = member.port, "Started PostgreSQL.");
         self.observed = None;
@@ -762,6 +837,151 @@ impl MemberLoop {
             }
             Err(_) => None,
         }
+    }
+
+    /// The parameters of the cluster's group (without those hanul manages); None when the
+    /// cluster names a group that does not exist.
+    fn wanted_parameters(&self, spec: &DbClusterSpec) -> Option<BTreeMap<String, String>> {
+        if spec.parameter_group.is_empty() {
+            return Some(BTreeMap::new());
+        }
+        let o = self
+            .ctx
+            .parameter_groups
+            .get(Kind::DbParameterGroup, &spec.parameter_group)?;
+        let Some(Resource::DbParameterGroup(g)) = &o.resource else {
+            return None;
+        };
+        Some(
+            g.spec
+                .iter()
+                .flat_map(|s| &s.parameters)
+                .filter(|(k, _)| !is_managed_parameter(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// Writes the cluster's parameter group into the member's configuration when it changed
+    /// (or always, with `force`: before a start), leaving out what PostgreSQL refuses, and
+    /// reloads a running member. A group that does not exist leaves the file as it is.
+    async fn apply_parameters(
+        &mut self,
+        about: &Object,
+        cluster: &DbCluster,
+        member: &Member,
+        running: bool,
+        force: bool,
+    ) -> Result<()> {
+        let spec = cluster.spec.clone().unwrap_or_default();
+        let Some(wanted) = self.wanted_parameters(&spec) else {
+            return Ok(());
+        };
+        let group = spec.parameter_group.clone();
+        if !force
+            && self
+                .params
+                .as_ref()
+                .is_some_and(|p| p.group == group && p.wanted == wanted)
+        {
+            return Ok(());
+        }
+        let (changed, refused) = member.write_parameters(&wanted).await?;
+        let known: Vec<(String, String)> = self
+            .params
+            .as_ref()
+            .map(|p| p.refused.clone())
+            .unwrap_or_default();
+        for (name, why) in &refused {
+            if !known.iter().any(|(n, w)| n == name && w == why) {
+                warn!(member = %self.name, parameter = %name, error = %why, "PostgreSQL refused a parameter of the group; it is left out.");
+                self.emit_on(
+                    about,
+                    WARNING,
+                    REASON_PARAMS_INVALID,
+                    format!(
+                        "PostgreSQL refused parameter {name} of {} on DB instance {}: {why}; it is left out",
+                        group_label(&group),
+                        self.name
+                    ),
+                );
+            }
+        }
+        if running {
+            // Also when the file did not change: a reload that failed before is done now.
+            member.reload().await?;
+            self.observed = None;
+            if changed {
+                info!(member = %self.name, group = %group, "Applying the DB parameter group.");
+                self.emit_on(
+                    about,
+                    NORMAL,
+                    REASON_PARAMS_APPLYING,
+                    format!(
+                        "Applying modification to database parameters ({}) on DB instance {}",
+                        group_label(&group),
+                        self.name
+                    ),
+                );
+            }
+        }
+        self.params = Some(Params {
+            group,
+            wanted,
+            refused,
+        });
+        Ok(())
+    }
+
+    /// The member's parameterApplyStatus, the static parameters waiting for a restart, and
+    /// a message for the refused ones or a missing group.
+    fn parameter_report(
+        &self,
+        spec: &DbClusterSpec,
+        observed: Option<&Observation>,
+    ) -> (&'static str, Vec<String>, Option<String>) {
+        if self.wanted_parameters(spec).is_none() {
+            return (
+                PARAMS_APPLYING,
+                Vec::new(),
+                Some(format!(
+                    "DB parameter group {:?} does not exist; its parameters apply once it does",
+                    spec.parameter_group
+                )),
+            );
+        }
+        let Some(p) = self
+            .params
+            .as_ref()
+            .filter(|p| p.group == spec.parameter_group)
+        else {
+            return (PARAMS_APPLYING, Vec::new(), None);
+        };
+        let pending = observed
+            .map(|o| o.pending_restart.clone())
+            .unwrap_or_default();
+        let mut refused: Vec<String> = p
+            .refused
+            .iter()
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect();
+        for n in observed.iter().flat_map(|o| &o.refused_parameters) {
+            if !p.refused.iter().any(|(r, _)| r == n) {
+                refused.push(format!("{n} (setting could not be applied)"));
+            }
+        }
+        if !refused.is_empty() {
+            let message = format!(
+                "PostgreSQL refused parameters of {}, which are left out: {}",
+                group_label(&p.group),
+                refused.join("; ")
+            );
+            return (PARAMS_INVALID, pending, Some(message));
+        }
+        if !pending.is_empty() {
+            return (PARAMS_PENDING_REBOOT, pending, None);
+        }
+        (PARAMS_IN_SYNC, pending, None)
     }
 
     fn local_ref(&self) -> &Local {
@@ -905,7 +1125,13 @@ impl MemberLoop {
         let address = format!("{}:{}", self.ctx.address, local.port);
         let writer_flush = c.writer_flush;
         let timeout = self.budget();
+        let (params_status, pending_restart, params_message) = self.parameter_report(
+            &c.cluster.spec.clone().unwrap_or_default(),
+            observed.as_ref().filter(|_| running),
+        );
         let fill = |s: &mut DbInstanceStatus, generation: i64| {
+            s.parameter_apply_status = params_status.to_string();
+            s.pending_restart = pending_restart.clone();
             let before = s.state.clone();
             s.observed_generation = generation;
             s.epoch = local.epoch;
@@ -952,7 +1178,9 @@ impl MemberLoop {
             }
             match &message {
                 Some(m) => s.message = m.clone(),
-                None if s.state == STATE_AVAILABLE => s.message.clear(),
+                None if s.state == STATE_AVAILABLE => {
+                    s.message = params_message.clone().unwrap_or_default()
+                }
                 None => {}
             }
             change(s);
@@ -1008,8 +1236,12 @@ impl MemberLoop {
     }
 
     fn emit(&self, c: &StepCtx<'_>, ty: &'static str, reason: &'static str, message: String) {
+        self.emit_on(c.object, ty, reason, message);
+    }
+
+    fn emit_on(&self, about: &Object, ty: &'static str, reason: &'static str, message: String) {
         let recorder = self.ctx.recorder.clone();
-        let about = c.object.clone();
+        let about = about.clone();
         tokio::spawn(async move {
             let _ = recorder.emit(&about, ty, reason, message).await;
         });

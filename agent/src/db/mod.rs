@@ -16,6 +16,10 @@
 //! restart the driver re-adopts the running postgres processes; the member's task queries
 //! them and carries on without restarting them.
 //!
+//! Each member also applies its cluster's `DBParameterGroup` (watched too): the parameters go
+//! to `hanul-params.conf`, what PostgreSQL refuses is left out, and the member's status says
+//! whether PostgreSQL runs with them (`parameterApplyStatus`).
+//!
 //! Members whose `DBInstance` is gone or placed elsewhere (deleted while the agent was away)
 //! get a task too, from the sweep: it finds them gone, stops them and removes their files.
 
@@ -77,6 +81,9 @@ pub struct Context {
     pub bin: Option<Binaries>,
     pub instances: Cache,
     pub clusters: Cache,
+    /// The clusters' DBParameterGroups: a change wakes every member (the loop below wakes all
+    /// tasks on any change), and each applies its cluster's group.
+    pub parameter_groups: Cache,
     /// The running member tasks, and how to wake each.
     tasks: Mutex<HashMap<String, Arc<Notify>>>,
     /// Ports given to members by this agent (port → member): two members choosing at once
@@ -189,6 +196,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
     };
     let instances = start(Kind::DbInstance);
     let clusters = start(Kind::DbCluster);
+    let parameter_groups = start(Kind::DbParameterGroup);
     let driver: Arc<dyn WorkloadDriver> = Arc::new(driver);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), format!("agent/{}", settings.node)),
@@ -201,11 +209,13 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         bin,
         instances,
         clusters,
+        parameter_groups,
         tasks: Mutex::new(HashMap::new()),
         claimed: Mutex::new(HashMap::new()),
     });
     ctx.instances.wait_synced().await;
     ctx.clusters.wait_synced().await;
+    ctx.parameter_groups.wait_synced().await;
 
     // Exits wake their member at once.
     {

@@ -14,6 +14,7 @@
 //!  standby(E) ──failover.epoch > my vote──▶ Vote (detach, report the WAL it holds)
 //!  standby(E) ──named writer at E' > E──▶ Promote ─▶ writer(E')
 //!  standby(E) ──voted for E', writer(E') available──▶ Repoint ─▶ standby(E')
+//!  standby(E) ──same writer rebooted at E', static parameters pending──▶ RestartStandby ─▶ standby(E')
 //!  standby(E) ──another writer at E', not voted──▶ StopToRejoin ─▶ Rejoin ─▶ standby(E')
 //!  standby(E) ──PostgreSQL exited──▶ StartStandby
 //! ```
@@ -56,6 +57,17 @@ pub struct Local {
     /// The data directory must not be started as it is (a rewind or a clone did not finish):
     /// it is rebuilt from a base backup.
     pub unfit: bool,
+}
+
+impl Local {
+    /// Now a standby streaming from `writer`, the writer of `epoch`.
+    pub fn follow(&mut self, writer: &Source, epoch: u64) {
+        self.epoch = epoch;
+        self.role = hanul_proto::db::ROLE_STANDBY.into();
+        self.upstream = writer.name.clone();
+        self.upstream_address = writer.address.clone();
+        self.detached = false;
+    }
 }
 
 /// What the node sees of the member.
@@ -129,6 +141,9 @@ pub enum Step {
     Vote { epoch: u64 },
     /// Become the writer of `epoch` (promote a standby, or take the epoch as a running writer).
     Promote { epoch: u64 },
+    /// A reboot (the same writer in a newer epoch) of a standby whose static parameters wait
+    /// for a restart: stop it, start it again following the writer of `epoch`.
+    RestartStandby { to: Source, epoch: u64 },
     /// Start a stopped former writer in place (crash recovery) as the writer of `epoch`.
     RecoverInPlace { epoch: u64 },
     /// A running standby streams from the writer of `epoch` from now on (by reload).
@@ -401,7 +416,17 @@ fn standby(v: &View<'_>, f: &Facts, named: bool, newer: bool) -> Step {
         // writer as before (restarted in place: its WAL holds all this one received).
         let follows = local.voted == cs.epoch || cs.writer == local.upstream;
         if follows && in_recovery {
+            // The same writer in a newer epoch is a reboot: like RDS's, it restarts the
+            // members whose static parameters wait for one, the standbys too.
+            let pending = f
+                .observed
+                .as_ref()
+                .is_some_and(|o| !o.pending_restart.is_empty());
             return match ready_writer(v) {
+                Some(to) if pending && cs.writer == local.upstream => Step::RestartStandby {
+                    to,
+                    epoch: cs.epoch,
+                },
                 Some(to) => Step::Repoint {
                     to,
                     epoch: cs.epoch,
@@ -839,6 +864,46 @@ mod tests {
             decide_as("db-2", &w, &running_standby(2)),
             Step::Repoint {
                 to: source("db-1"),
+                epoch: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_reboot_restarts_standbys_whose_static_parameters_wait() {
+        // The writer db-1 was rebooted: the same writer, epoch 2 → 3.
+        let mut w = world("db-1", 3);
+        w.peers.push(("db-1".into(), writer_status(3)));
+        let mut f = running_standby(2);
+        assert_eq!(
+            decide_as("db-2", &w, &f),
+            Step::Repoint {
+                to: source("db-1"),
+                epoch: 3
+            }
+        );
+        f.observed.as_mut().unwrap().pending_restart = vec!["max_connections".into()];
+        assert_eq!(
+            decide_as("db-2", &w, &f),
+            Step::RestartStandby {
+                to: source("db-1"),
+                epoch: 3
+            }
+        );
+        // Not before the writer is back.
+        w.peers[0].1.state = STATE_CREATING.into();
+        assert!(matches!(decide_as("db-2", &w, &f), Step::Wait(_)));
+        // A failover to another writer is no reboot: a voter only repoints.
+        let mut w = world("db-3", 3);
+        w.peers.push(("db-3".into(), writer_status(3)));
+        f.local.voted = 3;
+        assert_eq!(
+            decide_as("db-2", &w, &f),
+            Step::Repoint {
+                to: Source {
+                    name: "db-3".into(),
+                    address: "10.0.0.2:30001".into()
+                },
                 epoch: 3
             }
         );

@@ -145,6 +145,16 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
             DURABILITIES,
         );
     }
+    // The group itself may come later: the members report it missing until it exists.
+    if !spec.parameter_group.is_empty() && !is_dns_name(&spec.parameter_group, 253) {
+        errs.add(
+            "spec.parameterGroup",
+            format!(
+                "{:?} is not a DBParameterGroup name (lowercase letters, digits, '-' and '.')",
+                spec.parameter_group
+            ),
+        );
+    }
     if let Some(l) = spec.failover.as_ref().and_then(|f| f.lease_seconds)
         && !(MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS).contains(&l)
     {

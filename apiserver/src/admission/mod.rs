@@ -6,6 +6,7 @@
 
 mod autoscaling;
 mod db;
+mod db_parameter_group;
 mod elb;
 mod event;
 mod image;
@@ -95,6 +96,9 @@ pub fn default(obj: &mut Object) {
         Some(Resource::DbInstance(o)) => {
             db::default_instance(o.spec.get_or_insert_with(Default::default))
         }
+        Some(Resource::DbParameterGroup(o)) => {
+            db_parameter_group::default(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -179,6 +183,13 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
                 _ => None,
             };
             db::validate_instance(n, old, &mut errs)
+        }
+        (Some(Resource::DbParameterGroup(n)), old) => {
+            let old = match old {
+                Some(Resource::DbParameterGroup(o)) => Some(o),
+                _ => None,
+            };
+            db_parameter_group::validate(n, old, &mut errs)
         }
         (None, _) => errs.add("kind", "required"),
     }

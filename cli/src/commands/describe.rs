@@ -491,6 +491,11 @@ fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
     if !st.switchover_handled.is_empty() {
         sub_field(&mut out, "Last Switchover Request", &st.switchover_handled);
     }
+    sub_field(
+        &mut out,
+        "Parameter Apply Status",
+        &or_none(&st.parameter_apply_status),
+    );
     out.push_str("  Members:");
     if st.members.is_empty() {
         out.push_str(&format!(" {NONE}\n"));
@@ -508,6 +513,7 @@ fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
         "LSN",
         "LAG-BYTES",
         "LAG-SECONDS",
+        "PARAMETERS",
     ]);
     for m in &st.members {
         // The writer is behind no one.
@@ -531,6 +537,7 @@ fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
             lsn(m.lsn),
             lag_bytes,
             lag_seconds,
+            or_none(&m.parameter_apply_status),
         ]);
     }
     indent(&mut out, &t.render(), 4);
@@ -1045,12 +1052,13 @@ mod tests {
              started 2s ago\n",
             "  Sync Standbys:           orders-1, orders-3 (a commit waits for 1 of them)\n",
             "  Last Failover:           2023-11-14T22:03:20Z (10m ago)\n",
+            "  Parameter Apply Status:  <none>\n",
             "  Members:\n    NAME       ROLE          STATE       ZONE     NODE     ADDRESS          \
-             TIMELINE   LSN         LAG-BYTES   LAG-SECONDS\n",
+             TIMELINE   LSN         LAG-BYTES   LAG-SECONDS   PARAMETERS\n",
             "    orders-1   syncStandby   available   az-a     mini-1   10.0.0.1:40001   2          \
-             0/3000148   1536        0.3\n",
+             0/3000148   1536        0.3           <none>\n",
             "    orders-2   writer        available   <none>   <none>   <none>           2          \
-             0/3000200   <none>      <none>\n",
+             0/3000200   <none>      <none>        <none>\n",
             "    orders-4   <none>        creating",
             "Conditions:\n",
             "  Normal   FailoverStarted   2s",

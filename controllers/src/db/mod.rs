@@ -111,6 +111,7 @@ fn member_of(o: &Object, ctx: &Context) -> Option<(String, Member)> {
             lease_epoch: status.lease_epoch,
             lease_silence,
             vote: status.vote.map(|v| (v.epoch, v.lsn, v.timeline)),
+            parameter_apply_status: status.parameter_apply_status,
         },
     ))
 }

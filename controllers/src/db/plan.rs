@@ -23,6 +23,7 @@ use hanul_proto::db::{
     PHASE_FAILING_OVER, PHASE_INACCESSIBLE, PHASE_REBOOTING, REASON_SWITCHOVER,
     REASON_WRITER_FAILED, REASON_WRITER_LOST, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER,
     STATE_AVAILABLE, STATE_FAILED, STATE_FENCED, STATE_STOPPED, member_name, members_of,
+    sum_parameter_apply_status,
 };
 use hanul_proto::time::timestamp;
 use hanul_proto::v1::{DbClusterMember, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover};
@@ -54,6 +55,8 @@ pub struct Member {
     pub lease_silence: Duration,
     /// epoch, lsn, timeline.
     pub vote: Option<(u64, u64, u32)>,
+    /// Whether PostgreSQL runs with the cluster's parameter group (in-sync, pending-reboot...).
+    pub parameter_apply_status: String,
 }
 
 impl Member {
@@ -331,6 +334,12 @@ pub fn plan(input: &Input) -> Plan {
 
     st.observed_generation = input.generation;
     st.members = summary(&st, members);
+    st.parameter_apply_status = sum_parameter_apply_status(
+        members
+            .values()
+            .filter(|m| !m.deleting)
+            .map(|m| m.parameter_apply_status.as_str()),
+    );
     st.endpoints = Some(endpoints(spec, &st, members, input.nodes));
     Plan {
         status: st,
@@ -673,6 +682,7 @@ fn summary(st: &DbClusterStatus, members: &BTreeMap<String, Member>) -> Vec<DbCl
                     writer_lsn.saturating_sub(lsn)
                 },
                 lag_seconds: m.lag_seconds,
+                parameter_apply_status: m.parameter_apply_status.clone(),
             }
         })
         .collect()

@@ -2,7 +2,7 @@
 //! a live cluster may not change.
 
 use super::*;
-use hanul_proto::v1::{DbCluster, DbInstance};
+use hanul_proto::v1::{DbCluster, DbInstance, DbParameterGroup};
 
 const GOOD: &str = "apiVersion: hanul/v1\nkind: DBCluster\nmetadata: {name: orders}\nspec:\n  masterPassword: s3cret-pass\n";
 
@@ -369,12 +369,80 @@ fn the_example_manifest_is_admitted() {
         include_str!("../../../../deploy/examples/db.yaml"),
     )
     .unwrap();
-    assert_eq!(docs.len(), 1);
-    let mut o = docs.into_iter().next().unwrap().object;
+    assert_eq!(docs.len(), 2);
+    let mut docs = docs.into_iter().map(|d| d.object);
+    let mut group = docs.next().unwrap();
+    admit(&mut group, None).unwrap();
+    let g = group_of(&group).spec.clone().unwrap();
+    assert_eq!(g.parameters["work_mem"], "8MB");
+    let mut o = docs.next().unwrap();
     admit(&mut o, None).unwrap();
     let s = cluster_of(&o).spec.clone().unwrap();
+    assert_eq!(s.parameter_group, group.name());
     assert_eq!(s.deployment, "multiAZCluster");
     assert_eq!(s.zones, ["az-a", "az-b", "az-c"]);
     assert_eq!(s.port, Some(15432));
     assert_eq!(s.read_replicas.unwrap().count, 1);
+}
+
+fn group(spec: &str) -> Object {
+    obj(&format!(
+        "apiVersion: hanul/v1\nkind: DBParameterGroup\nmetadata: {{name: orders-params}}\nspec:\n{spec}"
+    ))
+}
+
+fn group_of(o: &Object) -> &DbParameterGroup {
+    match &o.resource {
+        Some(Resource::DbParameterGroup(g)) => g,
+        other => panic!("not a DBParameterGroup: {other:?}"),
+    }
+}
+
+#[test]
+fn a_good_parameter_group_is_accepted_with_its_family_defaulted() {
+    let mut o = group(
+        "  description: tuned\n  parameters: {work_mem: 64MB, max_connections: '200', auto_explain.log_min_duration: 1s}\n",
+    );
+    admit(&mut o, None).unwrap();
+    let s = group_of(&o).spec.clone().unwrap();
+    assert_eq!(s.family, "postgres15");
+    assert_eq!(s.parameters.len(), 3);
+}
+
+#[test]
+fn a_parameter_group_refuses_what_hanul_manages_naming_the_field() {
+    let m = message(admit(
+        &mut group(
+            "  family: postgres16\n  parameters: {port: '6000', ssl_cert_file: x, recovery_target_time: later, Work_Mem: 1MB, work-mem: 1MB, shared_buffers: '', work_mem: \"a\\nb\"}\n",
+        ),
+        None,
+    ));
+    for want in [
+        "spec.family: \"postgres16\" is not allowed; use one of: postgres15",
+        "spec.parameters.port: managed by hanul; ",
+        "spec.parameters.ssl_cert_file: managed by hanul; ",
+        "spec.parameters.recovery_target_time: managed by hanul; ",
+        "spec.parameters.Work_Mem: \"Work_Mem\" is not a PostgreSQL parameter name",
+        "spec.parameters.work-mem: \"work-mem\" is not a PostgreSQL parameter name",
+        "spec.parameters.shared_buffers: a value is required",
+        "spec.parameters.work_mem: the value may not contain a line break",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+}
+
+#[test]
+fn a_cluster_names_its_parameter_group_which_may_not_exist_yet() {
+    let o = admitted_cluster("  masterPassword: s3cret-pass\n  parameterGroup: not-yet\n");
+    assert_eq!(
+        cluster_of(&o).spec.as_ref().unwrap().parameter_group,
+        "not-yet"
+    );
+    assert!(
+        refused("  masterPassword: s3cret-pass\n  parameterGroup: Bad_Name\n")
+            .contains("spec.parameterGroup: \"Bad_Name\" is not a DBParameterGroup name")
+    );
+    // It may change on a live cluster.
+    let mut new = cluster("  masterPassword: s3cret-pass\n  parameterGroup: other\n");
+    admit(&mut new, Some(&o)).unwrap();
 }
