@@ -211,3 +211,27 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
     );
     Ok(())
 }
+
+/// A cache of `kind`, started, whose every change wakes `changed` (the level-triggered loops
+/// of the load balancers and the DB members look at everything again on a wake-up).
+pub(crate) fn watch(
+    client: &Client,
+    shutdown: &Shutdown,
+    kind: hanul_proto::Kind,
+    changed: &Arc<tokio::sync::Notify>,
+) -> hanul_controllers::runtime::Cache {
+    let cache = hanul_controllers::runtime::Cache::new(Some(kind));
+    cache.start(client, shutdown.clone());
+    let mut events = cache.subscribe();
+    let changed = changed.clone();
+    tokio::spawn(async move {
+        // A lagged receiver only means several changes: one wake-up covers them.
+        while !matches!(
+            events.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            changed.notify_one();
+        }
+    });
+    cache
+}

@@ -179,21 +179,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         }
     };
     let changed = Arc::new(Notify::new());
-    let start = |kind| {
-        let cache = Cache::new(Some(kind));
-        cache.start(&client, shutdown.clone());
-        let mut events = cache.subscribe();
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            while !matches!(
-                events.recv().await,
-                Err(tokio::sync::broadcast::error::RecvError::Closed)
-            ) {
-                changed.notify_one();
-            }
-        });
-        cache
-    };
+    let start = |kind| crate::watch(&client, &shutdown, kind, &changed);
     let instances = start(Kind::DbInstance);
     let clusters = start(Kind::DbCluster);
     let parameter_groups = start(Kind::DbParameterGroup);

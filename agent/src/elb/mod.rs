@@ -59,22 +59,7 @@ pub async fn run(
     // Only load balancers are watched until one is placed here: a node without any pays
     // nothing for the other kinds.
     let changed = Arc::new(Notify::new());
-    let start = |kind| {
-        let cache = Cache::new(Some(kind));
-        cache.start(&client, shutdown.clone());
-        let mut events = cache.subscribe();
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            // A lagged receiver only means several changes: one wake-up covers them.
-            while !matches!(
-                events.recv().await,
-                Err(tokio::sync::broadcast::error::RecvError::Closed)
-            ) {
-                changed.notify_one();
-            }
-        });
-        cache
-    };
+    let start = |kind| crate::watch(&client, &shutdown, kind, &changed);
     let load_balancers = start(Kind::LoadBalancer);
     load_balancers.wait_synced().await;
     loop {
