@@ -11,8 +11,9 @@ use hanul_proto::{
     manifest::{to_value, to_yaml},
     v1::{
         AutoScalingGroup, Condition, DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec,
-        DbInstanceStatus, DbParameterGroup, Event, Image, Instance, InstanceType, LaunchTemplate,
-        LoadBalancer, Node, Object, Resources, TargetGroup, Volume, object::Resource,
+        DbInstanceStatus, DbParameterGroup, DbSnapshot, Event, Image, Instance, InstanceType,
+        LaunchTemplate, LoadBalancer, Node, Object, Resources, TargetGroup, Volume,
+        object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -301,6 +302,12 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["ADDRESS", "EPOCH", "TIMELINE", "LSN", "LAG"],
         ),
         Kind::DbParameterGroup => (&["NAME", "FAMILY", "PARAMETERS", "AGE"], &["DESCRIPTION"]),
+        Kind::DbSnapshot => (
+            &[
+                "NAME", "CLUSTER", "TYPE", "STATUS", "CREATED", "SIZE", "AGE",
+            ],
+            &["MEMBER", "NODE", "LSN", "MESSAGE"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -329,6 +336,7 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::DbCluster(o)) => db_cluster_row(o, wide, now),
         Some(Resource::DbInstance(o)) => db_instance_row(o, wide, now),
         Some(Resource::DbParameterGroup(o)) => db_parameter_group_row(o, wide, now),
+        Some(Resource::DbSnapshot(o)) => db_snapshot_row(o, wide, now),
         None => vec![String::new()],
     }
 }
@@ -450,6 +458,46 @@ fn db_parameter_group_row(o: &DbParameterGroup, wide: bool, now: i64) -> Vec<Str
     ];
     if wide {
         row.push(or_none(&spec.description));
+    }
+    row
+}
+
+/// A DBSnapshot's row: CREATED is when its data is as of (RDS's snapshotCreateTime).
+fn db_snapshot_row(o: &DbSnapshot, wide: bool, now: i64) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let phase = if o.metadata.as_ref().is_some_and(|m| m.deleted_at.is_some()) {
+        "deleting".to_string()
+    } else {
+        or_none(&status.phase)
+    };
+    let mut row = vec![
+        name,
+        or_none(&spec.db_cluster),
+        or_none(&spec.r#type),
+        phase,
+        if status.snapshot_create_time.is_some() {
+            timestamp(status.snapshot_create_time.as_ref())
+        } else {
+            "<none>".into()
+        },
+        if status.size_bytes > 0 {
+            bytes(status.size_bytes)
+        } else {
+            "<none>".into()
+        },
+        age,
+    ];
+    if wide {
+        row.push(or_none(&status.member));
+        row.push(or_none(&status.node));
+        row.push(if status.end_lsn > 0 {
+            hanul_proto::db::format_lsn(status.end_lsn)
+        } else {
+            "<none>".into()
+        });
+        row.push(or_none(&status.message));
     }
     row
 }

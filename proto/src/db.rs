@@ -276,9 +276,86 @@ pub fn member_name(cluster: &str, n: usize) -> String {
     format!("{cluster}-{n}")
 }
 
+/// `DBSnapshot.spec.type`.
+pub const SNAPSHOT_MANUAL: &str = "manual";
+pub const SNAPSHOT_AUTOMATED: &str = "automated";
+pub const SNAPSHOT_TYPES: &[&str] = &[SNAPSHOT_MANUAL, SNAPSHOT_AUTOMATED];
+/// `DBSnapshot.status.phase`.
+pub const SNAPSHOT_CREATING: &str = "creating";
+pub const SNAPSHOT_AVAILABLE: &str = "available";
+pub const SNAPSHOT_FAILED: &str = "failed";
+/// The finalizer an agent puts on a DBSnapshot before it writes its files: a delete waits
+/// until they are removed.
+pub const SNAPSHOT_FINALIZER: &str = "hanul.dev/db-snapshot-files";
+
+/// `spec.backup.retentionDays`: RDS's default and limit.
+pub const DEFAULT_RETENTION_DAYS: u32 = 7;
+pub const MAX_RETENTION_DAYS: u32 = 35;
+/// `spec.backup.preferredWindow` (UTC).
+pub const DEFAULT_BACKUP_WINDOW: &str = "03:00-03:30";
+/// RDS's shortest backup window.
+pub const MIN_BACKUP_WINDOW_MINUTES: u32 = 30;
+
+/// A daily window `hh:mm-hh:mm` (UTC) as minutes of the day, start and end; the end may be
+/// past midnight (smaller than the start). Errors say what is wrong.
+pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let bad = || format!("{s:?} is not a window; use hh:mm-hh:mm in UTC (like 03:00-03:30)");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
+    let length = (end + 24 * 60 - start) % (24 * 60);
+    if length < MIN_BACKUP_WINDOW_MINUTES {
+        return Err(format!(
+            "{s:?} is {length} minutes long; a backup window is at least {MIN_BACKUP_WINDOW_MINUTES} minutes"
+        ));
+    }
+    Ok((start, end))
+}
+
+/// The first 8 characters of a uid: enough to tell two objects of one name apart in a path.
+fn short_uid(uid: &str) -> &str {
+    uid.get(..8).unwrap_or(uid)
+}
+
+/// A cluster's WAL archive, relative to the agents' backup directory: `wal/<cluster>-<uid8>`
+/// (a later cluster of the same name archives elsewhere).
+pub fn wal_archive_path(cluster: &str, uid: &str) -> String {
+    format!("wal/{cluster}-{}", short_uid(uid))
+}
+
+/// A snapshot's directory, relative to the agents' backup directory.
+pub fn snapshot_path(snapshot: &str, uid: &str) -> String {
+    format!("snapshots/{snapshot}-{}", short_uid(uid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_windows_are_read_as_minutes_of_the_day() {
+        assert_eq!(parse_window("03:00-03:30"), Ok((180, 210)));
+        assert_eq!(parse_window("23:45-00:30"), Ok((1425, 30)));
+        assert!(
+            parse_window("03:00-03:10")
+                .unwrap_err()
+                .contains("at least 30")
+        );
+        assert!(
+            parse_window("3:00-03:30")
+                .unwrap_err()
+                .contains("hh:mm-hh:mm")
+        );
+        assert!(parse_window("25:00-26:00").is_err());
+        assert!(parse_window("nope").is_err());
+    }
 
     #[test]
     fn lsns_read_and_print_as_postgres_does() {

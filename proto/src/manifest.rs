@@ -5,8 +5,8 @@
 use crate::{
     Kind,
     v1::{
-        AutoScalingGroup, DbCluster, DbInstance, DbParameterGroup, Event, Image, Instance,
-        InstanceType, LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume,
+        AutoScalingGroup, DbCluster, DbInstance, DbParameterGroup, DbSnapshot, Event, Image,
+        Instance, InstanceType, LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume,
         object::Resource,
     },
 };
@@ -154,6 +154,7 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::DbCluster => typed::<DbCluster>(rest).map(Resource::DbCluster),
         Kind::DbInstance => typed::<DbInstance>(rest).map(Resource::DbInstance),
         Kind::DbParameterGroup => typed::<DbParameterGroup>(rest).map(Resource::DbParameterGroup),
+        Kind::DbSnapshot => typed::<DbSnapshot>(rest).map(Resource::DbSnapshot),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -204,6 +205,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::DbCluster(o)) => serde_json::to_value(o),
         Some(Resource::DbInstance(o)) => serde_json::to_value(o),
         Some(Resource::DbParameterGroup(o)) => serde_json::to_value(o),
+        Some(Resource::DbSnapshot(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

@@ -173,6 +173,7 @@ kinds! {
     DbCluster as "DBCluster" { plural: "dbclusters", short: ["db", "dbc", "db-clusters"], status: true },
     DbInstance as "DBInstance" { plural: "dbinstances", short: ["dbi", "db-instances"], status: true },
     DbParameterGroup as "DBParameterGroup" { plural: "dbparametergroups", short: ["dbpg", "db-parameter-groups"], status: true },
+    DbSnapshot as "DBSnapshot" { plural: "dbsnapshots", short: ["dbsnap", "db-snapshots"], status: true },
 }
 
 impl Kind {
@@ -268,7 +269,8 @@ into_object!(
     LaunchTemplate,
     DbCluster,
     DbInstance,
-    DbParameterGroup
+    DbParameterGroup,
+    DbSnapshot
 );
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod autoscaling;
 mod db;
 mod db_parameter_group;
+mod db_snapshot;
 mod elb;
 mod event;
 mod image;
@@ -99,6 +100,9 @@ pub fn default(obj: &mut Object) {
         Some(Resource::DbParameterGroup(o)) => {
             db_parameter_group::default(o.spec.get_or_insert_with(Default::default))
         }
+        Some(Resource::DbSnapshot(o)) => {
+            db_snapshot::default(o.spec.get_or_insert_with(Default::default))
+        }
         None => {}
     }
 }
@@ -190,6 +194,13 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
                 _ => None,
             };
             db_parameter_group::validate(n, old, &mut errs)
+        }
+        (Some(Resource::DbSnapshot(n)), old) => {
+            let old = match old {
+                Some(Resource::DbSnapshot(o)) => Some(o),
+                _ => None,
+            };
+            db_snapshot::validate(n, old, &mut errs)
         }
         (None, _) => errs.add("kind", "required"),
     }
