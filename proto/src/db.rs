@@ -103,6 +103,8 @@ pub const PHASE_FAILING_OVER: &str = "failing-over";
 pub const PHASE_REBOOTING: &str = "rebooting";
 pub const PHASE_MODIFYING: &str = "modifying";
 pub const PHASE_DELETING: &str = "deleting";
+/// Available, while a snapshot of it is being taken.
+pub const PHASE_BACKING_UP: &str = "backing-up";
 /// No writer can be started (its node is gone and there is no standby).
 pub const PHASE_INACCESSIBLE: &str = "inaccessible";
 

@@ -28,9 +28,26 @@ pub fn now() -> Timestamp {
     timestamp(t)
 }
 
+/// A timestamp in RFC 3339 (UTC), as manifests write it: `2026-11-27T10:00:00.5Z`.
+pub fn rfc3339(t: &Timestamp) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace("+00:00", "Z")))
+        .unwrap_or_else(|| format!("{}s", t.seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_print_as_rfc3339() {
+        let t = Timestamp {
+            seconds: 1_764_237_600,
+            nanos: 500_000_000,
+        };
+        assert_eq!(rfc3339(&t), "2025-11-27T10:00:00.500Z");
+    }
 
     #[test]
     fn timestamps_round_trip_and_clamp_before_the_epoch() {

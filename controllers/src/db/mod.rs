@@ -14,21 +14,28 @@
 //! long each member has been silent. A controller that restarts counts silence from its start,
 //! so a restart never shortens a lease. The protocol is in `hanul_proto::db`.
 
+pub mod backup;
 pub mod plan;
 
 use crate::{
     Error, Result,
     runtime::{
-        Action, Cache, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
+        Action, Cache, CacheEvent, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
         default_error_policy,
     },
     scheduler::{CONDITION_READY, conditions},
 };
 use hanul_proto::{
     Client, Kind,
-    db::{REBOOT_ANNOTATION, SWITCHOVER_ANNOTATION},
+    db::{
+        ENGINE, ENGINE_VERSION, PHASE_AVAILABLE, PHASE_BACKING_UP, REBOOT_ANNOTATION,
+        SNAPSHOT_AUTOMATED, SNAPSHOT_CREATING, SWITCHOVER_ANNOTATION,
+    },
     events::{NORMAL, Recorder, WARNING},
-    v1::{DbInstance, DbInstanceSpec, Object, ObjectMeta, OwnerReference, object::Resource},
+    v1::{
+        DbInstance, DbInstanceSpec, DbSnapshot, DbSnapshotSpec, Object, ObjectMeta, OwnerReference,
+        object::Resource,
+    },
 };
 use plan::{Effect, Input, Member, NodeInfo};
 use std::{
@@ -50,6 +57,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub members: Cache,
     pub nodes: Cache,
+    /// Every DBSnapshot (a cluster's own, and the sources of restores).
+    pub snapshots: Cache,
+    /// The clusters (the sources of point-in-time restores).
+    pub clusters: Cache,
     /// member → (leaseEpoch, leaseRenewals, when this process saw them change).
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
 }
@@ -112,6 +123,7 @@ fn member_of(o: &Object, ctx: &Context) -> Option<(String, Member)> {
             lease_silence,
             vote: status.vote.map(|v| (v.epoch, v.lsn, v.timeline)),
             parameter_apply_status: status.parameter_apply_status,
+            latest_restorable_time: status.latest_restorable_time,
         },
     ))
 }
@@ -170,7 +182,8 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
         now: ctx.clock.now(),
     };
-    let plan = plan::plan(&input);
+    let mut plan = plan::plan(&input);
+    let backups = plan_backups(&ctx, meta, &spec, &mut plan.status, &members, &old);
 
     if plan.status != old {
         let mut updated = cluster.clone();
@@ -244,6 +257,37 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             },
         }
     }
+    if let Some(r) = &plan.status.restore
+        && plan.status.restore != old.restore
+    {
+        let (ty, reason, message) = if r.error.is_empty() {
+            let to = r
+                .target_time
+                .as_ref()
+                .map(|t| format!(" to {}", hanul_proto::time::rfc3339(t)))
+                .unwrap_or_default();
+            let from = if r.source_cluster.is_empty() {
+                format!("DB snapshot {}", r.snapshot)
+            } else {
+                format!("DB cluster {} (snapshot {})", r.source_cluster, r.snapshot)
+            };
+            (
+                NORMAL,
+                "RestoreStarted",
+                format!("Restoring DB cluster {} from {from}{to}", meta.name),
+            )
+        } else {
+            (
+                WARNING,
+                "RestoreWaiting",
+                format!("DB cluster {} cannot be restored: {}", meta.name, r.error),
+            )
+        };
+        if let Err(err) = ctx.recorder.emit(&object, ty, reason, &message).await {
+            warn!(cluster = %meta.name, error = %err, "Could not record an event.");
+        }
+    }
+    apply_backups(&ctx, &object, meta, &spec, &backups).await?;
     // Members' lease silences grow without any change: look again at least once a second.
     let wake = plan
         .wake
@@ -252,18 +296,226 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
     Ok(Action::requeue(wake))
 }
 
+/// A DBSnapshot as the backup planner sees it.
+fn snapshot_of(o: &Object) -> Option<backup::Snapshot> {
+    let Some(Resource::DbSnapshot(s)) = &o.resource else {
+        return None;
+    };
+    let meta = o.metadata()?;
+    let spec = s.spec.clone().unwrap_or_default();
+    let status = s.status.clone().unwrap_or_default();
+    Some(backup::Snapshot {
+        name: meta.name.clone(),
+        automated: spec.r#type == SNAPSHOT_AUTOMATED,
+        phase: status.phase,
+        member: status.member,
+        cluster_uid: status.cluster_uid,
+        deleting: meta.deleted_at.is_some(),
+        created: meta.created_at.as_ref().map_or(0, |t| t.seconds),
+        // Rounded up: a restore to a time before the copy was complete cannot start from it.
+        complete: status
+            .snapshot_create_time
+            .as_ref()
+            .map(|t| t.seconds + i64::from(t.nanos > 0)),
+        path: status.path,
+    })
+}
+
+/// The snapshots of the cluster named `cluster`.
+fn snapshots_of(ctx: &Context, cluster: &str) -> Vec<backup::Snapshot> {
+    ctx.snapshots
+        .list_kind(Kind::DbSnapshot)
+        .iter()
+        .filter(|o| match &o.resource {
+            Some(Resource::DbSnapshot(s)) => {
+                s.spec.as_ref().is_some_and(|s| s.db_cluster == cluster)
+            }
+            _ => false,
+        })
+        .filter_map(|o| snapshot_of(o))
+        .collect()
+}
+
+/// The backup side of a reconcile: the restorable window and phase go into `status` (written
+/// with the rest of it), the effects are returned for [`apply_backups`]. A cluster created from
+/// a `source` gets its `status.restore` here, once, before any member holds data.
+fn plan_backups(
+    ctx: &Context,
+    meta: &ObjectMeta,
+    spec: &hanul_proto::v1::DbClusterSpec,
+    status: &mut hanul_proto::v1::DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    old: &hanul_proto::v1::DbClusterStatus,
+) -> Vec<backup::Effect> {
+    let snapshots = snapshots_of(ctx, &meta.name);
+    let b = backup::plan(&backup::Input {
+        cluster: &meta.name,
+        uid: &meta.uid,
+        spec,
+        status,
+        members,
+        snapshots: &snapshots,
+        now: hanul_proto::time::timestamp(ctx.clock.now()).seconds,
+    });
+    status.latest_restorable_time = b.latest_restorable_time;
+    status.earliest_restorable_time = b.earliest_restorable_time;
+    status.last_backup_time = b.last_backup_time;
+    if b.backing_up && status.phase == PHASE_AVAILABLE {
+        status.phase = PHASE_BACKING_UP.into();
+    }
+    let unresolved = old.restore.as_ref().is_none_or(|r| !r.error.is_empty());
+    let nobody_has_data = members.values().all(|m| m.role.is_empty() && m.epoch == 0);
+    if let Some(source) = &spec.source
+        && unresolved
+        && nobody_has_data
+    {
+        let snapshot = (!source.snapshot.is_empty())
+            .then(|| ctx.snapshots.get(Kind::DbSnapshot, &source.snapshot))
+            .flatten()
+            .and_then(|o| snapshot_of(&o));
+        let cluster = (!source.cluster.is_empty())
+            .then(|| ctx.clusters.get(Kind::DbCluster, &source.cluster))
+            .flatten();
+        let cluster_parts = cluster.as_ref().and_then(|o| match &o.resource {
+            Some(Resource::DbCluster(c)) => Some((
+                o.name().to_string(),
+                o.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
+                c.status.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        });
+        let source_snapshots = cluster_parts
+            .as_ref()
+            .map(|(name, _, _)| snapshots_of(ctx, name))
+            .unwrap_or_default();
+        let source_cluster =
+            cluster_parts
+                .as_ref()
+                .map(|(name, uid, status)| backup::SourceCluster {
+                    name,
+                    uid,
+                    status,
+                    snapshots: &source_snapshots,
+                });
+        status.restore = Some(backup::resolve_restore(
+            spec,
+            snapshot.as_ref(),
+            source_cluster.as_ref(),
+        ));
+    }
+    b.effects
+}
+
+/// Creates, deletes and assigns snapshots as [`plan_backups`] decided; an event for each new
+/// snapshot and for a restore that cannot start.
+async fn apply_backups(
+    ctx: &Context,
+    object: &Object,
+    meta: &ObjectMeta,
+    spec: &hanul_proto::v1::DbClusterSpec,
+    effects: &[backup::Effect],
+) -> Result<()> {
+    for e in effects {
+        match e {
+            backup::Effect::Create { name } => {
+                let snapshot = DbSnapshot {
+                    metadata: Some(ObjectMeta {
+                        name: name.clone(),
+                        labels: [(CLUSTER_LABEL.to_owned(), meta.name.clone())].into(),
+                        owner_references: vec![OwnerReference {
+                            kind: Kind::DbCluster.as_str().into(),
+                            name: meta.name.clone(),
+                            uid: meta.uid.clone(),
+                            controller: true,
+                        }],
+                        ..Default::default()
+                    }),
+                    spec: Some(DbSnapshotSpec {
+                        db_cluster: meta.name.clone(),
+                        r#type: SNAPSHOT_AUTOMATED.into(),
+                    }),
+                    status: None,
+                };
+                match ctx.client.create(Object::from(snapshot)).await {
+                    Ok(_) => {
+                        info!(cluster = %meta.name, snapshot = %name, "Automated snapshot requested.");
+                        let message = format!(
+                            "Backing up DB cluster {}: automated snapshot {name}",
+                            meta.name
+                        );
+                        if let Err(err) = ctx
+                            .recorder
+                            .emit(object, NORMAL, "BackupStarted", &message)
+                            .await
+                        {
+                            warn!(cluster = %meta.name, error = %err, "Could not record an event.");
+                        }
+                    }
+                    Err(s) if s.code() == Code::AlreadyExists => {}
+                    Err(s) => return Err(Error::api("create", format!("DBSnapshot/{name}"), s)),
+                }
+            }
+            backup::Effect::Delete { name } => {
+                match ctx.client.delete(Kind::DbSnapshot, name).await {
+                    Ok(_) => {
+                        info!(cluster = %meta.name, snapshot = %name, "Automated snapshot past retention deleted.")
+                    }
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => return Err(Error::api("delete", format!("DBSnapshot/{name}"), s)),
+                }
+            }
+            backup::Effect::Assign { name, member, node } => {
+                let Some(current) = ctx.snapshots.get(Kind::DbSnapshot, name) else {
+                    continue;
+                };
+                let Some(Resource::DbSnapshot(mut s)) = current.resource.clone() else {
+                    continue;
+                };
+                let uid = s
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.uid.clone())
+                    .unwrap_or_default();
+                let st = s.status.get_or_insert_with(Default::default);
+                st.phase = SNAPSHOT_CREATING.into();
+                st.member = member.clone();
+                st.node = node.clone();
+                st.cluster_uid = meta.uid.clone();
+                st.engine = ENGINE.into();
+                st.engine_version = ENGINE_VERSION.into();
+                st.master_username = spec.master_username.clone();
+                st.storage_gib = spec.storage_gib.unwrap_or_default();
+                st.database_name = spec.database_name.clone();
+                st.path = backup::path_of(name, &uid);
+                st.message = format!("to be taken from {member} on {node}");
+                match ctx.client.update_status(Object::from(s)).await {
+                    Ok(_) => {
+                        info!(cluster = %meta.name, snapshot = %name, %member, "Snapshot assigned.")
+                    }
+                    Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {}
+                    Err(s) => {
+                        return Err(Error::api("update status", format!("DBSnapshot/{name}"), s));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, clock: Arc<dyn Clock>) {
     let controller = Controller::new(client.clone(), Kind::DbCluster)
         .named(CONTROLLER_NAME)
         .metrics(metrics)
         .shutdown_on(shutdown.clone());
     let clusters = controller.cache();
+    let primary = clusters.clone();
     let members = Cache::new(Some(Kind::DbInstance));
     let nodes = Cache::new(Some(Kind::Node));
     nodes.start(&client, shutdown.clone());
     // Node changes may concern any cluster: there are few of them.
     let every: KeyMapper = {
-        let primary = clusters.clone();
+        let primary = primary.clone();
         Arc::new(move |_, _| {
             primary
                 .keys()
@@ -272,15 +524,36 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
                 .collect()
         })
     };
+    let snapshots = Cache::new(Some(Kind::DbSnapshot));
+    snapshots.start(&client, shutdown.clone());
+    // A snapshot concerns the cluster it is of.
+    let of_cluster: KeyMapper = Arc::new(|event, _| {
+        let object = match event {
+            CacheEvent::Applied { new, .. } => new,
+            CacheEvent::Deleted(o) => o,
+            _ => return Vec::new(),
+        };
+        match &object.resource {
+            Some(Resource::DbSnapshot(s)) => s
+                .spec
+                .as_ref()
+                .map(|s| vec![ObjectKey::new(Kind::DbCluster, s.db_cluster.clone())])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    });
     let controller = controller
         .watches_owned_in(members.clone())
-        .watches(nodes.clone(), every);
+        .watches(nodes.clone(), every)
+        .watches(snapshots.clone(), of_cluster);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), CONTROLLER_NAME),
         client,
         clock,
         members,
         nodes,
+        snapshots,
+        clusters,
         leases: Mutex::new(HashMap::new()),
     });
     controller

@@ -57,6 +57,8 @@ pub struct Member {
     pub vote: Option<(u64, u64, u32)>,
     /// Whether PostgreSQL runs with the cluster's parameter group (in-sync, pending-reboot...).
     pub parameter_apply_status: String,
+    /// The writer's agent: the newest time whose WAL is archived.
+    pub latest_restorable_time: Option<pbjson_types::Timestamp>,
 }
 
 impl Member {

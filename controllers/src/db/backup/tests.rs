@@ -1,0 +1,378 @@
+use super::*;
+use hanul_proto::db::{MULTI_AZ_CLUSTER, ROLE_STANDBY, SNAPSHOT_MANUAL};
+use hanul_proto::v1::{BackupSettings, DbClusterSource};
+
+/// 2026-11-27 00:00:00 UTC.
+const MIDNIGHT: i64 = 1_795_737_600;
+const H: i64 = 3600;
+
+fn member(spec_role: &str, role: &str, node: &str) -> Member {
+    Member {
+        spec_role: spec_role.into(),
+        role: role.into(),
+        node: node.into(),
+        state: STATE_AVAILABLE.into(),
+        epoch: 1,
+        streaming: role == ROLE_STANDBY,
+        ..Default::default()
+    }
+}
+
+fn cluster() -> (DbClusterSpec, DbClusterStatus, BTreeMap<String, Member>) {
+    let spec = DbClusterSpec {
+        deployment: MULTI_AZ_CLUSTER.into(),
+        backup: Some(BackupSettings {
+            retention_days: Some(7),
+            preferred_window: "03:00-03:30".into(),
+        }),
+        ..Default::default()
+    };
+    let status = DbClusterStatus {
+        epoch: 1,
+        writer: "db-1".into(),
+        ..Default::default()
+    };
+    let members = [
+        ("db-1", member(ROLE_WRITER, ROLE_WRITER, "node-a")),
+        ("db-2", member(ROLE_STANDBY, ROLE_STANDBY, "node-b")),
+        ("db-3", member(ROLE_REPLICA, ROLE_STANDBY, "node-c")),
+    ]
+    .into_iter()
+    .map(|(n, m)| (n.to_string(), m))
+    .collect();
+    (spec, status, members)
+}
+
+fn auto(name: &str, created: i64, phase: &str) -> Snapshot {
+    Snapshot {
+        name: name.into(),
+        automated: true,
+        phase: phase.into(),
+        member: "db-2".into(),
+        cluster_uid: "uid-1".into(),
+        created,
+        complete: (phase == SNAPSHOT_AVAILABLE).then_some(created + 60),
+        path: format!("snapshots/{name}-x"),
+        ..Default::default()
+    }
+}
+
+fn run(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    snapshots: &[Snapshot],
+    now: i64,
+) -> Plan {
+    plan(&Input {
+        cluster: "db",
+        uid: "uid-1",
+        spec,
+        status,
+        members,
+        snapshots,
+        now,
+    })
+}
+
+#[test]
+fn windows_open_daily_and_may_cross_midnight() {
+    let w = "03:00-03:30";
+    assert_eq!(
+        window_at(w, MIDNIGHT + 3 * H + 600),
+        (MIDNIGHT + 3 * H, true)
+    );
+    assert_eq!(window_at(w, MIDNIGHT + 4 * H), (MIDNIGHT + 3 * H, false));
+    assert_eq!(
+        window_at(w, MIDNIGHT + 2 * H),
+        (MIDNIGHT + 3 * H - DAY, false)
+    );
+    let late = "23:45-00:30";
+    assert_eq!(
+        window_at(late, MIDNIGHT + 600),
+        (MIDNIGHT - 15 * 60, true),
+        "ten past midnight is in yesterday's window"
+    );
+    assert_eq!(
+        automated_name("orders", MIDNIGHT + 3 * H + 5 * 60),
+        "orders-20261127-0305"
+    );
+}
+
+#[test]
+fn the_first_automated_snapshot_is_taken_once_the_writer_is_available() {
+    let (spec, mut status, mut members) = cluster();
+    let now = MIDNIGHT + 10 * H;
+    let p = run(&spec, &status, &members, &[], now);
+    assert_eq!(
+        p.effects,
+        vec![Effect::Create {
+            name: "db-20261127-1000".into()
+        }]
+    );
+    // Not while there is no writer to take it from.
+    members.get_mut("db-1").unwrap().state = "creating".into();
+    status.writer = "db-1".into();
+    assert!(run(&spec, &status, &members, &[], now).effects.is_empty());
+}
+
+#[test]
+fn a_daily_snapshot_is_taken_in_the_window_only() {
+    let (spec, status, members) = cluster();
+    let yesterday = auto("db-a", MIDNIGHT - 20 * H, SNAPSHOT_AVAILABLE);
+    let snaps = [yesterday.clone()];
+    // Outside the window: nothing.
+    assert!(
+        run(&spec, &status, &members, &snaps, MIDNIGHT + 10 * H)
+            .effects
+            .is_empty()
+    );
+    // In the window: one.
+    let p = run(&spec, &status, &members, &snaps, MIDNIGHT + 3 * H + 60);
+    assert_eq!(
+        p.effects,
+        vec![Effect::Create {
+            name: "db-20261127-0301".into()
+        }]
+    );
+    // Taken already in this window: no second one.
+    let today = auto("db-b", MIDNIGHT + 3 * H + 60, SNAPSHOT_CREATING);
+    let p = run(
+        &spec,
+        &status,
+        &members,
+        &[yesterday, today],
+        MIDNIGHT + 3 * H + 600,
+    );
+    assert!(
+        p.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Create { .. })),
+        "{:?}",
+        p.effects
+    );
+}
+
+#[test]
+fn a_failed_automated_snapshot_is_retried_after_a_pause() {
+    let (spec, status, members) = cluster();
+    let failed = auto("db-a", MIDNIGHT + 10 * H, SNAPSHOT_FAILED);
+    let snaps = [failed];
+    assert!(
+        run(&spec, &status, &members, &snaps, MIDNIGHT + 10 * H + 60)
+            .effects
+            .is_empty()
+    );
+    let p = run(
+        &spec,
+        &status,
+        &members,
+        &snaps,
+        MIDNIGHT + 10 * H + RETRY_FAILED,
+    );
+    assert!(matches!(p.effects.as_slice(), [Effect::Create { .. }]));
+}
+
+#[test]
+fn snapshots_past_retention_go_but_the_newest_stays() {
+    let (mut spec, status, members) = cluster();
+    let now = MIDNIGHT + 10 * H;
+    let old = auto("db-old", now - 9 * DAY, SNAPSHOT_AVAILABLE);
+    let mid = auto("db-mid", now - 2 * DAY, SNAPSHOT_AVAILABLE);
+    let manual = Snapshot {
+        automated: false,
+        ..auto("mine", now - 30 * DAY, SNAPSHOT_AVAILABLE)
+    };
+    let snaps = [old.clone(), mid.clone(), manual.clone()];
+    let p = run(&spec, &status, &members, &snaps, now);
+    assert_eq!(
+        p.effects,
+        vec![Effect::Delete {
+            name: "db-old".into()
+        }]
+    );
+    assert_eq!(p.earliest_restorable_time, Some(ts(mid.complete.unwrap())));
+    assert_eq!(p.last_backup_time, Some(ts(mid.complete.unwrap())));
+    // Only an old one left: it stays (restores start from it).
+    let p = run(&spec, &status, &members, &[old.clone()], now);
+    assert!(
+        p.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Delete { .. }))
+    );
+    // Retention 0: automated snapshots go, manual ones stay, none is taken.
+    spec.backup.as_mut().unwrap().retention_days = Some(0);
+    let p = run(&spec, &status, &members, &snaps, now);
+    assert_eq!(
+        p.effects,
+        vec![
+            Effect::Delete {
+                name: "db-old".into()
+            },
+            Effect::Delete {
+                name: "db-mid".into()
+            }
+        ]
+    );
+    assert_eq!(p.earliest_restorable_time, None);
+}
+
+#[test]
+fn snapshots_are_taken_from_a_streaming_standby_and_move_when_it_is_lost() {
+    let (spec, status, mut members) = cluster();
+    let now = MIDNIGHT + 10 * H;
+    let pending = Snapshot {
+        name: "mine".into(),
+        phase: String::new(),
+        ..Default::default()
+    };
+    let p = run(&spec, &status, &members, &[pending.clone()], now);
+    assert!(p.effects.contains(&Effect::Assign {
+        name: "mine".into(),
+        member: "db-2".into(),
+        node: "node-b".into()
+    }));
+    // Assigned to db-2, which fails: the read replica takes over; with no standby, the writer.
+    let assigned = Snapshot {
+        member: "db-2".into(),
+        phase: SNAPSHOT_CREATING.into(),
+        ..pending
+    };
+    let p = run(&spec, &status, &members, &[assigned.clone()], now);
+    assert!(
+        p.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Assign { .. }))
+    );
+    assert!(p.backing_up);
+    let db2 = members.get_mut("db-2").unwrap();
+    db2.role.clear();
+    db2.state = "failed".into();
+    let p = run(&spec, &status, &members, &[assigned.clone()], now);
+    assert!(p.effects.contains(&Effect::Assign {
+        name: "mine".into(),
+        member: "db-3".into(),
+        node: "node-c".into()
+    }));
+    members.remove("db-3");
+    let p = run(&spec, &status, &members, &[assigned], now);
+    assert!(p.effects.contains(&Effect::Assign {
+        name: "mine".into(),
+        member: "db-1".into(),
+        node: "node-a".into()
+    }));
+}
+
+#[test]
+fn the_latest_restorable_time_only_moves_forward() {
+    let (spec, mut status, mut members) = cluster();
+    let snaps = [auto("db-a", MIDNIGHT, SNAPSHOT_AVAILABLE)];
+    members.get_mut("db-1").unwrap().latest_restorable_time = Some(ts(MIDNIGHT + 100));
+    let p = run(&spec, &status, &members, &snaps, MIDNIGHT + 200);
+    assert_eq!(p.latest_restorable_time, Some(ts(MIDNIGHT + 100)));
+    // A new writer that has archived less so far: the cluster's stays.
+    status.latest_restorable_time = Some(ts(MIDNIGHT + 150));
+    let p = run(&spec, &status, &members, &snaps, MIDNIGHT + 200);
+    assert_eq!(p.latest_restorable_time, Some(ts(MIDNIGHT + 150)));
+}
+
+fn source_spec(source: DbClusterSource) -> DbClusterSpec {
+    DbClusterSpec {
+        source: Some(source),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_snapshot_source_must_be_available() {
+    let spec = source_spec(DbClusterSource {
+        snapshot: "mine".into(),
+        ..Default::default()
+    });
+    assert!(
+        resolve_restore(&spec, None, None)
+            .error
+            .contains("not found")
+    );
+    let creating = Snapshot {
+        name: "mine".into(),
+        phase: SNAPSHOT_CREATING.into(),
+        r#automated: false,
+        ..Default::default()
+    };
+    assert!(
+        resolve_restore(&spec, Some(&creating), None)
+            .error
+            .contains("not available")
+    );
+    let ready = Snapshot {
+        phase: SNAPSHOT_AVAILABLE.into(),
+        path: "snapshots/mine-1234".into(),
+        ..creating
+    };
+    let r = resolve_restore(&spec, Some(&ready), None);
+    assert_eq!(r.error, "");
+    assert_eq!(r.snapshot_path, "snapshots/mine-1234");
+    assert_eq!(r.wal_path, "");
+    assert_eq!(SNAPSHOT_MANUAL, "manual");
+}
+
+#[test]
+fn a_point_in_time_restore_starts_from_the_newest_snapshot_before_the_time() {
+    let snaps = [
+        auto("db-a", MIDNIGHT, SNAPSHOT_AVAILABLE),
+        auto("db-b", MIDNIGHT + DAY, SNAPSHOT_AVAILABLE),
+        auto("db-c", MIDNIGHT + 2 * DAY, SNAPSHOT_CREATING),
+    ];
+    let status = DbClusterStatus {
+        earliest_restorable_time: Some(ts(MIDNIGHT + 60)),
+        latest_restorable_time: Some(ts(MIDNIGHT + 2 * DAY + 100)),
+        ..Default::default()
+    };
+    let source = SourceCluster {
+        name: "db",
+        uid: "uid-1",
+        status: &status,
+        snapshots: &snaps,
+    };
+    let at = |t: i64| {
+        source_spec(DbClusterSource {
+            cluster: "db".into(),
+            restore_time: Some(ts(t)),
+            ..Default::default()
+        })
+    };
+    let r = resolve_restore(&at(MIDNIGHT + DAY + 3600), None, Some(&source));
+    assert_eq!(r.error, "");
+    assert_eq!(r.snapshot, "db-b");
+    assert_eq!(r.wal_path, "wal/db-uid-1");
+    assert_eq!(r.target_time, Some(ts(MIDNIGHT + DAY + 3600)));
+    // Between a snapshot's start and its completion: the one before.
+    let r = resolve_restore(&at(MIDNIGHT + DAY + 30), None, Some(&source));
+    assert_eq!(r.snapshot, "db-a");
+    let r = resolve_restore(&at(MIDNIGHT + 10), None, Some(&source));
+    assert!(
+        r.error.contains("before the earliest restorable time"),
+        "{}",
+        r.error
+    );
+    let r = resolve_restore(&at(MIDNIGHT + 3 * DAY), None, Some(&source));
+    assert!(
+        r.error.contains("after the latest restorable time"),
+        "{}",
+        r.error
+    );
+    let latest = source_spec(DbClusterSource {
+        cluster: "db".into(),
+        use_latest_restorable_time: true,
+        ..Default::default()
+    });
+    let r = resolve_restore(&latest, None, Some(&source));
+    assert_eq!(r.snapshot, "db-b");
+    assert_eq!(r.target_time, Some(ts(MIDNIGHT + 2 * DAY + 100)));
+    assert!(
+        resolve_restore(&latest, None, None)
+            .error
+            .contains("not found")
+    );
+}
