@@ -53,6 +53,13 @@ pub struct Config {
     pub workers: usize,
     /// Threads serving load balancer traffic; 0: one per core.
     pub lb_workers: usize,
+    /// Where DB clusters' WAL archives and snapshots go: the same directory for every agent
+    /// of the cluster (a shared mount when they are on several machines). None:
+    /// `data_dir/backups`.
+    pub backup_dir: Option<PathBuf>,
+    /// How often a DB writer with new WAL closes its WAL file for the archive (the
+    /// latest restorable time lags by about this much).
+    pub db_archive_interval: Duration,
 }
 
 /// Runs the agent until `stop` turns true. The instances keep running when it returns (a new
@@ -170,6 +177,11 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             address: config.address.clone(),
             data_dir: config.data_dir.clone(),
             ports,
+            backup_dir: config
+                .backup_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("backups")),
+            archive_interval: config.db_archive_interval,
         },
         shutdown.clone(),
     );

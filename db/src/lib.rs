@@ -8,13 +8,20 @@
 //!   synchronous set set live, fast and immediate stops) and [`Member::observe`], what a
 //!   running member is and where its WAL stands.
 //!
+//! - [`backup`]: WAL archiving (every member, through an idempotent archive script), base
+//!   backups of a writer or a standby, restores to a snapshot or a point in time, heartbeats
+//!   and the archiver's progress (how far a cluster can be restored), and pruning of the
+//!   archive.
+//!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
-//! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]);
-//! archiving and restores come here too, as the database
-//! controller and the agents grow them.
+//! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]).
 
+pub mod backup;
 pub mod postgres;
 
+pub use backup::{
+    ArchiverStatus, BackupInfo, Heartbeat, RestoreTarget, prune_wal, segment_end_lsn,
+};
 pub use postgres::{
     Binaries, Error, Exec, ExecFuture, Member, Observation, StopMode, TokioExec, Upstream,
 };

@@ -52,11 +52,19 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    #[error("cannot restore into {0}: the directory is not empty (a restore makes a new cluster)")]
+    RestoreTargetNotEmpty(PathBuf),
+    #[error("cannot back up into {0}: it exists already")]
+    BackupExists(PathBuf),
+    #[error("{0} is not a base backup (it has no PG_VERSION)")]
+    NotABackup(PathBuf),
+    #[error("reading the backup manifest {path}: {reason}")]
+    BackupManifest { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
@@ -169,7 +177,7 @@ const OBSERVE_SQL: &str = "select pg_is_in_recovery(), \
               from pg_file_settings f left join pg_settings s on s.name = f.name \
               where f.sourcefile like '%/hanul-params.conf'), '')";
 
-fn parse_lsn(s: &str) -> Option<u64> {
+pub(crate) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
     let hi = u64::from_str_radix(hi, 16).ok()?;
     let lo = u64::from_str_radix(lo, 16).ok()?;
@@ -316,7 +324,13 @@ pub struct Member {
     /// positions and votes); an unreadable standby refuses clients' TCP connections in
     /// `pg_hba.conf` instead, until it is promoted.
     pub readable: bool,
-    owner: Option<(Uid, Gid)>,
+    /// Where the member archives its WAL (`archive_mode = always`, see [`crate::backup`]);
+    /// None: no archiving. Static: a running member applies a change at its next start.
+    pub archive_dir: Option<PathBuf>,
+    /// The recovery a restored member runs at its next start ([`Member::restore_from`]);
+    /// None once [`Member::finish_restore`] ran.
+    pub recovery: Option<crate::backup::RestoreTarget>,
+    pub(crate) owner: Option<(Uid, Gid)>,
     exec: Arc<dyn Exec>,
 }
 
@@ -344,6 +358,8 @@ impl Member {
             synchronous_standby_names: String::new(),
             detached: false,
             readable: true,
+            archive_dir: None,
+            recovery: None,
             owner,
             exec: Arc::new(TokioExec),
         })
@@ -360,7 +376,7 @@ impl Member {
         self.data_dir.join("PG_VERSION").is_file()
     }
 
-    fn private_dir(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn private_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("chmod {}", dir.display())))?;
@@ -372,7 +388,7 @@ impl Member {
     }
 
     /// A command run as the member's user.
-    fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         let mut c = Command::new(self.bin.path(program));
         if let Some((uid, gid)) = self.owner {
             c.uid(uid.as_raw()).gid(gid.as_raw());
@@ -385,7 +401,7 @@ impl Member {
         c
     }
 
-    async fn run(&self, c: Command, what: &str) -> Result<String> {
+    pub(crate) async fn run(&self, c: Command, what: &str) -> Result<String> {
         let out = self
             .exec
             .output(c)
@@ -491,7 +507,7 @@ impl Member {
     /// (commits waiting for a synchronous standby write none) tells the writer so only this
     /// often, and a commit waiting when the writer's synchronous set changes is released by
     /// that message: PostgreSQL's default of 10 s would hold such a commit up to 10 s.
-    fn write_conf(&self) -> Result<()> {
+    pub(crate) fn write_conf(&self) -> Result<()> {
         let mut conf = format!(
             "# Written by hanul; changes here are overwritten.\n\
              listen_addresses = '{listen}'\n\
@@ -527,6 +543,8 @@ impl Member {
             "primary_conninfo = {}\n",
             quote(conninfo.as_deref().unwrap_or(""))
         ));
+        // WAL archiving and a restore's recovery target (crate::backup).
+        conf.push_str(&self.backup_settings()?);
         self.write_owned(&self.data_dir.join("hanul.conf"), &conf)?;
         // The parameter group first, hanul's settings last: the last setting wins.
         let main = self.data_dir.join("postgresql.conf");
@@ -564,7 +582,7 @@ impl Member {
         self.write_owned(&self.data_dir.join("pg_hba.conf"), &hba)
     }
 
-    fn write_owned(&self, path: &Path, text: &str) -> Result<()> {
+    pub(crate) fn write_owned(&self, path: &Path, text: &str) -> Result<()> {
         std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io(format!("chmod {}", path.display())))?;
@@ -863,10 +881,10 @@ impl Member {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -874,7 +892,7 @@ mod tests {
             .port()
     }
 
-    fn start(member: &Member) -> tokio::process::Child {
+    pub(crate) fn start(member: &Member) -> tokio::process::Child {
         let log = std::fs::File::create(member.root.join("postgres.log")).unwrap();
         member
             .postgres()
@@ -884,7 +902,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn stop(mut child: tokio::process::Child) {
+    pub(crate) async fn stop(mut child: tokio::process::Child) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
             nix::sys::signal::Signal::SIGINT,
@@ -1062,7 +1080,7 @@ mod tests {
         stop(s).await;
     }
 
-    async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    pub(crate) async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(v) = f().await {

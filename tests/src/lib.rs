@@ -312,6 +312,19 @@ impl AgentProcess {
         memory_mib: u64,
         data_dir: tempfile::TempDir,
     ) -> anyhow::Result<AgentProcess> {
+        Self::start_with(server, name, zone, cpus, memory_mib, data_dir, &[])
+    }
+
+    /// [`AgentProcess::start_in`] with more arguments for `hanul agent`.
+    pub fn start_with(
+        server: &ServerProcess,
+        name: &str,
+        zone: &str,
+        cpus: u32,
+        memory_mib: u64,
+        data_dir: tempfile::TempDir,
+        extra: &[String],
+    ) -> anyhow::Result<AgentProcess> {
         let log = data_dir.path().join("agent.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -335,6 +348,7 @@ impl AgentProcess {
             ])
             .arg("--data-dir")
             .arg(data_dir.path())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hanul_controllers::runtime::Shutdown;
-use hanul_db::{Member, Observation, StopMode, Upstream};
+use hanul_db::{Member, Observation, RestoreTarget, StopMode, Upstream};
 use hanul_proto::Kind;
 use hanul_proto::db::{
-    DEFAULT_MASTER_USERNAME, PARAMS_APPLYING, PARAMS_IN_SYNC, PARAMS_INVALID,
-    PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_CREATING,
-    STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED, instance_class,
-    is_managed_parameter, lease_renew_interval, self_fence_after,
+    DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, PARAMS_APPLYING, PARAMS_IN_SYNC,
+    PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE,
+    STATE_CREATING, STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED,
+    instance_class, is_managed_parameter, lease_renew_interval, self_fence_after, wal_archive_path,
 };
 use hanul_proto::events::{NORMAL, WARNING};
 use hanul_proto::time::now;
@@ -32,6 +32,8 @@ use crate::driver::{LaunchSpec, Limits, WorkloadState};
 
 /// How long a started PostgreSQL gets to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a restored member gets to replay its snapshot and WAL.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long a promotion gets to end recovery.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a standby's WAL receiver gets to stop for a vote.
@@ -72,6 +74,7 @@ pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shut
         fenced: None,
         params: None,
         pending_reported: Vec::new(),
+        archive: Archive::default(),
     };
     let mut streak = 0;
     loop {
@@ -140,6 +143,25 @@ struct MemberLoop {
     /// The static parameters last reported as waiting for a restart (an event each time the
     /// list changes).
     pending_reported: Vec<String>,
+    /// The writer's WAL archiving, for its status.
+    archive: Archive,
+}
+
+/// How far the writer's WAL archive reaches. Every `archive_interval`, a writer that wrote
+/// WAL since the last look commits a heartbeat (a commit record carries a time, and a restore
+/// to time T needs a commit after T in the archive) and ends its WAL file so that the archiver
+/// takes it; once the file holding a heartbeat is archived, the cluster can be restored up to
+/// the heartbeat's time.
+#[derive(Debug, Default)]
+struct Archive {
+    last_look: Option<Instant>,
+    /// The WAL position after the last heartbeat's switch: more WAL than this is activity.
+    quiet_lsn: u64,
+    /// Heartbeats not known archived yet.
+    pending: Vec<hanul_db::Heartbeat>,
+    latest: Option<pbjson_types::Timestamp>,
+    last_archived_wal: String,
+    error: String,
 }
 
 /// The parameter group as this member last applied it.
@@ -290,6 +312,13 @@ impl MemberLoop {
                 );
             }
         }
+        if local.role == ROLE_WRITER
+            && cluster_status.writer == self.name
+            && cluster_status.epoch == local.epoch
+            && observed.as_ref().is_some_and(|o| !o.in_recovery)
+        {
+            self.archive_look(&member).await;
+        }
         let n = Instant::now();
         let facts = Facts {
             initialized: member.initialized(),
@@ -379,6 +408,49 @@ impl MemberLoop {
                         Ok(Next::Later)
                     }
                 }
+            }
+            Step::Bootstrap { epoch } if cluster.source.is_some() => {
+                let restore = cs.restore.clone().unwrap_or_default();
+                if restore.snapshot_path.is_empty() || !restore.error.is_empty() {
+                    let why = if restore.error.is_empty() {
+                        "waiting for the cluster's source to be resolved".to_string()
+                    } else {
+                        format!("cannot restore: {}", restore.error)
+                    };
+                    self.report(c, Some(why), |_| {}).await?;
+                    return Ok(Next::Later);
+                }
+                self.set_state(
+                    c,
+                    STATE_CREATING,
+                    &format!("restoring from snapshot {}", restore.snapshot),
+                )
+                .await?;
+                let mut local = self.local_ref().clone();
+                member.synchronous_standby_names.clear();
+                self.restore(c, &mut member, &restore).await?;
+                if !cluster.database_name.is_empty() {
+                    member.create_database(&cluster.database_name).await?;
+                }
+                local.epoch = epoch;
+                local.role = ROLE_WRITER.into();
+                self.save(local)?;
+                self.became_writer();
+                let to = restore
+                    .target_time
+                    .as_ref()
+                    .map(|t| format!(" as of {}", hanul_proto::time::rfc3339(t)))
+                    .unwrap_or_default();
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceRestored",
+                    format!(
+                        "DB instance {} restored from snapshot {}{to} as the writer of epoch {epoch}",
+                        self.name, restore.snapshot
+                    ),
+                );
+                Ok(Next::Now)
             }
             Step::Bootstrap { epoch } => {
                 self.set_state(c, STATE_CREATING, "creating the writer")
@@ -731,6 +803,98 @@ impl MemberLoop {
         })
     }
 
+    /// The first writer of a restored cluster: the snapshot's files, recovery (to the point in
+    /// time, through the source's WAL archive), promotion, then the new cluster's password.
+    /// Whatever a failed attempt left is removed first: the member never ran as anything.
+    async fn restore(
+        &mut self,
+        c: &StepCtx<'_>,
+        member: &mut Member,
+        restore: &hanul_proto::v1::DbRestore,
+    ) -> Result<()> {
+        let snapshot = self.ctx.backup_dir.join(&restore.snapshot_path);
+        let target = match &restore.target_time {
+            Some(t) if !restore.wal_path.is_empty() => RestoreTarget::Time {
+                wal_dir: self.ctx.backup_dir.join(&restore.wal_path),
+                time_unix_micros: t.seconds * 1_000_000 + i64::from(t.nanos / 1000),
+            },
+            _ => RestoreTarget::Immediate,
+        };
+        if member.data_dir.exists() {
+            remove(&member.data_dir)
+                .await
+                .map_err(|e| Error::Other(format!("removing a failed restore's files: {e}")))?;
+        }
+        member.restore_from(&snapshot, target).await?;
+        self.start(c, member).await?;
+        if !member.wait_promoted(RESTORE_TIMEOUT).await? {
+            return Err(Error::Other(format!(
+                "the restored member did not finish recovery within {RESTORE_TIMEOUT:?} (see {})",
+                crate::driver::console_log(&self.root).display()
+            )));
+        }
+        member.finish_restore()?;
+        member.reload().await?;
+        let spec = c.cluster.spec.clone().unwrap_or_default();
+        let password = spec.master_password.replace('\'', "''");
+        member
+            .query(
+                "postgres",
+                &format!(
+                    "alter role {} with password '{password}'",
+                    hanul_db::postgres::quote_ident(&superuser(&spec))
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The writer's archiving, every `archive_interval` (see [`Archive`]). Failures are
+    /// reported in the status, never fatal to the member's loop.
+    async fn archive_look(&mut self, member: &Member) {
+        if member.archive_dir.is_none()
+            || self
+                .archive
+                .last_look
+                .is_some_and(|t| t.elapsed() < self.ctx.archive_interval)
+        {
+            return;
+        }
+        self.archive.last_look = Some(Instant::now());
+        if let Err(e) = self.archive_step(member).await {
+            debug!(member = %self.name, error = %e, "Could not look at the WAL archiving.");
+        }
+    }
+
+    async fn archive_step(&mut self, member: &Member) -> Result<()> {
+        let lsn = member.current_wal_lsn().await?;
+        if lsn > self.archive.quiet_lsn {
+            let heartbeat = member.heartbeat().await?;
+            member.switch_wal().await?;
+            self.archive.pending.push(heartbeat);
+            self.archive.quiet_lsn = member.current_wal_lsn().await?;
+        }
+        let a = member.archiver().await?;
+        let archived = a.last_archived_wal.clone().unwrap_or_default();
+        if let Some(end) = hanul_db::segment_end_lsn(&archived) {
+            let (done, waiting): (Vec<hanul_db::Heartbeat>, Vec<hanul_db::Heartbeat>) =
+                self.archive.pending.iter().partition(|h| h.lsn <= end);
+            if let Some(newest) = done.iter().map(|h| h.at_unix_micros).max() {
+                self.archive.latest = Some(from_micros(newest));
+            }
+            self.archive.pending = waiting;
+        }
+        // A failure newer than the last success (WAL file names grow): archiving is stuck.
+        self.archive.error = match &a.last_failed_wal {
+            Some(failed) if *failed >= archived => format!(
+                "archiving WAL file {failed} failed (see the member's PostgreSQL log); WAL piles up in pg_wal until it works"
+            ),
+            _ => String::new(),
+        };
+        self.archive.last_archived_wal = archived;
+        Ok(())
+    }
+
     fn became_writer(&mut self) {
         self.renewed = Instant::now();
         self.attempted = None;
@@ -772,6 +936,9 @@ impl MemberLoop {
             limits,
             user_data: None,
         };
+        if let Some(dir) = &member.archive_dir {
+            member.prepare_archive_dir(dir)?;
+        }
         // Before every start, so that a new member (initdb, base backup) or one whose files
         // came from another (rewind) starts with its cluster's parameters.
         self.apply_parameters(c.object, c.cluster, member, false, true)
@@ -1047,6 +1214,14 @@ impl MemberLoop {
             });
         }
         m.detached = local.detached;
+        if retention_days(&spec) > 0 {
+            let uid = cluster.metadata.as_ref().map_or("", |m| m.uid.as_str());
+            m.archive_dir = Some(
+                self.ctx
+                    .backup_dir
+                    .join(wal_archive_path(&spec_cluster_name(cluster), uid)),
+            );
+        }
         if let Some(Resource::DbInstance(i)) = self.object().and_then(|o| o.resource) {
             m.readable = i.spec.is_some_and(|s| s.readable);
         }
@@ -1125,6 +1300,11 @@ impl MemberLoop {
         let address = format!("{}:{}", self.ctx.address, local.port);
         let writer_flush = c.writer_flush;
         let timeout = self.budget();
+        let archive = (
+            self.archive.latest,
+            self.archive.last_archived_wal.clone(),
+            self.archive.error.clone(),
+        );
         let (params_status, pending_restart, params_message) = self.parameter_report(
             &c.cluster.spec.clone().unwrap_or_default(),
             observed.as_ref().filter(|_| running),
@@ -1183,6 +1363,11 @@ impl MemberLoop {
                 }
                 None => {}
             }
+            if archive.0.is_some() {
+                s.latest_restorable_time = archive.0;
+            }
+            s.last_archived_wal = archive.1.clone();
+            s.archive_error = archive.2.clone();
             change(s);
             if s.state != before {
                 s.state_time = Some(now());
@@ -1332,6 +1517,31 @@ struct StepCtx<'a> {
     view: &'a View<'a>,
     /// The writer's flush position, for a standby's lag in bytes.
     writer_flush: Option<u64>,
+}
+
+/// A cluster's name.
+fn spec_cluster_name(cluster: &DbCluster) -> String {
+    cluster
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
+}
+
+/// The cluster's backup retention (automated backups, and so WAL archiving, are off at 0).
+fn retention_days(spec: &DbClusterSpec) -> u32 {
+    spec.backup
+        .as_ref()
+        .and_then(|b| b.retention_days)
+        .unwrap_or(DEFAULT_RETENTION_DAYS)
+}
+
+/// A protobuf timestamp from microseconds since the epoch.
+fn from_micros(micros: i64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
 }
 
 fn superuser(spec: &hanul_proto::v1::DbClusterSpec) -> String {

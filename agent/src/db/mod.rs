@@ -27,6 +27,7 @@ pub mod endpoints;
 pub mod exec;
 pub mod member;
 pub mod plan;
+pub mod snapshots;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -65,6 +66,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The node's `--port-range`: members' ports come from it.
     pub ports: PortRange,
+    /// Where WAL archives (`wal/<cluster>-<uid>`) and snapshots (`snapshots/<name>-<uid>`)
+    /// go: shared by the agents of a cluster.
+    pub backup_dir: PathBuf,
+    /// How often a writer with new WAL closes its WAL file for the archive.
+    pub archive_interval: Duration,
 }
 
 /// Shared by the member tasks.
@@ -77,6 +83,8 @@ pub struct Context {
     /// `data_dir/db`.
     pub dir: PathBuf,
     pub ports: PortRange,
+    pub backup_dir: PathBuf,
+    pub archive_interval: Duration,
     /// None when PostgreSQL is not installed: members say so in their status.
     pub bin: Option<Binaries>,
     pub instances: Cache,
@@ -84,6 +92,10 @@ pub struct Context {
     /// The clusters' DBParameterGroups: a change wakes every member (the loop below wakes all
     /// tasks on any change), and each applies its cluster's group.
     pub parameter_groups: Cache,
+    /// DBSnapshots: those assigned to this node's members are taken here.
+    pub snapshots: Cache,
+    /// The snapshots with a task running here.
+    snapshot_tasks: Mutex<HashSet<String>>,
     /// The running member tasks, and how to wake each.
     tasks: Mutex<HashMap<String, Arc<Notify>>>,
     /// Ports given to members by this agent (port → member): two members choosing at once
@@ -183,6 +195,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
     let instances = start(Kind::DbInstance);
     let clusters = start(Kind::DbCluster);
     let parameter_groups = start(Kind::DbParameterGroup);
+    let snapshots = start(Kind::DbSnapshot);
     let driver: Arc<dyn WorkloadDriver> = Arc::new(driver);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), format!("agent/{}", settings.node)),
@@ -192,16 +205,21 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         address: settings.address.clone(),
         dir,
         ports: settings.ports,
+        backup_dir: settings.backup_dir.clone(),
+        archive_interval: settings.archive_interval,
         bin,
         instances,
         clusters,
         parameter_groups,
+        snapshots,
+        snapshot_tasks: Mutex::new(HashSet::new()),
         tasks: Mutex::new(HashMap::new()),
         claimed: Mutex::new(HashMap::new()),
     });
     ctx.instances.wait_synced().await;
     ctx.clusters.wait_synced().await;
     ctx.parameter_groups.wait_synced().await;
+    ctx.snapshots.wait_synced().await;
 
     // Exits wake their member at once.
     {
@@ -246,6 +264,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         for wake in ctx.tasks().values() {
             wake.notify_one();
         }
+        snapshots::reconcile(&ctx, &shutdown);
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = tokio::time::Instant::now();
             sweep(&ctx, &shutdown);

@@ -77,6 +77,8 @@ impl Harness {
                 address: "127.0.0.1".into(),
                 data_dir: self.dir.path().join("agent"),
                 ports: self.ports,
+                backup_dir: self.dir.path().join("backups"),
+                archive_interval: Duration::from_secs(1),
             },
             shutdown,
         ));

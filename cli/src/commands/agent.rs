@@ -51,6 +51,14 @@ pub struct Args {
     /// Threads that serve load balancer traffic (as nginx's worker_processes); 0: one per core.
     #[arg(long, default_value_t = 0)]
     pub lb_workers: usize,
+    /// Where DB clusters' WAL archives and snapshots go (default: DATA_DIR/backups). Agents
+    /// of one cluster on several machines need the same directory (a shared mount).
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// How often a DB writer with new WAL closes its WAL file for the archive: point-in-time
+    /// restore reaches up to about this long ago.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub db_archive_interval: Duration,
 }
 
 /// This machine's host name: the default node name.
@@ -90,6 +98,8 @@ impl Args {
             stop_grace: self.stop_grace,
             workers: self.workers,
             lb_workers: self.lb_workers,
+            backup_dir: self.backup_dir.clone(),
+            db_archive_interval: self.db_archive_interval,
         })
     }
 }

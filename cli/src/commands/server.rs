@@ -110,6 +110,8 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             stop_grace: Duration::from_secs(10),
             workers: 16,
             lb_workers: 0,
+            backup_dir: None,
+            db_archive_interval: Duration::from_secs(300),
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {

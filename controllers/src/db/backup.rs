@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// time before a snapshot was complete cannot start from it).
     pub complete: Option<i64>,
     pub path: String,
+    /// The cluster's master user when it was taken.
+    pub master_username: String,
 }
 
 /// What to do.
@@ -300,6 +302,7 @@ pub struct SourceCluster<'a> {
     pub status: &'a DbClusterStatus,
     /// Its snapshots.
     pub snapshots: &'a [Snapshot],
+    pub master_username: &'a str,
 }
 
 fn seconds(t: &Timestamp) -> f64 {
@@ -334,6 +337,14 @@ pub fn resolve_restore(
                     &s.phase
                 }
             )),
+            Some(s)
+                if !s.master_username.is_empty() && s.master_username != spec.master_username =>
+            {
+                failed(master_user_differs(
+                    &s.master_username,
+                    &format!("DB snapshot {}", s.name),
+                ))
+            }
             Some(s) => DbRestore {
                 snapshot: s.name.clone(),
                 snapshot_path: s.path.clone(),
@@ -344,6 +355,12 @@ pub fn resolve_restore(
     let Some(c) = cluster else {
         return failed(format!("DB cluster {} not found", source.cluster));
     };
+    if c.master_username != spec.master_username {
+        return failed(master_user_differs(
+            c.master_username,
+            &format!("DB cluster {}", c.name),
+        ));
+    }
     let (Some(earliest), Some(latest)) = (
         c.status.earliest_restorable_time.as_ref(),
         c.status.latest_restorable_time.as_ref(),
@@ -354,10 +371,10 @@ pub fn resolve_restore(
         ));
     };
     let target = if source.use_latest_restorable_time {
-        latest.clone()
+        *latest
     } else {
         match &source.restore_time {
-            Some(t) => t.clone(),
+            Some(t) => *t,
             None => return failed("spec.source.restoreTime: required".into()),
         }
     };
@@ -405,6 +422,13 @@ pub fn resolve_restore(
             error: String::new(),
         },
     }
+}
+
+/// The restored data holds the source's master user: the new cluster must name it.
+fn master_user_differs(user: &str, source: &str) -> String {
+    format!(
+        "spec.masterUsername must be {user:?}, the master user of {source} (a restored cluster keeps it)"
+    )
 }
 
 /// The path of a new snapshot, for its status.

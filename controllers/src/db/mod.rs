@@ -318,6 +318,7 @@ fn snapshot_of(o: &Object) -> Option<backup::Snapshot> {
             .as_ref()
             .map(|t| t.seconds + i64::from(t.nanos > 0)),
         path: status.path,
+        master_username: status.master_username,
     })
 }
 
@@ -381,21 +382,23 @@ fn plan_backups(
                 o.name().to_string(),
                 o.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
                 c.status.clone().unwrap_or_default(),
+                c.spec.clone().unwrap_or_default().master_username,
             )),
             _ => None,
         });
         let source_snapshots = cluster_parts
             .as_ref()
-            .map(|(name, _, _)| snapshots_of(ctx, name))
+            .map(|(name, _, _, _)| snapshots_of(ctx, name))
             .unwrap_or_default();
         let source_cluster =
             cluster_parts
                 .as_ref()
-                .map(|(name, uid, status)| backup::SourceCluster {
+                .map(|(name, uid, status, user)| backup::SourceCluster {
                     name,
                     uid,
                     status,
                     snapshots: &source_snapshots,
+                    master_username: user,
                 });
         status.restore = Some(backup::resolve_restore(
             spec,

@@ -194,7 +194,7 @@ fn snapshots_past_retention_go_but_the_newest_stays() {
     assert_eq!(p.earliest_restorable_time, Some(ts(mid.complete.unwrap())));
     assert_eq!(p.last_backup_time, Some(ts(mid.complete.unwrap())));
     // Only an old one left: it stays (restores start from it).
-    let p = run(&spec, &status, &members, &[old.clone()], now);
+    let p = run(&spec, &status, &members, std::slice::from_ref(&old), now);
     assert!(
         p.effects
             .iter()
@@ -226,7 +226,13 @@ fn snapshots_are_taken_from_a_streaming_standby_and_move_when_it_is_lost() {
         phase: String::new(),
         ..Default::default()
     };
-    let p = run(&spec, &status, &members, &[pending.clone()], now);
+    let p = run(
+        &spec,
+        &status,
+        &members,
+        std::slice::from_ref(&pending),
+        now,
+    );
     assert!(p.effects.contains(&Effect::Assign {
         name: "mine".into(),
         member: "db-2".into(),
@@ -238,7 +244,13 @@ fn snapshots_are_taken_from_a_streaming_standby_and_move_when_it_is_lost() {
         phase: SNAPSHOT_CREATING.into(),
         ..pending
     };
-    let p = run(&spec, &status, &members, &[assigned.clone()], now);
+    let p = run(
+        &spec,
+        &status,
+        &members,
+        std::slice::from_ref(&assigned),
+        now,
+    );
     assert!(
         p.effects
             .iter()
@@ -248,7 +260,13 @@ fn snapshots_are_taken_from_a_streaming_standby_and_move_when_it_is_lost() {
     let db2 = members.get_mut("db-2").unwrap();
     db2.role.clear();
     db2.state = "failed".into();
-    let p = run(&spec, &status, &members, &[assigned.clone()], now);
+    let p = run(
+        &spec,
+        &status,
+        &members,
+        std::slice::from_ref(&assigned),
+        now,
+    );
     assert!(p.effects.contains(&Effect::Assign {
         name: "mine".into(),
         member: "db-3".into(),
@@ -334,6 +352,7 @@ fn a_point_in_time_restore_starts_from_the_newest_snapshot_before_the_time() {
         uid: "uid-1",
         status: &status,
         snapshots: &snaps,
+        master_username: "",
     };
     let at = |t: i64| {
         source_spec(DbClusterSource {

@@ -1,0 +1,1015 @@
+//! Backups of a member: continuous WAL archiving, base backups (snapshots), restores to a
+//! snapshot or to a point in time, and the facts the database controller needs to say how far
+//! a cluster can be restored (heartbeats, the archiver's progress) and what can be pruned.
+//!
+//! ```text
+//!  writer / standbys ── archive_command ──▶ DIR/<walfile>.gz     (every member: archive_mode
+//!          │            (hanul-archive-wal push)                   = always, idempotent push)
+//!          └── pg_basebackup ──▶ SNAPSHOT/ (a plain data directory + backup_manifest)
+//!
+//!  SNAPSHOT ── copy ──▶ new member's pgdata + recovery.signal ── start ──▶ replays
+//!     DIR/<walfile>.gz ── restore_command (fetch) ──▶ up to the target ──▶ promotes itself
+//!     (a new timeline), finish_restore()
+//! ```
+//!
+//! The archive script is written into the member's root (`ROOT/hanul-archive-wal`, owned by
+//! root, run by postgres). Every member archives, standbys too, so that a segment a dying
+//! writer had not archived yet is archived by a standby that received it; a segment two
+//! members archive is the same bytes, so a push of an existing file with the same bytes
+//! succeeds (the `test ! -f` of PostgreSQL's documentation would wedge the archiver of a
+//! promoted standby), and one with different bytes fails loudly, never overwriting.
+//!
+//! A point in time is restorable when a commit after it is archived: recovery to a time stops
+//! before the first commit later than it, and without one it ends before its target and
+//! fails. The writer commits [`Member::heartbeat`]s for that; one is archived once the last
+//! archived segment ends at or after its LSN ([`segment_end_lsn`]).
+//!
+//! WAL segments are PostgreSQL's default 16 MB (`initdb` is run without `--wal-segsize`).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::postgres::{Error, Member, Result, io, parse_lsn};
+
+/// The archive script's file name in the member's root.
+pub const ARCHIVE_SCRIPT: &str = "hanul-archive-wal";
+/// The size of a WAL segment.
+pub const WAL_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// `push SRC DIR/NAME` stores SRC as `DIR/NAME.gz`; `fetch DIR/NAME DST` restores it. POSIX sh
+/// and coreutils (`mktemp`, `sync FILE`, `ln`), gzip, cmp.
+const SCRIPT: &str = r#"#!/bin/sh
+# Written by hanul; changes here are overwritten.
+# PostgreSQL's WAL archive, gzip-compressed:
+#   hanul-archive-wal push SRC DIR/NAME    archive_command: push %p DIR/%f
+#   hanul-archive-wal fetch DIR/NAME DST   restore_command: fetch DIR/%f %p
+# A push is idempotent: DIR/NAME.gz holding SRC's bytes already is a success (a promoted
+# standby archives again what the old writer archived); holding other bytes, a failure: an
+# archived file is never overwritten. A fetch of a missing file fails silently (PostgreSQL
+# probes for files that do not exist all the time).
+set -u
+PATH=/usr/bin:/bin
+export PATH
+umask 077
+me=hanul-archive-wal
+
+# same GZ FILE: whether GZ decompresses to FILE's bytes.
+same() {
+    gzip -dc -- "$1" 2>/dev/null | cmp -s - "$2"
+}
+
+# published GZ SRC DIR: GZ exists; success if it holds SRC's bytes, else say so and fail.
+published() {
+    if same "$1" "$2"; then
+        sync -- "$3" || exit 1
+        exit 0
+    fi
+    echo "$me: $1 exists and differs from $2 (or cannot be read); it is not overwritten" >&2
+    exit 1
+}
+
+push() {
+    src=$1
+    dst=$2.gz
+    case $2 in
+    */*) dir=${2%/*} ;;
+    *) dir=. ;;
+    esac
+    [ -e "$dst" ] && published "$dst" "$src" "$dir"
+    tmp=$(mktemp -- "$dir/.${2##*/}.XXXXXX") || exit 1
+    if ! gzip -1 -n -c -- "$src" >"$tmp" || ! sync -- "$tmp"; then
+        echo "$me: could not write $tmp from $src" >&2
+        rm -f -- "$tmp"
+        exit 1
+    fi
+    # ln, not mv: it fails when another member published the file first.
+    if ! ln -- "$tmp" "$dst" 2>/dev/null; then
+        rm -f -- "$tmp"
+        [ -e "$dst" ] && published "$dst" "$src" "$dir"
+        echo "$me: could not link $dst" >&2
+        exit 1
+    fi
+    rm -f -- "$tmp"
+    sync -- "$dir" || exit 1
+}
+
+fetch() {
+    [ -f "$1.gz" ] || exit 1
+    if ! gzip -dc -- "$1.gz" >"$2"; then
+        echo "$me: could not restore $1.gz to $2" >&2
+        rm -f -- "$2"
+        exit 1
+    fi
+}
+
+if [ $# -eq 3 ] && [ "$1" = push ]; then
+    push "$2" "$3"
+elif [ $# -eq 3 ] && [ "$1" = fetch ]; then
+    fetch "$2" "$3"
+else
+    echo "usage: $me push SRC DIR/NAME | $me fetch DIR/NAME DST" >&2
+    exit 2
+fi
+"#;
+
+/// Where a restored member's recovery stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The snapshot as it is: recovery ends as soon as the backup is consistent.
+    Immediate,
+    /// A point in time: the snapshot, then the WAL archived in `wal_dir` up to the last commit
+    /// at or before `time_unix_micros`. The archive must hold a commit after it.
+    Time {
+        wal_dir: PathBuf,
+        time_unix_micros: i64,
+    },
+}
+
+/// What a base backup holds ([`Member::base_backup`]), from its `backup_manifest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Where replay of the backup starts (its checkpoint's redo point).
+    pub start_lsn: u64,
+    /// Where the backup is consistent: a restore replays at least up to here.
+    pub end_lsn: u64,
+    /// The timeline the backup ends on.
+    pub timeline: u32,
+    /// The backup's files, in bytes.
+    pub size_bytes: u64,
+}
+
+/// A committed heartbeat ([`Member::heartbeat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// PostgreSQL's clock before the commit: once the commit is archived, a restore to this
+    /// time can be done.
+    pub at_unix_micros: i64,
+    /// The writer's WAL position after the commit.
+    pub lsn: u64,
+}
+
+/// The archiver's progress (`pg_stat_archiver`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiverStatus {
+    /// The last file archived: a segment, a `.history` or a `.partial` file.
+    pub last_archived_wal: Option<String>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time_unix_micros: Option<i64>,
+}
+
+/// The 16 MB segment a WAL file name (`TTTTTTTTXXXXXXXXYYYYYYYY`, 24 hex digits) names, as
+/// (timeline, segment number); None for anything else.
+fn segment(walfile: &str) -> Option<(u32, u64)> {
+    if walfile.len() != 24 || !walfile.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let timeline = u32::from_str_radix(&walfile[..8], 16).ok()?;
+    let log = u64::from_str_radix(&walfile[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&walfile[16..], 16).ok()?;
+    let per_log = 0x1_0000_0000 / WAL_SEGMENT_SIZE;
+    if seg >= per_log {
+        return None;
+    }
+    Some((timeline, log * per_log + seg))
+}
+
+/// The LSN where the segment a WAL file name names ends (a heartbeat is archived once the last
+/// archived segment ends at or after its LSN); None for `.history`, `.partial` and any other
+/// name.
+pub fn segment_end_lsn(walfile: &str) -> Option<u64> {
+    segment(walfile).map(|(_, n)| (n + 1) * WAL_SEGMENT_SIZE)
+}
+
+/// The end LSN of the segment an archived file holds WAL of: `SEG.gz`, `SEG.partial.gz`, and
+/// the backup history files `SEG.OFFSET.backup.gz` (useless without their segment). None for
+/// `.history.gz`, which are kept, and files that are not the archive's.
+fn archived_segment_end(name: &str) -> Option<u64> {
+    let name = name.strip_suffix(".gz")?;
+    let seg = match name.strip_suffix(".partial") {
+        Some(seg) => seg,
+        None => match name.strip_suffix(".backup") {
+            Some(backup) => backup.split_once('.')?.0,
+            None => name,
+        },
+    };
+    segment_end_lsn(seg)
+}
+
+/// Removes from the WAL archive `dir` the segments (any timeline, `.partial` ones too) that end
+/// at or before `before_lsn` (the oldest kept snapshot's start), and backup history files of
+/// those segments. Timeline `.history` files are kept. Returns how many files were removed.
+/// Blocking.
+pub fn prune_wal(dir: &Path, before_lsn: u64) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(end) = name.to_str().and_then(archived_segment_end) else {
+            continue;
+        };
+        if end <= before_lsn {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Pruned concurrently: gone is what was wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// A time as a PostgreSQL `timestamptz` literal in UTC, to the microsecond:
+/// `2026-11-27 10:00:00.123456+00`.
+fn timestamptz_literal(unix_micros: i64) -> String {
+    let secs = unix_micros.div_euclid(1_000_000);
+    let micros = unix_micros.rem_euclid(1_000_000);
+    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}+00",
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60,
+        secs_of_day % 60
+    )
+}
+
+/// A word for `sh`: single-quoted.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A string for postgresql.conf: quotes doubled, backslashes escaped.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A path in an `archive_command` / `restore_command`, where `%` is PostgreSQL's escape.
+fn command_path(path: &Path) -> String {
+    sh_quote(&path.to_string_lossy()).replace('%', "%%")
+}
+
+/// The WAL ranges of a `backup_manifest`: (timeline, start, end) for each.
+fn manifest_wal_ranges(manifest: &str) -> Option<Vec<(u32, u64, u64)>> {
+    // PostgreSQL writes the manifest with a fixed layout: one object per range, its fields
+    // on one line. Read by hand rather than with a JSON library for three fields.
+    let (_, rest) = manifest.split_once("\"WAL-Ranges\"")?;
+    let (list, _) = rest.split_once(']')?;
+    let field = |object: &str, name: &str| -> Option<String> {
+        let (_, after) = object.split_once(&format!("\"{name}\""))?;
+        let value = after.trim_start().strip_prefix(':')?.trim_start();
+        let end = value.find([',', '}']).unwrap_or(value.len());
+        Some(value[..end].trim().trim_matches('"').to_string())
+    };
+    let mut ranges = Vec::new();
+    for object in list.split('{').skip(1) {
+        ranges.push((
+            field(object, "Timeline")?.parse().ok()?,
+            parse_lsn(&field(object, "Start-LSN")?)?,
+            parse_lsn(&field(object, "End-LSN")?)?,
+        ));
+    }
+    (!ranges.is_empty()).then_some(ranges)
+}
+
+/// The size of the files under `dir`, in bytes. Blocking.
+fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let mut size = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        size += if meta.is_dir() {
+            tree_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(size)
+}
+
+/// Runs blocking file work off the tokio workers.
+async fn blocking<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(io(what)),
+        Err(e) => Err(io(what)(std::io::Error::other(e))),
+    }
+}
+
+/// Removes `dir` and what it holds, if it exists. Blocking.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// fsync a directory, so that an entry renamed into it stays after a crash.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("fsync {}", dir.display())))
+}
+
+fn bad_output(command: &str, output: String) -> Error {
+    Error::Failed {
+        command: command.into(),
+        status: "unexpected output".into(),
+        stderr: output,
+    }
+}
+
+impl Member {
+    /// The archive script's path (`ROOT/hanul-archive-wal`).
+    pub fn archive_script(&self) -> PathBuf {
+        self.root.join(ARCHIVE_SCRIPT)
+    }
+
+    /// Writes the archive script (0755, the writer's own: postgres runs it, cannot change it),
+    /// replacing it atomically: a running archiver may start it at any time.
+    fn install_archive_script(&self) -> Result<PathBuf> {
+        let path = self.archive_script();
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == SCRIPT) {
+            return Ok(path);
+        }
+        let tmp = self.root.join(format!(".{ARCHIVE_SCRIPT}.tmp"));
+        std::fs::write(&tmp, SCRIPT).map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(format!("chmod {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
+        Ok(path)
+    }
+
+    /// hanul.conf's lines for archiving ([`Member::archive_dir`]) and a restore's recovery
+    /// ([`Member::recovery`]); writes the archive script when one is used.
+    pub(crate) fn backup_settings(&self) -> Result<String> {
+        let mut conf = String::new();
+        if self.archive_dir.is_none() && self.recovery.is_none() {
+            return Ok(conf);
+        }
+        let script = self.install_archive_script()?;
+        if let Some(dir) = &self.archive_dir {
+            let command = format!("{} push %p {}/%f", command_path(&script), command_path(dir));
+            // always: standbys archive too; archive_timeout = 0: the writer's heartbeats and
+            // WAL switches decide when a partly filled segment is archived.
+            conf.push_str(&format!(
+                "archive_mode = always\narchive_command = {}\narchive_timeout = 0\n",
+                conf_quote(&command)
+            ));
+        }
+        match &self.recovery {
+            None => {}
+            // PostgreSQL 15 refuses recovery.signal without a restore_command ("must specify
+            // restore_command when standby mode is not enabled"); the snapshot has all the
+            // WAL it needs, so the command finds nothing.
+            Some(RestoreTarget::Immediate) => conf.push_str(
+                "restore_command = 'false'\n\
+                 recovery_target = 'immediate'\n\
+                 recovery_target_action = 'promote'\n",
+            ),
+            Some(RestoreTarget::Time {
+                wal_dir,
+                time_unix_micros,
+            }) => {
+                let command = format!(
+                    "{} fetch {}/%f %p",
+                    command_path(&script),
+                    command_path(wal_dir)
+                );
+                conf.push_str(&format!(
+                    "restore_command = {}\n\
+                     recovery_target_time = '{}'\n\
+                     recovery_target_inclusive = on\n\
+                     recovery_target_timeline = 'latest'\n\
+                     recovery_target_action = 'promote'\n",
+                    conf_quote(&command),
+                    timestamptz_literal(*time_unix_micros)
+                ));
+            }
+        }
+        Ok(conf)
+    }
+
+    /// Creates `dir` (and its missing parents) for the WAL archive: 0700, owned by the
+    /// member's user, like each level this creates (`wal/` the first time).
+    pub fn prepare_archive_dir(&self, dir: &Path) -> Result<()> {
+        self.owned_dir(dir)
+    }
+
+    /// Makes `dir` the member user's, 0700, creating it if missing, and so each missing level
+    /// above it; levels that exist above it are left as they are.
+    fn owned_dir(&self, dir: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut level = Some(dir);
+        while let Some(d) = level.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(d);
+            level = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            self.private_dir(d)?;
+        }
+        self.private_dir(dir)
+    }
+
+    /// A base backup of this running member (a writer or a standby) into `dest`, which must
+    /// not exist; its parent (hanul's directory of snapshots, never a shared one like `/tmp`)
+    /// is created if missing and made the member user's, 0700. `pg_basebackup` through the
+    /// member's socket as the superuser, a fast checkpoint, the WAL streamed along, a plain
+    /// data directory. It is made in `dest.partial` (a leftover of an interrupted attempt is
+    /// removed first), then renamed.
+    pub async fn base_backup(&self, dest: &Path) -> Result<BackupInfo> {
+        if dest.exists() {
+            return Err(Error::BackupExists(dest.to_owned()));
+        }
+        let mut partial = dest.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        self.owned_dir(parent)?;
+        let p = partial.clone();
+        blocking(format!("removing {}", partial.display()), move || {
+            remove_tree(&p)
+        })
+        .await?;
+        let mut c = self.command("pg_basebackup");
+        c.arg("-D")
+            .arg(&partial)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.superuser,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-password",
+            ]);
+        self.run(c, "pg_basebackup").await?;
+        let manifest_path = partial.join("backup_manifest");
+        let manifest = std::fs::read_to_string(&manifest_path)
+            .map_err(io(format!("reading {}", manifest_path.display())))?;
+        let ranges = manifest_wal_ranges(&manifest).ok_or_else(|| Error::BackupManifest {
+            path: dest.join("backup_manifest"),
+            reason: "no WAL-Ranges with Timeline, Start-LSN and End-LSN".into(),
+        })?;
+        let p = partial.clone();
+        let size_bytes = blocking(format!("measuring {}", partial.display()), move || {
+            tree_size(&p)
+        })
+        .await?;
+        std::fs::rename(&partial, dest).map_err(io(format!("renaming {}", partial.display())))?;
+        sync_dir(parent)?;
+        // A backup that crosses a promotion has a range per timeline: it starts on the first
+        // and ends on the last.
+        let (timeline, _, end_lsn) = ranges
+            .iter()
+            .copied()
+            .max_by_key(|&(tli, _, end)| (end, tli))
+            .unwrap_or_default();
+        Ok(BackupInfo {
+            start_lsn: ranges.iter().map(|r| r.1).min().unwrap_or_default(),
+            end_lsn,
+            timeline,
+            size_bytes,
+        })
+    }
+
+    /// Makes this member's data directory (which must not hold a cluster) a copy of the base
+    /// backup `snapshot`, set to recover to `target` and then promote itself onto a new
+    /// timeline, as a writer (no upstream). The caller starts it, waits with
+    /// [`Member::wait_promoted`], then calls [`Member::finish_restore`]. If
+    /// [`Member::archive_dir`] is set, the new cluster archives there from its start.
+    pub async fn restore_from(&mut self, snapshot: &Path, target: RestoreTarget) -> Result<()> {
+        let not_empty = std::fs::read_dir(&self.data_dir).is_ok_and(|mut d| d.next().is_some());
+        if self.initialized() || not_empty {
+            return Err(Error::RestoreTargetNotEmpty(self.data_dir.clone()));
+        }
+        if !snapshot.join("PG_VERSION").is_file() {
+            return Err(Error::NotABackup(snapshot.to_owned()));
+        }
+        std::fs::create_dir_all(&self.root).map_err(io("creating the member's root"))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod the member's root"))?;
+        self.private_dir(&self.socket_dir)?;
+        // Copied aside, then renamed: an interrupted copy never looks like a cluster.
+        let staging = self.root.join("pgdata.restoring");
+        let s = staging.clone();
+        blocking(format!("removing {}", staging.display()), move || {
+            remove_tree(&s)
+        })
+        .await?;
+        let mut c = Command::new("cp");
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["-a", "--reflink=auto", "--no-target-directory", "--"])
+            .arg(snapshot)
+            .arg(&staging);
+        self.run(c, "cp (restore)").await?;
+        if let Some((uid, gid)) = self.owner {
+            let mut c = Command::new("chown");
+            c.env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .args(["-R", "--no-dereference", &format!("{uid}:{gid}"), "--"])
+                .arg(&staging);
+            self.run(c, "chown (restore)").await?;
+        }
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod {}", staging.display())))?;
+        // The source's state, not the new cluster's.
+        for name in [
+            "postmaster.pid",
+            "postmaster.opts",
+            "standby.signal",
+            "recovery.signal",
+            "backup_manifest",
+        ] {
+            let path = staging.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("removing {}", path.display()))(e));
+                }
+                _ => {}
+            }
+        }
+        if self.data_dir.exists() {
+            // Empty (checked above): rename replaces only a directory that is not.
+            std::fs::remove_dir(&self.data_dir)
+                .map_err(io(format!("removing {}", self.data_dir.display())))?;
+        }
+        std::fs::rename(&staging, &self.data_dir)
+            .map_err(io(format!("renaming {}", staging.display())))?;
+        sync_dir(&self.root)?;
+        self.upstream = None;
+        self.detached = false;
+        self.recovery = Some(target);
+        self.write_owned(&self.data_dir.join("recovery.signal"), "")?;
+        self.configure()
+    }
+
+    /// After a restored member's promotion: its recovery settings leave hanul.conf (a running
+    /// member reads the file again on its next reload).
+    pub fn finish_restore(&mut self) -> Result<()> {
+        self.recovery = None;
+        self.write_conf()
+    }
+
+    /// The writer's current WAL position (`pg_current_wal_lsn()`).
+    pub async fn current_wal_lsn(&self) -> Result<u64> {
+        let out = self
+            .query("postgres", "select pg_current_wal_lsn()")
+            .await?;
+        parse_lsn(&out).ok_or_else(|| bad_output("psql (pg_current_wal_lsn)", out))
+    }
+
+    /// Ends the writer's current WAL segment (`pg_switch_wal()`), so that it is archived.
+    pub async fn switch_wal(&self) -> Result<()> {
+        self.query("postgres", "select pg_switch_wal()")
+            .await
+            .map(drop)
+    }
+
+    /// Commits a transaction with an xid (its commit record carries a time) on the writer.
+    /// `at` is PostgreSQL's clock before the commit, and the commit is at least a
+    /// millisecond later: a restore to `at` stops right before this commit, which must be in
+    /// the archive for the restore to end where asked.
+    pub async fn heartbeat(&self) -> Result<Heartbeat> {
+        // The target list is evaluated in order: the clock, the xid, the sleep; the commit
+        // follows the statement.
+        let out = self
+            .query(
+                "postgres",
+                "select (extract(epoch from clock_timestamp()) * 1000000)::bigint, \
+                 txid_current(), pg_sleep(0.001)",
+            )
+            .await?;
+        let at_unix_micros = out
+            .split('|')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| bad_output("psql (heartbeat)", out.clone()))?;
+        Ok(Heartbeat {
+            at_unix_micros,
+            lsn: self.current_wal_lsn().await?,
+        })
+    }
+
+    /// The archiver's progress (`pg_stat_archiver`), on a writer or a standby.
+    pub async fn archiver(&self) -> Result<ArchiverStatus> {
+        let out = self
+            .query(
+                "postgres",
+                "select coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), \
+                 coalesce((extract(epoch from last_failed_time) * 1000000)::bigint::text, '') \
+                 from pg_stat_archiver",
+            )
+            .await?;
+        let f: Vec<&str> = out.trim_end_matches('\n').split('|').collect();
+        let [archived, failed, failed_at] = f[..] else {
+            return Err(bad_output("psql (pg_stat_archiver)", out));
+        };
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(ArchiverStatus {
+            last_archived_wal: some(archived),
+            last_failed_wal: some(failed),
+            last_failed_time_unix_micros: failed_at.parse().ok(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::tests::{free_port, poll, start, stop};
+    use crate::postgres::{Binaries, DEFAULT_BIN_DIR, Upstream};
+    use std::time::Duration;
+
+    #[test]
+    fn segment_names_end_where_their_16_mb_end() {
+        assert_eq!(
+            segment_end_lsn("000000010000000000000001"),
+            Some(0x200_0000)
+        );
+        assert_eq!(
+            segment_end_lsn("000000020000000A000000FF"),
+            Some(0xB_0000_0000)
+        );
+        assert_eq!(
+            segment_end_lsn("0000000100000003000000A0"),
+            Some((3 << 32) + 0xA1 * WAL_SEGMENT_SIZE)
+        );
+        for other in [
+            "00000002.history",
+            "000000010000000000000001.partial",
+            "000000010000000000000001.00000028.backup",
+            "0000000100000000000001",
+            "00000001000000000000010G",
+            // Not a 16 MB segment's number.
+            "000000010000000000000100",
+        ] {
+            assert_eq!(segment_end_lsn(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn pruning_removes_old_segments_of_any_timeline_and_keeps_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "000000010000000000000001.gz",
+            "000000010000000000000002.gz",
+            "000000010000000000000003.partial.gz",
+            "000000010000000000000002.00000028.backup.gz",
+            "000000020000000000000003.gz",
+            "000000020000000000000004.gz",
+            "000000030000000100000000.gz",
+            "00000002.history.gz",
+            "00000003.history.gz",
+            ".000000020000000000000005.Ab12Cd",
+            "notes.txt",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        // Segment 3 (0/3000000..0/4000000) ends at 0/4000000.
+        assert_eq!(prune_wal(dir.path(), 0x400_0000).unwrap(), 5);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".000000020000000000000005.Ab12Cd",
+                "00000002.history.gz",
+                "000000020000000000000004.gz",
+                "00000003.history.gz",
+                "000000030000000100000000.gz",
+                "notes.txt",
+            ]
+        );
+        assert_eq!(prune_wal(dir.path(), 0x400_0000).unwrap(), 0);
+    }
+
+    #[test]
+    fn times_render_as_utc_timestamptz_literals() {
+        assert_eq!(timestamptz_literal(0), "1970-01-01 00:00:00.000000+00");
+        // date -u -d '2026-11-27 10:00:00' +%s
+        assert_eq!(
+            timestamptz_literal(1_795_773_600_123_456),
+            "2026-11-27 10:00:00.123456+00"
+        );
+        assert_eq!(timestamptz_literal(-1), "1969-12-31 23:59:59.999999+00");
+        assert_eq!(
+            timestamptz_literal(951_782_400_000_001),
+            "2000-02-29 00:00:00.000001+00"
+        );
+    }
+
+    #[test]
+    fn manifests_give_the_backups_wal_ranges() {
+        let manifest = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+"Files": [
+{ "Path": "backup_label", "Size": 225, "Last-Modified": "2024-01-01 00:00:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "c9b2e1a5" }
+],
+"WAL-Ranges": [
+{ "Timeline": 2, "Start-LSN": "0/5000000", "End-LSN": "1/A0000100" },
+{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/5000000" }
+],
+"Manifest-Checksum": "0"}
+"#;
+        assert_eq!(
+            manifest_wal_ranges(manifest).unwrap(),
+            [(2, 0x500_0000, 0x1_A000_0100), (1, 0x200_0028, 0x500_0000)]
+        );
+        assert_eq!(manifest_wal_ranges("{}"), None);
+    }
+
+    /// Runs the archive script; returns (success, stderr).
+    fn script(path: &Path, args: &[&Path]) -> (bool, String) {
+        let out = std::process::Command::new(path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The archive script: a push is idempotent (a second push of the same bytes succeeds,
+    /// different bytes under an archived name fail with a message and change nothing), files
+    /// are compressed, a fetch gives back the bytes, and one of a missing file fails quietly.
+    #[test]
+    fn the_archive_script_pushes_idempotently_and_fetches() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
+        std::fs::create_dir_all(&m.root).unwrap();
+        let sh = m.install_archive_script().unwrap();
+        let mode = std::fs::metadata(&sh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let archive = dir.path().join("wal");
+        std::fs::create_dir(&archive).unwrap();
+        let seg = dir.path().join("000000010000000000000001");
+        let bytes: Vec<u8> = (0..16 * 1024 * 1024u32)
+            .map(|i| if i < 4096 { (i % 251) as u8 } else { 0 })
+            .collect();
+        std::fs::write(&seg, &bytes).unwrap();
+        let dst = archive.join("000000010000000000000001");
+        let gz = archive.join("000000010000000000000001.gz");
+
+        assert_eq!(
+            script(&sh, &[Path::new("push"), &seg, &dst]),
+            (true, String::new())
+        );
+        assert!(std::fs::metadata(&gz).unwrap().len() < 100_000);
+        // Again, the same bytes (a promoted standby archiving what the writer did).
+        assert_eq!(
+            script(&sh, &[Path::new("push"), &seg, &dst]),
+            (true, String::new())
+        );
+
+        let other = dir.path().join("other");
+        let mut changed = bytes.clone();
+        changed[10] ^= 1;
+        std::fs::write(&other, &changed).unwrap();
+        let (ok, stderr) = script(&sh, &[Path::new("push"), &other, &dst]);
+        assert!(!ok);
+        assert!(stderr.contains("differs"), "{stderr}");
+
+        let back = dir.path().join("back");
+        let (ok, stderr) = script(&sh, &[Path::new("fetch"), &dst, &back]);
+        assert!(ok, "{stderr}");
+        assert!(std::fs::read(&back).unwrap() == bytes);
+        let missing = archive.join("000000010000000000000002");
+        let (ok, stderr) = script(&sh, &[Path::new("fetch"), &missing, &back]);
+        assert_eq!((ok, stderr.as_str()), (false, ""));
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    fn log(m: &Member) -> String {
+        std::fs::read_to_string(m.root.join("postgres.log")).unwrap_or_default()
+    }
+
+    async fn rows(m: &Member) -> String {
+        m.query("postgres", "select count(*), max(v) from t")
+            .await
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn owner_and_mode(path: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.uid(), meta.mode() & 0o777)
+    }
+
+    /// Point-in-time restore, for real: a writer archives its WAL; a base backup, 100 rows, a
+    /// heartbeat, 100 more rows; once the WAL is archived a new member restored to the
+    /// heartbeat's time has exactly the first 100 rows, is a writer on a new timeline, and
+    /// archives to its own archive.
+    #[tokio::test]
+    async fn a_restore_to_a_heartbeats_time_has_exactly_what_was_committed_before_it() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = dir.path().join("backups/wal/c1-0123abcd");
+        let mut m1 =
+            Member::new(bin.clone(), &dir.path().join("m1"), free_port(), "master").unwrap();
+        m1.prepare_archive_dir(&archive).unwrap();
+        let postgres = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        assert_eq!(owner_and_mode(&archive), (postgres, 0o700));
+        assert_eq!(owner_and_mode(archive.parent().unwrap()), (postgres, 0o700));
+        m1.archive_dir = Some(archive.clone());
+        m1.init("pw").await.unwrap();
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
+        m1.query("postgres", "create table t (v int)")
+            .await
+            .unwrap();
+        let snapshot = dir.path().join("backups/snapshots/s1");
+        let info = m1.base_backup(&snapshot).await.unwrap();
+        assert_eq!(info.timeline, 1);
+
+        m1.query("postgres", "insert into t select generate_series(1, 100)")
+            .await
+            .unwrap();
+        // No sleep around it: the restore stops at this heartbeat's commit to the microsecond.
+        let target = m1.heartbeat().await.unwrap();
+        m1.query("postgres", "insert into t select generate_series(101, 200)")
+            .await
+            .unwrap();
+        let last = m1.heartbeat().await.unwrap();
+        assert!(last.at_unix_micros > target.at_unix_micros && last.lsn > target.lsn);
+        assert!(target.lsn > info.end_lsn);
+        m1.switch_wal().await.unwrap();
+        poll("the last heartbeat is archived", async || {
+            let a = m1.archiver().await.unwrap();
+            assert_eq!(a.last_failed_wal, None, "{}", log(&m1));
+            let end = a.last_archived_wal.as_deref().and_then(segment_end_lsn)?;
+            (end >= last.lsn).then_some(())
+        })
+        .await;
+
+        let mut m2 = Member::new(bin, &dir.path().join("m2"), free_port(), "master").unwrap();
+        let archive2 = dir.path().join("backups/wal/c2-4567cdef");
+        m2.prepare_archive_dir(&archive2).unwrap();
+        m2.archive_dir = Some(archive2.clone());
+        m2.restore_from(
+            &snapshot,
+            RestoreTarget::Time {
+                wal_dir: archive.clone(),
+                time_unix_micros: target.at_unix_micros,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(owner_and_mode(&m2.data_dir), (postgres, 0o700));
+        let r = start(&m2);
+        assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
+        assert!(
+            m2.wait_promoted(Duration::from_secs(30)).await.unwrap(),
+            "{}",
+            log(&m2)
+        );
+        m2.finish_restore().unwrap();
+        let conf = std::fs::read_to_string(m2.data_dir.join("hanul.conf")).unwrap();
+        assert!(!conf.contains("recovery_target"), "{conf}");
+        assert!(conf.contains("archive_mode = always"), "{conf}");
+        assert_eq!(rows(&m2).await, "100|100");
+        assert!(!m2.in_recovery().await.unwrap());
+        m2.query("postgres", "insert into t values (1000)")
+            .await
+            .unwrap();
+        assert_eq!(m2.observe().await.unwrap().timeline, 2);
+        // The new cluster archives to its own archive: its new timeline's history first.
+        poll("the restored member archives its timeline", async || {
+            archive2.join("00000002.history.gz").exists().then_some(())
+        })
+        .await;
+        assert!(!archive.join("00000002.history.gz").exists());
+        assert_eq!(rows(&m1).await, "200|200");
+        stop(r).await;
+        stop(w).await;
+    }
+
+    /// A snapshot of a standby, restored: a base backup of a running standby (a leftover of
+    /// an interrupted one removed first), restored `Immediate` into a third member, which has
+    /// the rows the writer had before the backup and none after, and is a writer.
+    #[tokio::test]
+    async fn a_standbys_snapshot_restores_into_a_new_writer() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (p1, p2) = (free_port(), free_port());
+        let m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
+        m1.init("pw").await.unwrap();
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
+        m1.query(
+            "postgres",
+            "create table t (v int); insert into t select generate_series(1, 50)",
+        )
+        .await
+        .unwrap();
+        let mut m2 = Member::new(bin.clone(), &dir.path().join("m2"), p2, "master").unwrap();
+        m2.clone_from(Upstream {
+            host: "127.0.0.1".into(),
+            port: p1,
+            user: "master".into(),
+            password: "pw".into(),
+            application_name: "m2".into(),
+        })
+        .await
+        .unwrap();
+        let s = start(&m2);
+        assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
+        m1.query("postgres", "insert into t values (51)")
+            .await
+            .unwrap();
+        poll("the standby has row 51", async || {
+            (rows(&m2).await == "51|51").then_some(())
+        })
+        .await;
+
+        let snapshot = dir.path().join("snapshots/s1");
+        let partial = dir.path().join("snapshots/s1.partial");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("junk"), "x").unwrap();
+        let info = m2.base_backup(&snapshot).await.unwrap();
+        assert!(!partial.exists());
+        assert!(snapshot.join("PG_VERSION").is_file());
+        assert_eq!(info.timeline, 1);
+        assert!(info.start_lsn <= info.end_lsn, "{info:?}");
+        assert!(info.size_bytes > 1_000_000, "{info:?}");
+        assert!(matches!(
+            m2.base_backup(&snapshot).await,
+            Err(Error::BackupExists(_))
+        ));
+        m1.query("postgres", "insert into t values (52)")
+            .await
+            .unwrap();
+
+        let mut m3 = Member::new(bin, &dir.path().join("m3"), free_port(), "master").unwrap();
+        assert!(matches!(
+            m3.restore_from(&partial, RestoreTarget::Immediate).await,
+            Err(Error::NotABackup(_))
+        ));
+        m3.restore_from(&snapshot, RestoreTarget::Immediate)
+            .await
+            .unwrap();
+        assert!(matches!(
+            m3.restore_from(&snapshot, RestoreTarget::Immediate).await,
+            Err(Error::RestoreTargetNotEmpty(_))
+        ));
+        assert!(!m3.data_dir.join("standby.signal").exists());
+        let r = start(&m3);
+        assert!(m3.wait_ready(Duration::from_secs(30)).await, "{}", log(&m3));
+        assert!(
+            m3.wait_promoted(Duration::from_secs(30)).await.unwrap(),
+            "{}",
+            log(&m3)
+        );
+        m3.finish_restore().unwrap();
+        assert_eq!(rows(&m3).await, "51|51");
+        m3.query("postgres", "insert into t values (1000)")
+            .await
+            .unwrap();
+        let o = m3.observe().await.unwrap();
+        assert_eq!((o.in_recovery, o.timeline), (false, 2));
+        stop(r).await;
+        stop(s).await;
+        stop(w).await;
+    }
+}
