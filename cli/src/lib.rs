@@ -81,7 +81,8 @@ pub enum UserCommand {
     Instance(commands::instance::Args),
     /// Auto scaling group actions: activities, lifecycle actions, instance refresh.
     Asg(commands::asg::Args),
-    /// Database cluster actions: failover (switchover), reboot, endpoints, psql.
+    /// Database cluster actions: failover (switchover), reboot, endpoints, psql, snapshot,
+    /// snapshots, restore.
     Db(commands::db::Args),
     /// Print an instance's console log (stdout and stderr); -f follows it.
     Logs(commands::logs::Args),
@@ -207,6 +208,24 @@ mod tests {
             &["hanul", "describe", "db", "orders"],
             &["hanul", "get", "dbinstances", "-o", "wide"],
             &["hanul", "db", "failover", "orders", "--target", "orders-2"],
+            &[
+                "hanul",
+                "db",
+                "snapshot",
+                "orders",
+                "orders-snap-1",
+                "--wait",
+            ],
+            &["hanul", "db", "snapshots", "orders", "-o", "wide"],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "orders-copy",
+                "--snapshot",
+                "snap-1",
+            ],
+            &["hanul", "describe", "dbsnapshot", "orders-snap-1"],
             &["hanul", "completion", "bash"],
             &["hanul", "api-resources"],
             &["hanul", "version"],

@@ -21,10 +21,16 @@ struct Lab {
     manifests: tempfile::TempDir,
     tag: String,
     rt: tokio::runtime::Runtime,
+    /// More arguments for every `hanul agent`.
+    agent_args: Vec<String>,
 }
 
 impl Lab {
     fn start(tag: &str, zones: &[&str]) -> Lab {
+        Lab::start_with(tag, zones, Vec::new())
+    }
+
+    fn start_with(tag: &str, zones: &[&str], agent_args: Vec<String>) -> Lab {
         let server =
             ServerProcess::start_in(tempfile::tempdir().unwrap(), &["--node-grace-period", "3s"])
                 .unwrap();
@@ -35,10 +41,19 @@ impl Lab {
             manifests: tempfile::tempdir().unwrap(),
             tag: tag.into(),
             rt: tokio::runtime::Runtime::new().unwrap(),
+            agent_args,
         };
         for z in zones {
             let node = lab.node(z);
-            let agent = AgentProcess::start(&lab.server, &node, z, 16, 16384).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            let agent =
+                AgentProcess::start_with(&lab.server, &node, z, 16, 16384, dir, &lab.agent_args)
+                    .unwrap();
             lab.server.wait_node_ready(&node, WAIT);
             lab.agents.push((z.to_string(), Some(agent)));
             lab.dirs.push(None);
@@ -132,8 +147,16 @@ impl Lab {
             if let Some(dir) = self.dirs[i].take() {
                 let zone = self.agents[i].0.clone();
                 let node = self.node(&zone);
-                let agent =
-                    AgentProcess::start_in(&self.server, &node, &zone, 16, 16384, dir).unwrap();
+                let agent = AgentProcess::start_with(
+                    &self.server,
+                    &node,
+                    &zone,
+                    16,
+                    16384,
+                    dir,
+                    &self.agent_args,
+                )
+                .unwrap();
                 self.agents[i].1 = Some(agent);
             }
         }
@@ -554,4 +577,166 @@ fn a_parameter_group_applies_dynamic_parameters_live_and_static_ones_at_the_rebo
     })
     .unwrap();
     lab.restart_agents();
+}
+
+/// An RFC 3339 time as the API prints it, in seconds since the epoch.
+fn seconds_of(v: &Value) -> Option<f64> {
+    let t: pbjson_types::Timestamp = serde_json::from_value(v.clone()).ok()?;
+    Some(t.seconds as f64 + f64::from(t.nanos) / 1e9)
+}
+
+#[allow(clippy::disallowed_methods)] // The test compares with times the server stamps.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC).
+fn rfc3339(t: f64) -> String {
+    hanul_proto::time::rfc3339(&pbjson_types::Timestamp {
+        seconds: t.floor() as i64,
+        nanos: ((t - t.floor()) * 1e9) as i32,
+    })
+}
+
+/// Backups end to end, with two agents that share one backup directory: the first automated
+/// snapshot, WAL archiving, a point-in-time restore into a new cluster on the other node that
+/// has exactly the rows committed before that time, and a manual snapshot that survives the
+/// deletion of its cluster and restores.
+#[test]
+fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with("bak", &["az-a", "az-b"], args);
+    let port = free_port_pair();
+    lab.apply("src.yaml", &manifest("src", "singleAZ", 0, port, &["az-a"]));
+    let status = lab.wait_available("src", 1, 1, 0);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
+
+    // The first automated snapshot is taken once the cluster is available.
+    poll(WAIT, "the first automated snapshot", || {
+        let s = &lab.cluster("src")["status"];
+        Ok(s["earliestRestorableTime"].as_str().map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let target = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
+        .unwrap();
+    poll(
+        WAIT,
+        "the latest restorable time past the second batch",
+        || {
+            let s = &lab.cluster("src")["status"];
+            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+            if latest > target + 1.0 {
+                Ok(Some(()))
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // A manual snapshot through the CLI, with all 100 rows; 10 more after it.
+    let out = lab.server.cli(&[
+        "db",
+        "snapshot",
+        "src",
+        "keep",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        lab.logs()
+    );
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(101, 110)")
+        .unwrap();
+    let listed = lab.server.cli(&["db", "snapshots", "src"]);
+    assert!(listed.stdout.contains("keep"), "{}", listed.stdout);
+    assert!(listed.stdout.contains("automated"), "{}", listed.stdout);
+
+    // Point in time, into a new cluster on the other node: rows 1..=50 exactly.
+    let pitr_port = free_port_pair();
+    let pitr = manifest("pitr", "singleAZ", 0, pitr_port, &["az-b"]).replace(
+        "  failover:",
+        &format!(
+            "  source: {{cluster: src, restoreTime: \"{}\"}}\n  failover:",
+            rfc3339(target)
+        ),
+    );
+    lab.apply("pitr.yaml", &pitr);
+    let status = lab.wait_available("pitr", 1, 1, 0);
+    let pitr_writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    poll(
+        Duration::from_secs(20),
+        "rows of the restored cluster",
+        || {
+            Ok(lab
+                .query(&pitr_writer, "SELECT count(*) || '/' || max(n) FROM t")
+                .ok())
+        },
+    )
+    .map(|rows| assert_eq!(rows, "50/50", "{}", lab.logs()))
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    // It is a writer of its own: it takes writes, the source does not see them.
+    lab.sql(&pitr_writer, "INSERT INTO t VALUES (1000)")
+        .unwrap();
+    assert_eq!(lab.query(&writer, "SELECT count(*) FROM t").unwrap(), "110");
+
+    // A time before the earliest restorable time is refused, saying so.
+    let early = manifest("early", "singleAZ", 0, free_port_pair(), &["az-b"]).replace(
+        "  failover:",
+        "  source: {cluster: src, restoreTime: \"2001-01-01T00:00:00Z\"}\n  failover:",
+    );
+    lab.apply("early.yaml", &early);
+    poll(WAIT, "the refused restore", || {
+        let s = &lab.cluster("early")["status"];
+        Ok(s["restore"]["error"]
+            .as_str()
+            .filter(|e| e.contains("before the earliest restorable time"))
+            .map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // The manual snapshot outlives its cluster, and restores with all it had.
+    let out = lab.server.cli(&["delete", "dbcluster", "src", "--wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let snap = lab.server.get_json("dbsnapshot/keep").unwrap();
+    assert_eq!(snap["status"]["phase"], "available", "{snap}");
+    let from_snap_port = free_port_pair();
+    let from_snap = manifest("fromsnap", "singleAZ", 0, from_snap_port, &["az-a"])
+        .replace("  failover:", "  source: {snapshot: keep}\n  failover:");
+    lab.apply("fromsnap.yaml", &from_snap);
+    let status = lab.wait_available("fromsnap", 1, 1, 0);
+    let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    poll(
+        Duration::from_secs(20),
+        "rows of the cluster restored from the snapshot",
+        || {
+            Ok(lab
+                .query(&ep, "SELECT count(*) || '/' || max(n) FROM t")
+                .ok())
+        },
+    )
+    .map(|rows| assert_eq!(rows, "100/100", "{}", lab.logs()))
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
 }

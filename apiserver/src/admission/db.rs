@@ -6,16 +6,22 @@
 //! zones of the Ready nodes, which the cluster's controller reads when it places members.
 //!
 //! Errors about the master password never repeat it: they say what is wrong with it only.
+//!
+//! `spec.source` is checked for its shape only (one source, names that can be names, a time
+//! with a cluster): whether the snapshot or the cluster exists, and whether the time is in the
+//! source's restorable window, is for the controller to say (the cluster reports it), since
+//! admission sees one object at a time.
 
 use super::{Errors, is_dns_name};
 use hanul_proto::{
     db::{
-        DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS, DEFAULT_MASTER_USERNAME, DEFAULT_PORT,
-        DEFAULT_STORAGE_GIB, DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE,
-        ENGINE_VERSION, MAX_READ_REPLICAS, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ,
-        instance_class, instance_class_names, members_of,
+        DEFAULT_BACKUP_WINDOW, DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS,
+        DEFAULT_MASTER_USERNAME, DEFAULT_PORT, DEFAULT_RETENTION_DAYS, DEFAULT_STORAGE_GIB,
+        DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE, ENGINE_VERSION,
+        MAX_READ_REPLICAS, MAX_RETENTION_DAYS, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ,
+        instance_class, instance_class_names, members_of, parse_window,
     },
-    v1::{DbCluster, DbClusterSpec, DbInstance, DbInstanceSpec},
+    v1::{DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbInstanceSpec},
 };
 use std::collections::HashSet;
 
@@ -66,6 +72,9 @@ pub(crate) fn default_cluster(spec: &mut DbClusterSpec) {
     let failover = spec.failover.get_or_insert_with(Default::default);
     failover.automatic.get_or_insert(true);
     failover.lease_seconds.get_or_insert(DEFAULT_LEASE_SECONDS);
+    let backup = spec.backup.get_or_insert_with(Default::default);
+    backup.retention_days.get_or_insert(DEFAULT_RETENTION_DAYS);
+    fill(&mut backup.preferred_window, DEFAULT_BACKUP_WINDOW);
 }
 
 pub(crate) fn default_instance(spec: &mut DbInstanceSpec) {
@@ -163,11 +172,30 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
             format!("{l} is outside {MIN_LEASE_SECONDS}..{MAX_LEASE_SECONDS}"),
         );
     }
+    if let Some(b) = &spec.backup {
+        check_backup(b, errs);
+    }
+    let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    if let Some(s) = source(spec) {
+        check_source(name, s, errs);
+    }
 
     let Some(old) = old.and_then(|o| o.spec.as_ref()) else {
         return;
     };
     errs.immutable("spec.engine", &old.engine, &spec.engine);
+    // Where the data came from is history: changing it would not change the data.
+    let (was, asked) = (source(old), source(spec));
+    if was != asked {
+        errs.add(
+            "spec.source",
+            format!(
+                "is immutable (was {}, asked {})",
+                source_text(was),
+                source_text(asked)
+            ),
+        );
+    }
     errs.immutable("spec.deployment", &old.deployment, &spec.deployment);
     errs.immutable(
         "spec.masterUsername",
@@ -189,6 +217,119 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
             "spec.storageGib",
             format!("can only grow (was {was}, asked {now})"),
         );
+    }
+}
+
+fn check_backup(b: &hanul_proto::v1::BackupSettings, errs: &mut Errors) {
+    if let Some(d) = b.retention_days
+        && d > MAX_RETENTION_DAYS
+    {
+        errs.add(
+            "spec.backup.retentionDays",
+            format!("{d} is outside 0..{MAX_RETENTION_DAYS} (days; 0 turns automated backups off)"),
+        );
+    }
+    if let Err(why) = parse_window(&b.preferred_window) {
+        errs.add("spec.backup.preferredWindow", why);
+    }
+}
+
+/// The cluster's source; an empty one (`source: {}`) is none.
+fn source(spec: &DbClusterSpec) -> Option<&DbClusterSource> {
+    spec.source
+        .as_ref()
+        .filter(|s| **s != DbClusterSource::default())
+}
+
+/// A source for messages: `snapshot "s1"`, `cluster "orders" at 2024-05-01T10:00:00Z`.
+fn source_text(s: Option<&DbClusterSource>) -> String {
+    let Some(s) = s else {
+        return "none".into();
+    };
+    let mut parts = Vec::new();
+    if !s.snapshot.is_empty() {
+        parts.push(format!("snapshot {:?}", s.snapshot));
+    }
+    if !s.cluster.is_empty() {
+        parts.push(format!("cluster {:?}", s.cluster));
+    }
+    if let Some(t) = &s.restore_time {
+        // The proto3 JSON form of a timestamp is RFC 3339.
+        let text = serde_json::to_value(t)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{}s", t.seconds));
+        parts.push(format!("at {text}"));
+    }
+    if s.use_latest_restorable_time {
+        parts.push("at its latest restorable time".into());
+    }
+    parts.join(" ")
+}
+
+/// A source is a snapshot, or a cluster and a time (given, or its latest restorable one).
+fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
+    if !s.snapshot.is_empty() && !s.cluster.is_empty() {
+        errs.add(
+            "spec.source",
+            "name a snapshot or a cluster (to restore to a point in time), not both",
+        );
+    }
+    if !s.snapshot.is_empty() && !is_dns_name(&s.snapshot, 253) {
+        errs.add(
+            "spec.source.snapshot",
+            format!(
+                "{:?} is not a DBSnapshot name (lowercase letters, digits, '-' and '.')",
+                s.snapshot
+            ),
+        );
+    }
+    let at = s.restore_time.is_some() || s.use_latest_restorable_time;
+    if s.cluster.is_empty() {
+        if at {
+            let field = if s.restore_time.is_some() {
+                "spec.source.restoreTime"
+            } else {
+                "spec.source.useLatestRestorableTime"
+            };
+            errs.add(
+                field,
+                "only with spec.source.cluster: the cluster to restore to a point in time",
+            );
+        }
+        return;
+    }
+    if !is_dns_name(&s.cluster, 253) {
+        errs.add(
+            "spec.source.cluster",
+            format!(
+                "{:?} is not a DBCluster name (lowercase letters, digits, '-' and '.')",
+                s.cluster
+            ),
+        );
+    } else if s.cluster == name {
+        errs.add(
+            "spec.source.cluster",
+            format!(
+                "{:?} is this cluster; a point-in-time restore makes a new cluster from                  another's data",
+                s.cluster
+            ),
+        );
+    }
+    match (&s.restore_time, s.use_latest_restorable_time) {
+        (Some(_), true) => errs.add(
+            "spec.source",
+            "restoreTime and useLatestRestorableTime exclude each other; give one",
+        ),
+        (None, false) => errs.add(
+            "spec.source.restoreTime",
+            "required with spec.source.cluster: the time to restore to (or              useLatestRestorableTime: true)",
+        ),
+        (Some(t), false) if t.seconds <= 0 => errs.add(
+            "spec.source.restoreTime",
+            "is not a time after 1970-01-01T00:00:00Z",
+        ),
+        _ => {}
     }
 }
 

@@ -1,7 +1,15 @@
 //! `hanul db ...`: the RDS calls that are not edits of a cluster's manifest — `failover`
 //! (FailoverDBCluster: a planned switchover), `reboot` (RebootDBInstance, with
-//! `--force-failover`), and two conveniences: `endpoints` prints where to connect and `psql`
+//! `--force-failover`), `snapshot` (CreateDBClusterSnapshot), `snapshots`
+//! (DescribeDBClusterSnapshots, with the cluster's restorable window) and `restore`
+//! (RestoreDBClusterFromSnapshot and RestoreDBClusterToPointInTime: a new cluster with
+//! `spec.source`), and two conveniences: `endpoints` prints where to connect and `psql`
 //! connects.
+//!
+//! `restore` reads what it restores from (the snapshot, the source cluster) and builds the new
+//! cluster's manifest in [`restore_cluster`], a pure function: the checks that refuse a restore
+//! (a snapshot not available, a time outside the source's restorable window, no password to
+//! give the master user) are all made there, before anything is written.
 //!
 //! The cluster's controller owns every decision; `failover` and `reboot` only ask, through
 //! annotations on the DBCluster it reads (`hanul_proto::db`): the value carries a request id
@@ -10,24 +18,34 @@
 //! failover already under way) are there so that a mistyped name is an error rather than an
 //! annotation the controller refuses later in an event.
 
-use super::{emit, name_of_kind, request_stamp, update_retrying};
+use super::{emit, get, name_of_kind, parse_duration, request_stamp, update_retrying};
 use crate::{
-    output::{NONE, Table, or_none},
+    error::is_not_found,
+    output::{self, NONE, OutputFormat, Table, now_secs, or_none, timestamp},
     target::ref_name,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
+use futures::StreamExt;
 use hanul_proto::{
-    Kind,
+    Client, Kind,
+    client::WatchUpdate,
     db::{
-        MEMBER_READ_REPLICA, MEMBER_WRITER, MULTI_AZ_CLUSTER, REBOOT_ANNOTATION, ROLE_REPLICA,
-        SINGLE_AZ, STATE_AVAILABLE, SWITCHOVER_ANNOTATION,
+        DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_WRITER, MULTI_AZ_CLUSTER, PHASE_AVAILABLE,
+        REBOOT_ANNOTATION, ROLE_REPLICA, SINGLE_AZ, SNAPSHOT_AVAILABLE, SNAPSHOT_FAILED,
+        SNAPSHOT_MANUAL, STATE_AVAILABLE, SWITCHOVER_ANNOTATION,
     },
-    v1::{DbCluster, DbInstance, Object, object::Resource},
+    v1::{
+        DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbSnapshot, DbSnapshotSpec,
+        EventType, Object, ObjectMeta, object::Resource,
+    },
 };
+use pbjson_types::Timestamp;
 use std::{
     path::{Path, PathBuf},
     process::{Command as Process, ExitCode},
+    time::Duration,
 };
+use tokio::time::Instant;
 
 /// Where Debian's PostgreSQL 15 packages put `psql`; `psql` on the PATH otherwise.
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
@@ -55,6 +73,12 @@ pub enum Command {
     Endpoints(ClusterArgs),
     /// Run psql against the writer endpoint (or the reader's), as the master user.
     Psql(PsqlArgs),
+    /// Take a manual snapshot of a cluster (a DBSnapshot, kept until deleted).
+    Snapshot(SnapshotArgs),
+    /// List snapshots (of one cluster, with its point-in-time restorable window).
+    Snapshots(SnapshotsArgs),
+    /// Create a new cluster from a snapshot, or from another cluster at a point in time.
+    Restore(RestoreArgs),
 }
 
 /// Arguments of `hanul db failover`.
@@ -102,6 +126,94 @@ pub struct PsqlArgs {
     pub psql_args: Vec<String>,
 }
 
+/// Arguments of `hanul db snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// The DBCluster (`orders` or `dbcluster/orders`).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: String,
+    /// The new DBSnapshot's name.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// Wait until the snapshot is available (an error if it fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Arguments of `hanul db snapshots`.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotsArgs {
+    /// Only the snapshots of this DBCluster (which may be gone: manual snapshots outlive it).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `hanul db restore`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["snapshot", "source"])))]
+pub struct RestoreArgs {
+    /// The new DBCluster's name.
+    #[arg(value_name = "NEW")]
+    pub name: String,
+    /// Restore this DBSnapshot.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// Restore this DBCluster's data as of --time (or --latest).
+    #[arg(long, value_name = "CLUSTER")]
+    pub source: Option<String>,
+    /// The time to restore --source to, in RFC 3339 (2024-05-01T10:00:00Z): within its
+    /// earliest and latest restorable time (`hanul db snapshots CLUSTER` shows them).
+    #[arg(
+        long,
+        value_name = "RFC3339",
+        value_parser = parse_time,
+        requires = "source",
+        // Explicitly: clap lets a conflict with --source's group stand in for `requires`.
+        conflicts_with_all = ["latest", "snapshot"],
+        required_unless_present_any = ["snapshot", "latest"]
+    )]
+    pub time: Option<Timestamp>,
+    /// Restore --source to its latest restorable time.
+    #[arg(long, requires = "source", conflicts_with = "snapshot")]
+    pub latest: bool,
+    /// The new cluster's deployment (default: the source cluster's, else singleAZ).
+    #[arg(long, value_name = "DEPLOYMENT")]
+    pub deployment: Option<String>,
+    /// The new cluster's instance class (default: the source cluster's, else db.t3.micro).
+    #[arg(long, value_name = "CLASS")]
+    pub instance_class: Option<String>,
+    /// The writer endpoint's port (default: the source cluster's, else 5432; the next free
+    /// one when another cluster has it).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u32>,
+    /// The master user's new password (default: the source cluster's; required when the
+    /// snapshot's cluster is gone).
+    #[arg(long, value_name = "PASSWORD")]
+    pub master_password: Option<String>,
+    /// Print the new cluster's manifest (YAML) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait until the new cluster is available.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Reads an RFC 3339 time (`2024-05-01T10:00:00Z`, `2024-05-01T19:00:00+09:00`) for `--time`.
+pub fn parse_time(s: &str) -> Result<Timestamp, String> {
+    // The proto3 JSON form of a Timestamp is RFC 3339, offsets included.
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time (like 2024-05-01T10:00:00Z)"))
+}
+
 /// Runs `hanul db`.
 pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
     match args.command {
@@ -109,6 +221,9 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
         Command::Reboot(a) => reboot(global, a).await,
         Command::Endpoints(a) => endpoints(global, a).await,
         Command::Psql(a) => psql(global, a).await,
+        Command::Snapshot(a) => snapshot(global, a).await,
+        Command::Snapshots(a) => snapshots(global, a).await,
+        Command::Restore(a) => restore(global, a).await,
     }
 }
 
@@ -445,6 +560,566 @@ async fn psql(global: &crate::GlobalArgs, args: PsqlArgs) -> Result<ExitCode> {
     })
 }
 
+/// The snapshot inside `o`.
+pub fn snapshot_of(o: &Object) -> Result<&DbSnapshot> {
+    match &o.resource {
+        Some(Resource::DbSnapshot(s)) => Ok(s),
+        _ => Err(anyhow!("{} is not a DBSnapshot", o.key())),
+    }
+}
+
+fn snapshot_key(name: &str) -> String {
+    ref_name(Kind::DbSnapshot, name)
+}
+
+fn name_in(meta: Option<&ObjectMeta>) -> &str {
+    meta.map(|m| m.name.as_str()).unwrap_or("")
+}
+
+/// Gets `kind/name`, saying plainly when it does not exist and why that stops the command.
+async fn get_existing(client: &Client, kind: Kind, name: &str, why: &str) -> Result<Object> {
+    match client.get(kind, name).await {
+        Ok(o) => Ok(o),
+        Err(s) => {
+            let e = anyhow::Error::from(s);
+            if is_not_found(&e) {
+                bail!("{} does not exist: {why}", ref_name(kind, name));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A manual DBSnapshot of `cluster`.
+pub fn manual_snapshot(cluster: &str, name: &str) -> DbSnapshot {
+    DbSnapshot {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(DbSnapshotSpec {
+            db_cluster: cluster.into(),
+            r#type: SNAPSHOT_MANUAL.into(),
+        }),
+        status: None,
+    }
+}
+
+/// Whether a snapshot waited on is done: true once available, an error once failed (with its
+/// message), false while it is being made.
+pub fn snapshot_done(o: &Object) -> Result<bool> {
+    let s = snapshot_of(o)?;
+    let status = s.status.clone().unwrap_or_default();
+    match status.phase.as_str() {
+        SNAPSHOT_AVAILABLE => Ok(true),
+        SNAPSHOT_FAILED if status.message.is_empty() => bail!(
+            "{} failed (`hanul describe dbsnapshot {}` may say why)",
+            snapshot_key(o.name()),
+            o.name()
+        ),
+        SNAPSHOT_FAILED => bail!("{} failed: {}", snapshot_key(o.name()), status.message),
+        _ => Ok(false),
+    }
+}
+
+/// Whether a restored cluster waited on is done: true once available, an error when the
+/// controller reports that its source cannot be restored.
+pub fn cluster_done(o: &Object) -> Result<bool> {
+    let status = cluster_of(o)?.status.clone().unwrap_or_default();
+    if let Some(r) = &status.restore
+        && !r.error.is_empty()
+    {
+        bail!("{} cannot be restored: {}", key(o.name()), r.error);
+    }
+    Ok(status.phase == PHASE_AVAILABLE)
+}
+
+/// `phase creating` for timeout messages.
+fn phase_of(o: &Object) -> String {
+    let phase = match &o.resource {
+        Some(Resource::DbSnapshot(s)) => s.status.as_ref().map(|s| s.phase.clone()),
+        Some(Resource::DbCluster(c)) => c.status.as_ref().map(|s| s.phase.clone()),
+        _ => None,
+    };
+    format!("phase {}", or_none(&phase.unwrap_or_default()))
+}
+
+/// Follows `kind/name` (list, then watch) until `done` says it is done or refuses, the object
+/// is deleted, or `timeout` passes.
+async fn wait_until(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&Object) -> Result<bool>,
+) -> Result<()> {
+    let what = ref_name(kind, name);
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<Object> = None;
+    let mut listed = false;
+    let mut stream = std::pin::pin!(client.list_watch(Some(kind), ""));
+    loop {
+        let update = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => bail!("the watch of {} ended", kind.plural()),
+            Err(_) => {
+                let seen = last
+                    .as_ref()
+                    .map(|o| format!(" (last seen: {})", phase_of(o)))
+                    .unwrap_or_default();
+                bail!(
+                    "timed out after {} waiting for {what}{seen}",
+                    humantime::format_duration(timeout)
+                );
+            }
+        };
+        let current = match update {
+            WatchUpdate::Listed { items, .. } => Some(items.into_iter().find(|o| o.name() == name)),
+            WatchUpdate::Event(ev) => match (ev.r#type(), ev.object) {
+                (EventType::Deleted, Some(o)) if o.name() == name => Some(None),
+                (_, Some(o)) if o.name() == name => Some(Some(o)),
+                _ => None,
+            },
+            WatchUpdate::Error(status) if !listed => return Err(status.into()),
+            WatchUpdate::Error(_) => None,
+        };
+        listed = true;
+        match current {
+            None => {}
+            Some(None) => bail!("{what} was deleted while waiting"),
+            Some(Some(o)) => {
+                if done(&o)? {
+                    return Ok(());
+                }
+                last = Some(o);
+            }
+        }
+    }
+}
+
+async fn snapshot(global: &crate::GlobalArgs, args: SnapshotArgs) -> Result<ExitCode> {
+    let cluster = name_of_kind(&args.cluster, Kind::DbCluster)?;
+    let name = name_of_kind(&args.snapshot, Kind::DbSnapshot)?;
+    let client = global.connect().await?;
+    get_existing(
+        &client,
+        Kind::DbCluster,
+        cluster,
+        "there is nothing to take a snapshot of",
+    )
+    .await?;
+    client.create(manual_snapshot(cluster, name).into()).await?;
+    emit(&format!("{} created\n", snapshot_key(name)))?;
+    if args.wait {
+        wait_until(&client, Kind::DbSnapshot, name, args.timeout, snapshot_done).await?;
+        emit(&format!("{} available\n", snapshot_key(name)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The snapshots among `objects` (of `cluster` when given), ordered by when their data is as of
+/// (`snapshotCreateTime`), then name; those still being made, which have no such time yet,
+/// come last.
+pub fn snapshots_of(objects: Vec<Object>, cluster: Option<&str>) -> Vec<Object> {
+    let mut out: Vec<Object> = objects
+        .into_iter()
+        .filter(|o| match &o.resource {
+            Some(Resource::DbSnapshot(s)) => {
+                cluster.is_none_or(|c| s.spec.as_ref().is_some_and(|sp| sp.db_cluster == c))
+            }
+            _ => false,
+        })
+        .collect();
+    out.sort_by_cached_key(|o| {
+        let t = snapshot_of(o)
+            .ok()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.snapshot_create_time)
+            .filter(|t| t.seconds > 0);
+        let t = t.map(|t| (t.seconds, t.nanos));
+        (t.is_none(), t, o.name().to_string())
+    });
+    out
+}
+
+/// Whether the cluster keeps no automated backups (`spec.backup.retentionDays: 0`).
+fn backups_off(c: &DbCluster) -> bool {
+    c.spec
+        .as_ref()
+        .and_then(|s| s.backup.as_ref())
+        .and_then(|b| b.retention_days)
+        == Some(0)
+}
+
+/// The window a cluster can be restored to a point in, as `hanul db snapshots CLUSTER` prints
+/// it: `Restorable: EARLIEST .. LATEST`, or why there is none.
+pub fn restorable_line(c: &DbCluster) -> String {
+    let status = c.status.clone().unwrap_or_default();
+    let earliest = status.earliest_restorable_time.filter(|t| t.seconds > 0);
+    let latest = status.latest_restorable_time.filter(|t| t.seconds > 0);
+    let text = match (earliest, latest) {
+        _ if backups_off(c) => {
+            "point-in-time restore is off (backup retention is 0 days)".to_string()
+        }
+        (None, _) => "point-in-time restore is not available yet: no automated backup".into(),
+        (_, None) => "point-in-time restore is not available yet: no archived WAL yet".into(),
+        (Some(e), Some(l)) => format!("{} .. {}", timestamp(Some(&e)), timestamp(Some(&l))),
+    };
+    format!("Restorable: {text}\n")
+}
+
+async fn snapshots(global: &crate::GlobalArgs, args: SnapshotsArgs) -> Result<ExitCode> {
+    let cluster = args
+        .cluster
+        .as_deref()
+        .map(|c| name_of_kind(c, Kind::DbCluster))
+        .transpose()?;
+    let client = global.connect().await?;
+    let all = client.list(Some(Kind::DbSnapshot), "").await?.0;
+    let found = snapshots_of(all, cluster);
+    if found.is_empty() {
+        match cluster {
+            Some(c) => eprintln!("No snapshots of {} found.", key(c)),
+            None => eprintln!("No resources found."),
+        }
+    } else {
+        emit(&get::render(&found, args.output, false, true, now_secs()))?;
+    }
+    let table = matches!(args.output, OutputFormat::Table | OutputFormat::Wide);
+    if let Some(c) = cluster
+        && table
+    {
+        match client.get(Kind::DbCluster, c).await {
+            Ok(o) => emit(&restorable_line(cluster_of(&o)?))?,
+            // Manual snapshots outlive their cluster: listing them is still an answer.
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `hanul db restore` restores from, as read from the server.
+#[derive(Clone, Copy, Debug)]
+pub enum RestoreSource<'a> {
+    /// A DBSnapshot, and the cluster of the name its `spec.dbCluster` gives if one exists now
+    /// (used only when it is the very cluster the snapshot was taken of).
+    Snapshot {
+        snapshot: &'a DbSnapshot,
+        cluster: Option<&'a DbCluster>,
+    },
+    /// A cluster, at a time (`None`: its latest restorable time).
+    PointInTime {
+        cluster: &'a DbCluster,
+        time: Option<&'a Timestamp>,
+    },
+}
+
+/// The flags of `hanul db restore` that override what the new cluster copies.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOverrides {
+    pub deployment: Option<String>,
+    pub instance_class: Option<String>,
+    pub port: Option<u32>,
+    pub master_password: Option<String>,
+}
+
+/// Refuses a snapshot that cannot be restored (yet).
+fn check_snapshot(s: &DbSnapshot) -> Result<()> {
+    let name = name_in(s.metadata.as_ref());
+    let status = s.status.clone().unwrap_or_default();
+    if s.metadata.as_ref().is_some_and(|m| m.deleted_at.is_some()) {
+        bail!("{} is being deleted", snapshot_key(name));
+    }
+    match status.phase.as_str() {
+        SNAPSHOT_AVAILABLE => Ok(()),
+        SNAPSHOT_FAILED => bail!(
+            "{} failed and cannot be restored: {}",
+            snapshot_key(name),
+            or_none(&status.message)
+        ),
+        phase => bail!(
+            "{} is not available yet (phase {}); `hanul wait {} \
+             --for jsonpath={{.status.phase}}=available` waits for it",
+            snapshot_key(name),
+            or_none(phase),
+            snapshot_key(name)
+        ),
+    }
+}
+
+/// Refuses a point-in-time restore of `c` to `time` (`None`: its latest restorable time) that
+/// its restorable window does not allow.
+pub fn check_restore_time(c: &DbCluster, time: Option<&Timestamp>) -> Result<()> {
+    let source = key(name_in(c.metadata.as_ref()));
+    let status = c.status.clone().unwrap_or_default();
+    let earliest = status.earliest_restorable_time.filter(|t| t.seconds > 0);
+    let latest = status.latest_restorable_time.filter(|t| t.seconds > 0);
+    if backups_off(c) && earliest.is_none() {
+        bail!(
+            "point-in-time restore of {source} is not available: its backup retention is 0 days \
+             (automated backups are off)"
+        );
+    }
+    let Some(earliest) = earliest else {
+        bail!("point-in-time restore of {source} is not available yet: it has no automated backup");
+    };
+    let Some(latest) = latest else {
+        bail!("point-in-time restore of {source} is not available yet: it has no archived WAL yet");
+    };
+    let Some(t) = time else {
+        return Ok(());
+    };
+    let at = |t: &Timestamp| (t.seconds, t.nanos);
+    if at(t) < at(&earliest) {
+        bail!(
+            "--time {} is before the earliest restorable time {} of {source}",
+            timestamp(Some(t)),
+            timestamp(Some(&earliest))
+        );
+    }
+    if at(t) > at(&latest) {
+        bail!(
+            "--time {} is after the latest restorable time {} of {source} (its WAL is archived \
+             up to then)",
+            timestamp(Some(t)),
+            timestamp(Some(&latest))
+        );
+    }
+    Ok(())
+}
+
+/// Whether a writer endpoint on `a` (and the reader's on `a + 1`) collides with one on `b`.
+fn ports_overlap(a: u32, b: u32) -> bool {
+    a.abs_diff(b) <= 1
+}
+
+/// `port`, or when another cluster's endpoints have it, the next one that none has.
+fn free_port(port: u32, in_use: &[u32]) -> u32 {
+    let mut p = port;
+    // A writer port may go up to 65534 (the reader takes the next one).
+    while p < 65_534 && in_use.iter().any(|&u| ports_overlap(p, u)) {
+        p += 1;
+    }
+    p
+}
+
+/// The new cluster `name` that `hanul db restore` creates from `source`: the spec of the
+/// source cluster when there is one to copy (its `source` and `deletionProtection` cleared),
+/// else the defaults and what the snapshot records (engine, master user, storage, database),
+/// with `spec.source` set and the flags applied. The master user is the snapshot's or the
+/// source cluster's (the data holds that role); its password is `--master-password`, else the
+/// copied spec's. The port is moved to the next free one when another cluster's endpoints have
+/// it (`ports_in_use`: the writer ports of the clusters that exist) and `--port` is not given.
+pub fn restore_cluster(
+    name: &str,
+    source: RestoreSource<'_>,
+    overrides: &RestoreOverrides,
+    ports_in_use: &[u32],
+) -> Result<DbCluster> {
+    let (base, from, master_username, why_no_password) = match source {
+        RestoreSource::Snapshot { snapshot, cluster } => {
+            check_snapshot(snapshot)?;
+            let snap_name = name_in(snapshot.metadata.as_ref());
+            let status = snapshot.status.clone().unwrap_or_default();
+            let of = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.db_cluster.clone())
+                .unwrap_or_default();
+            let same = cluster.filter(|c| {
+                !status.cluster_uid.is_empty()
+                    && c.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.uid == status.cluster_uid)
+            });
+            let why = match cluster {
+                Some(_) if same.is_none() => format!(
+                    "{} is a later cluster of that name than the one {} was taken of",
+                    key(&of),
+                    snapshot_key(snap_name)
+                ),
+                _ => format!(
+                    "the cluster {} was taken of ({}) no longer exists",
+                    snapshot_key(snap_name),
+                    key(&of)
+                ),
+            };
+            let mut base = match same.and_then(|c| c.spec.clone()) {
+                Some(spec) => spec,
+                None => DbClusterSpec {
+                    engine: status.engine.clone(),
+                    engine_version: status.engine_version.clone(),
+                    storage_gib: (status.storage_gib > 0).then_some(status.storage_gib),
+                    ..Default::default()
+                },
+            };
+            // Storage only grows, so the live cluster has at least the snapshot's; the data
+            // needs as much in any case.
+            if status.storage_gib > 0 {
+                base.storage_gib = Some(base.storage_gib.unwrap_or(0).max(status.storage_gib));
+            }
+            base.database_name = status.database_name.clone();
+            let from = DbClusterSource {
+                snapshot: snap_name.to_string(),
+                ..Default::default()
+            };
+            let username = if status.master_username.is_empty() {
+                base.master_username.clone()
+            } else {
+                status.master_username.clone()
+            };
+            let has_spec = same.is_some_and(|c| c.spec.is_some());
+            (base, from, username, (!has_spec).then_some(why))
+        }
+        RestoreSource::PointInTime { cluster, time } => {
+            check_restore_time(cluster, time)?;
+            let source_name = name_in(cluster.metadata.as_ref());
+            let base = cluster.spec.clone().unwrap_or_default();
+            let from = DbClusterSource {
+                cluster: source_name.to_string(),
+                restore_time: time.cloned(),
+                use_latest_restorable_time: time.is_none(),
+                ..Default::default()
+            };
+            let username = base.master_username.clone();
+            (base, from, username, None)
+        }
+    };
+    let mut spec = base;
+    spec.source = Some(from);
+    spec.deletion_protection = false;
+    spec.master_username = master_username;
+    match (&overrides.master_password, why_no_password) {
+        (Some(p), _) => spec.master_password = p.clone(),
+        (None, Some(why)) => bail!(
+            "--master-password is required: {why}, so there is no password to copy (the \
+             restored cluster's master user {:?} gets the one given)",
+            spec.master_username
+        ),
+        (None, None) if spec.master_password.is_empty() => bail!(
+            "--master-password is required: the source cluster has no master password to copy"
+        ),
+        (None, None) => {}
+    }
+    if let Some(d) = &overrides.deployment {
+        // The copied zones were chosen for the old deployment's members.
+        if *d != spec.deployment {
+            spec.zones.clear();
+        }
+        spec.deployment = d.clone();
+    }
+    if let Some(c) = &overrides.instance_class {
+        spec.instance_class = c.clone();
+    }
+    spec.port = Some(match overrides.port {
+        Some(p) => p,
+        None => free_port(spec.port.unwrap_or(DEFAULT_PORT), ports_in_use),
+    });
+    Ok(DbCluster {
+        metadata: Some(ObjectMeta {
+            name: name.to_string(),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+async fn restore(global: &crate::GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
+    let name = name_of_kind(&args.name, Kind::DbCluster)?;
+    let snapshot_name = args
+        .snapshot
+        .as_deref()
+        .map(|s| name_of_kind(s, Kind::DbSnapshot))
+        .transpose()?;
+    let source_name = args
+        .source
+        .as_deref()
+        .map(|c| name_of_kind(c, Kind::DbCluster))
+        .transpose()?;
+    let client = global.connect().await?;
+    match client.get(Kind::DbCluster, name).await {
+        Ok(_) => bail!(
+            "{} already exists; a restore makes a new cluster",
+            key(name)
+        ),
+        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) => return Err(s.into()),
+    }
+    let clusters = client.list(Some(Kind::DbCluster), "").await?.0;
+    let ports_in_use: Vec<u32> = clusters
+        .iter()
+        .filter_map(|o| cluster_of(o).ok())
+        .map(|c| c.spec.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_PORT))
+        .collect();
+    let find_cluster = |n: &str| {
+        clusters
+            .iter()
+            .find(|o| o.name() == n)
+            .and_then(|o| cluster_of(o).ok())
+    };
+    let overrides = RestoreOverrides {
+        deployment: args.deployment.clone(),
+        instance_class: args.instance_class.clone(),
+        port: args.port,
+        master_password: args.master_password.clone(),
+    };
+    let cluster = match (snapshot_name, source_name) {
+        (Some(snap), _) => {
+            let o = get_existing(
+                &client,
+                Kind::DbSnapshot,
+                snap,
+                "there is nothing to restore (`hanul db snapshots` lists them)",
+            )
+            .await?;
+            let snapshot = snapshot_of(&o)?;
+            let of = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.db_cluster.as_str())
+                .unwrap_or("");
+            let source = RestoreSource::Snapshot {
+                snapshot,
+                cluster: find_cluster(of),
+            };
+            restore_cluster(name, source, &overrides, &ports_in_use)?
+        }
+        (None, Some(src)) => {
+            let Some(c) = find_cluster(src) else {
+                bail!(
+                    "{} does not exist: there is nothing to restore to a point in time (a \
+                     deleted cluster's data is in its snapshots: `hanul db snapshots {src}`)",
+                    key(src)
+                );
+            };
+            let source = RestoreSource::PointInTime {
+                cluster: c,
+                time: args.time.as_ref(),
+            };
+            restore_cluster(name, source, &overrides, &ports_in_use)?
+        }
+        // clap requires one of them.
+        (None, None) => bail!("name a --snapshot or a --source cluster"),
+    };
+    let object: Object = cluster.into();
+    if args.dry_run {
+        // The server's admission checks it too, so that a dry run refuses what the real one
+        // would.
+        client.apply(object.clone(), true).await?;
+        emit(&output::yaml(std::slice::from_ref(&object)))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    client.create(object).await?;
+    emit(&format!("{} created\n", key(name)))?;
+    if args.wait {
+        wait_until(&client, Kind::DbCluster, name, args.timeout, cluster_done).await?;
+        emit(&format!("{} available\n", key(name)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,12 +1127,12 @@ mod tests {
     use clap::Parser;
     use hanul_proto::{
         db::{
-            MEMBER_SYNC_STANDBY, MULTI_AZ_INSTANCE, REASON_WRITER_FAILED, ROLE_STANDBY,
-            ROLE_WRITER, STATE_CREATING,
+            self, MEMBER_SYNC_STANDBY, MULTI_AZ_INSTANCE, REASON_WRITER_FAILED, ROLE_STANDBY,
+            ROLE_WRITER, SNAPSHOT_CREATING, STATE_CREATING,
         },
         v1::{
-            DbClusterMember, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover,
-            DbInstanceSpec, ObjectMeta,
+            BackupSettings, DbClusterMember, DbClusterStatus, DbEndpoints, DbFailover,
+            DbInstanceSpec, DbRestore, DbSnapshotStatus,
         },
     };
     use std::ffi::OsStr;
@@ -743,6 +1418,636 @@ mod tests {
         assert_eq!(
             e,
             "dbcluster/orders has no writer endpoint yet (see `hanul describe db orders`)"
+        );
+    }
+
+    #[test]
+    fn the_backup_verbs_parse() {
+        for argv in [
+            &["hanul", "db", "snapshot", "orders", "snap-1"][..],
+            &[
+                "hanul",
+                "db",
+                "snapshot",
+                "dbcluster/orders",
+                "snap-1",
+                "--wait",
+                "--timeout",
+                "2m",
+            ],
+            &["hanul", "db", "snapshots"],
+            &["hanul", "db", "snapshots", "orders", "-o", "json"],
+            &["hanul", "db", "restore", "copy", "--snapshot", "snap-1"],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--source",
+                "orders",
+                "--time",
+                "2024-05-01T10:00:00Z",
+            ],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--source",
+                "orders",
+                "--latest",
+                "--deployment",
+                "singleAZ",
+                "--instance-class",
+                "db.m5.large",
+                "--port",
+                "16432",
+                "--master-password",
+                "n3w-secret",
+                "--dry-run",
+                "--wait",
+                "--timeout",
+                "1h",
+            ],
+        ] {
+            if let Err(e) = parse(argv) {
+                panic!("{argv:?}: {e}");
+            }
+        }
+        let Command::Snapshot(s) = parse(&["hanul", "db", "snapshot", "orders", "snap-1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (s.cluster.as_str(), s.snapshot.as_str()),
+            ("orders", "snap-1")
+        );
+        assert!(!s.wait);
+        assert_eq!(s.timeout, Duration::from_secs(600));
+        let Command::Snapshots(s) = parse(&["hanul", "db", "snapshots"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((s.cluster, s.output), (None, OutputFormat::Table));
+        // Offsets are read as the same instant in UTC.
+        let Command::Restore(r) = parse(&[
+            "hanul",
+            "db",
+            "restore",
+            "copy",
+            "--source",
+            "orders",
+            "--time",
+            "2024-05-01T19:00:00+09:00",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.time, Some(parse_time("2024-05-01T10:00:00Z").unwrap()));
+        assert_eq!(r.time.unwrap().seconds, 1_714_557_600);
+        assert!(!r.latest && r.snapshot.is_none());
+
+        for bad in [
+            &["hanul", "db", "snapshot", "orders"][..],
+            &[
+                "hanul",
+                "db",
+                "snapshot",
+                "orders",
+                "s",
+                "--timeout",
+                "soon",
+            ],
+            &["hanul", "db", "snapshots", "orders", "-o", "xml"],
+            // Nothing to restore from, or two things.
+            &["hanul", "db", "restore", "copy"],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--snapshot",
+                "s",
+                "--source",
+                "orders",
+                "--latest",
+            ],
+            // A cluster needs exactly one time; a snapshot takes none.
+            &["hanul", "db", "restore", "copy", "--source", "orders"],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--source",
+                "orders",
+                "--latest",
+                "--time",
+                "2024-05-01T10:00:00Z",
+            ],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--snapshot",
+                "s",
+                "--time",
+                "2024-05-01T10:00:00Z",
+            ],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "copy",
+                "--snapshot",
+                "s",
+                "--latest",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+        let e = parse(&[
+            "hanul",
+            "db",
+            "restore",
+            "copy",
+            "--source",
+            "orders",
+            "--time",
+            "yesterday",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"yesterday\" is not an RFC 3339 time (like 2024-05-01T10:00:00Z)"),
+            "{e}"
+        );
+    }
+
+    const T0: i64 = 1_700_000_000;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp { seconds, nanos: 0 }
+    }
+
+    /// `orders` as the server has it: a uid, the defaults written in, protected, itself
+    /// restored from a snapshot once, restorable from T0 - 1 day to T0.
+    fn live_orders() -> DbCluster {
+        let mut c = orders();
+        let meta = c.metadata.as_mut().unwrap();
+        meta.uid = "uid-orders".into();
+        meta.resource_version = 7;
+        let spec = c.spec.as_mut().unwrap();
+        spec.engine = "postgres".into();
+        spec.engine_version = "15".into();
+        spec.instance_class = "db.r5.large".into();
+        spec.storage_gib = Some(50);
+        spec.port = Some(15432);
+        spec.zones = vec!["az-a".into(), "az-b".into(), "az-c".into()];
+        spec.deletion_protection = true;
+        spec.parameter_group = "orders-params".into();
+        spec.backup = Some(BackupSettings {
+            retention_days: Some(7),
+            preferred_window: "03:00-03:30".into(),
+        });
+        spec.source = Some(DbClusterSource {
+            snapshot: "older".into(),
+            ..Default::default()
+        });
+        let st = c.status.as_mut().unwrap();
+        st.phase = PHASE_AVAILABLE.into();
+        st.earliest_restorable_time = Some(at(T0 - 86_400));
+        st.latest_restorable_time = Some(at(T0));
+        c
+    }
+
+    fn snap(phase: &str) -> DbSnapshot {
+        DbSnapshot {
+            metadata: Some(ObjectMeta {
+                name: "snap-1".into(),
+                uid: "uid-snap".into(),
+                ..Default::default()
+            }),
+            spec: Some(DbSnapshotSpec {
+                db_cluster: "orders".into(),
+                r#type: SNAPSHOT_MANUAL.into(),
+            }),
+            status: Some(DbSnapshotStatus {
+                phase: phase.into(),
+                cluster_uid: "uid-orders".into(),
+                engine: "postgres".into(),
+                engine_version: "15".into(),
+                master_username: "admin".into(),
+                storage_gib: 40,
+                database_name: "orders".into(),
+                snapshot_create_time: Some(at(T0 - 3600)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn from_snapshot<'a>(s: &'a DbSnapshot, c: Option<&'a DbCluster>) -> RestoreSource<'a> {
+        RestoreSource::Snapshot {
+            snapshot: s,
+            cluster: c,
+        }
+    }
+
+    fn spec_of(c: &DbCluster) -> &DbClusterSpec {
+        c.spec.as_ref().unwrap()
+    }
+
+    fn restore_err(source: RestoreSource<'_>, o: &RestoreOverrides) -> String {
+        restore_cluster("copy", source, o, &[])
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// What the server's admission says of a manifest (defaults written in).
+    fn admitted(c: &DbCluster) -> Result<(), hanul_apiserver::Error> {
+        let mut o: Object = c.clone().into();
+        hanul_apiserver::admission::default(&mut o);
+        let ctx = hanul_apiserver::admission::Context {
+            instance_types: Vec::new(),
+        };
+        hanul_apiserver::admission::validate(&o, None, &ctx)
+    }
+
+    #[test]
+    fn a_snapshot_of_a_live_cluster_restores_with_its_spec_unprotected_and_on_a_free_port() {
+        let (s, live) = (snap(SNAPSHOT_AVAILABLE), live_orders());
+        let c = restore_cluster(
+            "copy",
+            from_snapshot(&s, Some(&live)),
+            &RestoreOverrides::default(),
+            &[15432, 5432],
+        )
+        .unwrap();
+        // A new object: its name only, no status.
+        assert_eq!(
+            c.metadata,
+            Some(ObjectMeta {
+                name: "copy".into(),
+                ..Default::default()
+            })
+        );
+        assert_eq!(c.status, None);
+        let mut want = live.spec.clone().unwrap();
+        want.source = Some(DbClusterSource {
+            snapshot: "snap-1".into(),
+            ..Default::default()
+        });
+        want.deletion_protection = false;
+        // orders has 15432 and 15433: the next pair that collides with none.
+        want.port = Some(15434);
+        assert_eq!(spec_of(&c), &want);
+        assert_eq!(spec_of(&c).master_password, "hunter2-secret");
+        admitted(&c).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_whose_cluster_is_gone_or_replaced_restores_from_defaults_and_needs_a_password() {
+        let s = snap(SNAPSHOT_AVAILABLE);
+        let e = restore_err(from_snapshot(&s, None), &RestoreOverrides::default());
+        assert_eq!(
+            e,
+            "--master-password is required: the cluster dbsnapshot/snap-1 was taken of \
+             (dbcluster/orders) no longer exists, so there is no password to copy (the restored \
+             cluster's master user \"admin\" gets the one given)"
+        );
+        // A cluster of that name made later is another cluster: nothing of it is copied.
+        let mut later = live_orders();
+        later.metadata.as_mut().unwrap().uid = "uid-later".into();
+        let e = restore_err(
+            from_snapshot(&s, Some(&later)),
+            &RestoreOverrides::default(),
+        );
+        assert!(
+            e.contains("dbcluster/orders is a later cluster of that name than the one dbsnapshot/snap-1 was taken of"),
+            "{e}"
+        );
+        let with_password = RestoreOverrides {
+            master_password: Some("n3w-secret".into()),
+            ..Default::default()
+        };
+        for cluster in [None, Some(&later)] {
+            let c =
+                restore_cluster("copy", from_snapshot(&s, cluster), &with_password, &[]).unwrap();
+            assert_eq!(
+                spec_of(&c),
+                &DbClusterSpec {
+                    engine: "postgres".into(),
+                    engine_version: "15".into(),
+                    storage_gib: Some(40),
+                    database_name: "orders".into(),
+                    master_username: "admin".into(),
+                    master_password: "n3w-secret".into(),
+                    port: Some(5432),
+                    source: Some(DbClusterSource {
+                        snapshot: "snap-1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            );
+            admitted(&c).unwrap();
+        }
+    }
+
+    #[test]
+    fn flags_override_the_copied_deployment_class_port_and_password() {
+        let (s, live) = (snap(SNAPSHOT_AVAILABLE), live_orders());
+        let o = RestoreOverrides {
+            deployment: Some(SINGLE_AZ.into()),
+            instance_class: Some("db.t3.small".into()),
+            port: Some(15432),
+            master_password: Some("n3w-secret".into()),
+        };
+        let c = restore_cluster("copy", from_snapshot(&s, Some(&live)), &o, &[15432]).unwrap();
+        let spec = spec_of(&c);
+        assert_eq!(spec.deployment, SINGLE_AZ);
+        assert_eq!(spec.instance_class, "db.t3.small");
+        // Asked for: kept, even where another cluster listens.
+        assert_eq!(spec.port, Some(15432));
+        assert_eq!(spec.master_password, "n3w-secret");
+        // The zones were the old deployment's.
+        assert!(spec.zones.is_empty(), "{:?}", spec.zones);
+        // The master user is the data's.
+        assert_eq!(spec.master_username, "admin");
+        // The same deployment keeps its zones.
+        let same = RestoreOverrides {
+            deployment: Some(MULTI_AZ_CLUSTER.into()),
+            ..Default::default()
+        };
+        let c = restore_cluster("copy", from_snapshot(&s, Some(&live)), &same, &[]).unwrap();
+        assert_eq!(spec_of(&c).zones.len(), 3);
+    }
+
+    #[test]
+    fn only_an_available_snapshot_is_restored() {
+        let o = RestoreOverrides {
+            master_password: Some("n3w-secret".into()),
+            ..Default::default()
+        };
+        let creating = snap(SNAPSHOT_CREATING);
+        let e = restore_err(from_snapshot(&creating, None), &o);
+        assert!(
+            e.starts_with("dbsnapshot/snap-1 is not available yet (phase creating)"),
+            "{e}"
+        );
+        let mut failed = snap(SNAPSHOT_FAILED);
+        failed.status.as_mut().unwrap().message = "pg_basebackup: disk full".into();
+        let e = restore_err(from_snapshot(&failed, None), &o);
+        assert_eq!(
+            e,
+            "dbsnapshot/snap-1 failed and cannot be restored: pg_basebackup: disk full"
+        );
+        let mut deleting = snap(SNAPSHOT_AVAILABLE);
+        deleting.metadata.as_mut().unwrap().deleted_at = Some(at(T0));
+        let e = restore_err(from_snapshot(&deleting, None), &o);
+        assert_eq!(e, "dbsnapshot/snap-1 is being deleted");
+    }
+
+    #[test]
+    fn a_point_in_time_restore_copies_the_source_and_names_the_time() {
+        let live = live_orders();
+        let t = at(T0 - 600);
+        let c = restore_cluster(
+            "copy",
+            RestoreSource::PointInTime {
+                cluster: &live,
+                time: Some(&t),
+            },
+            &RestoreOverrides::default(),
+            &[15432],
+        )
+        .unwrap();
+        let spec = spec_of(&c);
+        assert_eq!(
+            spec.source,
+            Some(DbClusterSource {
+                cluster: "orders".into(),
+                restore_time: Some(t),
+                ..Default::default()
+            })
+        );
+        assert!(!spec.deletion_protection);
+        assert_eq!(
+            (spec.master_username.as_str(), spec.master_password.as_str()),
+            ("admin", "hunter2-secret")
+        );
+        assert_eq!(
+            (spec.deployment.as_str(), spec.port),
+            (MULTI_AZ_CLUSTER, Some(15434))
+        );
+        admitted(&c).unwrap();
+
+        let c = restore_cluster(
+            "copy",
+            RestoreSource::PointInTime {
+                cluster: &live,
+                time: None,
+            },
+            &RestoreOverrides::default(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            spec_of(&c).source,
+            Some(DbClusterSource {
+                cluster: "orders".into(),
+                use_latest_restorable_time: true,
+                ..Default::default()
+            })
+        );
+        // Both ends of the window are restorable.
+        for t in [at(T0 - 86_400), at(T0)] {
+            check_restore_time(&live, Some(&t)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_point_in_time_outside_the_restorable_window_is_refused() {
+        let live = live_orders();
+        let pitr = |c: &DbCluster, t: Option<Timestamp>| {
+            restore_err(
+                RestoreSource::PointInTime {
+                    cluster: c,
+                    time: t.as_ref(),
+                },
+                &RestoreOverrides::default(),
+            )
+        };
+        assert_eq!(
+            pitr(&live, Some(at(T0 - 86_401))),
+            "--time 2023-11-13T22:13:19Z is before the earliest restorable time \
+             2023-11-13T22:13:20Z of dbcluster/orders"
+        );
+        assert_eq!(
+            pitr(&live, Some(at(T0 + 1))),
+            "--time 2023-11-14T22:13:21Z is after the latest restorable time \
+             2023-11-14T22:13:20Z of dbcluster/orders (its WAL is archived up to then)"
+        );
+        let mut fresh = live_orders();
+        fresh.status.as_mut().unwrap().earliest_restorable_time = None;
+        for t in [Some(at(T0)), None] {
+            assert_eq!(
+                pitr(&fresh, t),
+                "point-in-time restore of dbcluster/orders is not available yet: it has no \
+                 automated backup"
+            );
+        }
+        let mut unarchived = live_orders();
+        unarchived.status.as_mut().unwrap().latest_restorable_time = None;
+        assert_eq!(
+            pitr(&unarchived, None),
+            "point-in-time restore of dbcluster/orders is not available yet: it has no archived \
+             WAL yet"
+        );
+        let mut off = fresh.clone();
+        off.spec
+            .as_mut()
+            .unwrap()
+            .backup
+            .as_mut()
+            .unwrap()
+            .retention_days = Some(0);
+        assert!(
+            pitr(&off, None).contains("its backup retention is 0 days"),
+            "{}",
+            pitr(&off, None)
+        );
+    }
+
+    #[test]
+    fn a_copied_cluster_without_a_password_still_needs_one() {
+        let mut live = live_orders();
+        live.spec.as_mut().unwrap().master_password.clear();
+        let e = restore_err(
+            RestoreSource::PointInTime {
+                cluster: &live,
+                time: None,
+            },
+            &RestoreOverrides::default(),
+        );
+        assert!(e.starts_with("--master-password is required"), "{e}");
+    }
+
+    #[test]
+    fn ports_move_past_every_cluster_that_has_them() {
+        assert_eq!(free_port(5432, &[]), 5432);
+        assert_eq!(free_port(5432, &[5432]), 5434);
+        // 5433 is the reader of 5432, and 5434's reader would be 5435.
+        assert_eq!(free_port(5432, &[5432, 5435]), 5437);
+        assert_eq!(free_port(5432, &[5431]), 5433);
+        assert_eq!(free_port(65_534, &[65_534]), 65_534);
+    }
+
+    fn snapshot_object(name: &str, cluster: &str, created: Option<i64>) -> Object {
+        let mut s = manual_snapshot(cluster, name);
+        s.status = Some(DbSnapshotStatus {
+            snapshot_create_time: created.map(at),
+            ..Default::default()
+        });
+        s.into()
+    }
+
+    #[test]
+    fn snapshots_are_listed_oldest_first_with_those_being_made_last() {
+        let all = vec![
+            snapshot_object("b", "orders", Some(T0)),
+            snapshot_object("making", "orders", None),
+            snapshot_object("a", "orders", Some(T0)),
+            snapshot_object("old", "orders", Some(T0 - 10)),
+            snapshot_object("other", "sales", Some(T0 - 20)),
+            instance("orders-1", "orders", ROLE_WRITER),
+        ];
+        let names = |v: Vec<Object>| v.iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(snapshots_of(all.clone(), Some("orders"))),
+            ["old", "a", "b", "making"]
+        );
+        assert_eq!(
+            names(snapshots_of(all.clone(), None)),
+            ["other", "old", "a", "b", "making"]
+        );
+        assert!(snapshots_of(all, Some("nope")).is_empty());
+        // And they print as `hanul get dbsnapshots` does.
+        let text = get::render(
+            &snapshots_of(vec![snapshot_object("a", "orders", Some(T0))], None),
+            OutputFormat::Table,
+            false,
+            true,
+            T0,
+        );
+        assert!(text.starts_with("NAME   CLUSTER   TYPE"), "{text}");
+        assert!(text.contains("a      orders    manual"), "{text}");
+    }
+
+    #[test]
+    fn the_restorable_window_or_why_there_is_none() {
+        let live = live_orders();
+        assert_eq!(
+            restorable_line(&live),
+            "Restorable: 2023-11-13T22:13:20Z .. 2023-11-14T22:13:20Z\n"
+        );
+        let mut c = live_orders();
+        c.status.as_mut().unwrap().earliest_restorable_time = None;
+        assert_eq!(
+            restorable_line(&c),
+            "Restorable: point-in-time restore is not available yet: no automated backup\n"
+        );
+        let mut c = live_orders();
+        c.status.as_mut().unwrap().latest_restorable_time = None;
+        assert_eq!(
+            restorable_line(&c),
+            "Restorable: point-in-time restore is not available yet: no archived WAL yet\n"
+        );
+        let mut c = live_orders();
+        c.spec
+            .as_mut()
+            .unwrap()
+            .backup
+            .as_mut()
+            .unwrap()
+            .retention_days = Some(0);
+        assert_eq!(
+            restorable_line(&c),
+            "Restorable: point-in-time restore is off (backup retention is 0 days)\n"
+        );
+    }
+
+    #[test]
+    fn a_manual_snapshot_names_its_cluster_and_waits_end_on_available_or_failed() {
+        let s = manual_snapshot("orders", "snap-1");
+        assert_eq!(
+            s.spec,
+            Some(DbSnapshotSpec {
+                db_cluster: "orders".into(),
+                r#type: "manual".into(),
+            })
+        );
+        assert!(!snapshot_done(&snap(SNAPSHOT_CREATING).into()).unwrap());
+        assert!(snapshot_done(&snap(SNAPSHOT_AVAILABLE).into()).unwrap());
+        let mut failed = snap(SNAPSHOT_FAILED);
+        failed.status.as_mut().unwrap().message = "no member to take it from".into();
+        assert_eq!(
+            snapshot_done(&failed.into()).unwrap_err().to_string(),
+            "dbsnapshot/snap-1 failed: no member to take it from"
+        );
+
+        let mut c = live_orders();
+        assert!(cluster_done(&c.clone().into()).unwrap());
+        let st = c.status.as_mut().unwrap();
+        st.phase = db::PHASE_CREATING.into();
+        assert!(!cluster_done(&c.clone().into()).unwrap());
+        c.status.as_mut().unwrap().restore = Some(DbRestore {
+            error: "snapshot snap-1 not found".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_done(&c.into()).unwrap_err().to_string(),
+            "dbcluster/orders cannot be restored: snapshot snap-1 not found"
         );
     }
 }

@@ -7,8 +7,8 @@ use super::{asg, check_selector, emit};
 use crate::{
     error::{is_not_found, report},
     output::{
-        NONE, Table, age, event_sort_key, event_time, format_age, lsn, manifest_value, now_secs,
-        or_none, timestamp,
+        NONE, Table, age, bytes, event_sort_key, event_time, format_age, lsn, manifest_value,
+        now_secs, or_none, timestamp,
     },
     target::{Targets, parse_targets},
 };
@@ -426,10 +426,12 @@ fn lsns_as_postgres_prints_them(status: Option<&mut Value>) {
 /// A labelled line of a section indented under a heading (the DBCluster's status), its
 /// labels longer than the metadata's.
 fn sub_field(out: &mut String, label: &str, value: &str) {
-    const WIDTH: usize = 25;
     let label = format!("{label}:");
-    out.push_str(&format!("  {label:<WIDTH$}{value}\n"));
+    out.push_str(&format!("  {label:<SUB_WIDTH$}{value}\n"));
 }
+
+/// Width of the labels of [`sub_field`].
+const SUB_WIDTH: usize = 25;
 
 /// A DBCluster's status as RDS's console shows it: who is writer in which epoch, where the
 /// endpoints are, the failover under way, the synchronous set, and one line per member.
@@ -496,6 +498,7 @@ fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
         "Parameter Apply Status",
         &or_none(&st.parameter_apply_status),
     );
+    db_cluster_backups(&mut out, c, now);
     out.push_str("  Members:");
     if st.members.is_empty() {
         out.push_str(&format!(" {NONE}\n"));
@@ -541,6 +544,164 @@ fn db_cluster_status(o: &Object, now: i64) -> Option<String> {
         ]);
     }
     indent(&mut out, &t.render(), 4);
+    Some(out)
+}
+
+/// A time with its age (`2023-11-14T22:03:20Z (10m ago)`), or `<none>`.
+fn time_ago(t: Option<&pbjson_types::Timestamp>, now: i64) -> String {
+    match t {
+        Some(t) if t.seconds > 0 => format!("{} ({} ago)", timestamp(Some(t)), age(Some(t), now)),
+        _ => NONE.into(),
+    }
+}
+
+/// A labelled group of lines under a heading: the first beside the label, the rest under it.
+fn sub_field_lines(out: &mut String, label: &str, values: &[String]) {
+    let Some((first, rest)) = values.split_first() else {
+        return sub_field(out, label, NONE);
+    };
+    sub_field(out, label, first);
+    for v in rest {
+        out.push_str(&format!("  {:SUB_WIDTH$}{v}\n", ""));
+    }
+}
+
+/// A DBCluster's backups: retention and window, its restorable window, the last automated
+/// snapshot, and where a restored cluster came from.
+fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64) {
+    let spec = c.spec.clone().unwrap_or_default();
+    let st = c.status.clone().unwrap_or_default();
+    let retention = match &spec.backup {
+        Some(b) if b.retention_days == Some(0) => "0 days (automated backups are off)".into(),
+        Some(b) => format!(
+            "{} days, daily in {} UTC",
+            b.retention_days
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| NONE.into()),
+            or_none(&b.preferred_window)
+        ),
+        None => NONE.into(),
+    };
+    sub_field(out, "Backup Retention", &retention);
+    sub_field(
+        out,
+        "Last Backup",
+        &time_ago(st.last_backup_time.as_ref(), now),
+    );
+    sub_field(
+        out,
+        "Earliest Restorable",
+        &time_ago(st.earliest_restorable_time.as_ref(), now),
+    );
+    sub_field(
+        out,
+        "Latest Restorable",
+        &time_ago(st.latest_restorable_time.as_ref(), now),
+    );
+    if let Some(s) = spec
+        .source
+        .as_ref()
+        .filter(|s| **s != hanul_proto::v1::DbClusterSource::default())
+    {
+        let text = if !s.snapshot.is_empty() {
+            format!("snapshot {}", s.snapshot)
+        } else if s.use_latest_restorable_time {
+            format!("cluster {} at its latest restorable time", s.cluster)
+        } else {
+            format!(
+                "cluster {} at {}",
+                s.cluster,
+                timestamp(s.restore_time.as_ref())
+            )
+        };
+        sub_field(out, "Source", &text);
+    }
+    if let Some(r) = &st.restore {
+        let mut lines = Vec::new();
+        if !r.snapshot.is_empty() {
+            lines.push(format!(
+                "from snapshot {} ({})",
+                r.snapshot,
+                or_none(&r.snapshot_path)
+            ));
+        }
+        if !r.wal_path.is_empty() || r.target_time.is_some() {
+            lines.push(format!(
+                "then the WAL of {} ({}) up to {}",
+                or_none(&r.source_cluster),
+                or_none(&r.wal_path),
+                timestamp(r.target_time.as_ref())
+            ));
+        }
+        if !r.error.is_empty() {
+            lines.push(format!("error: {}", r.error));
+        }
+        sub_field_lines(out, "Restore", &lines);
+    }
+}
+
+/// A DBSnapshot's status, readably: what it is of, where it is, when its data is as of, the
+/// WAL it spans (as PostgreSQL prints positions) and its size.
+fn db_snapshot_status(o: &Object, now: i64) -> Option<String> {
+    let Some(Resource::DbSnapshot(s)) = &o.resource else {
+        return None;
+    };
+    let st = s.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let phase = if s.metadata.as_ref().is_some_and(|m| m.deleted_at.is_some()) {
+        "deleting".to_string()
+    } else {
+        or_none(&st.phase)
+    };
+    sub_field(&mut out, "Phase", &phase);
+    sub_field(
+        &mut out,
+        "Observed Generation",
+        &st.observed_generation.to_string(),
+    );
+    if !st.message.is_empty() {
+        sub_field(&mut out, "Message", &st.message);
+    }
+    sub_field(&mut out, "Cluster UID", &or_none(&st.cluster_uid));
+    let engine = format!("{} {}", st.engine, st.engine_version);
+    sub_field(&mut out, "Engine", &or_none(engine.trim()));
+    sub_field(&mut out, "Master Username", &or_none(&st.master_username));
+    sub_field(&mut out, "Database", &or_none(&st.database_name));
+    let storage = if st.storage_gib > 0 {
+        format!("{} GiB", st.storage_gib)
+    } else {
+        NONE.into()
+    };
+    sub_field(&mut out, "Storage", &storage);
+    let member = match (st.member.is_empty(), st.node.is_empty()) {
+        (true, _) => NONE.to_string(),
+        (false, true) => st.member.clone(),
+        (false, false) => format!("{} on node {}", st.member, st.node),
+    };
+    sub_field(&mut out, "Taken From", &member);
+    sub_field(&mut out, "Path", &or_none(&st.path));
+    sub_field(&mut out, "Started", &time_ago(st.started_at.as_ref(), now));
+    sub_field(
+        &mut out,
+        "Snapshot Create Time",
+        &time_ago(st.snapshot_create_time.as_ref(), now),
+    );
+    let wal = if st.start_lsn == 0 && st.end_lsn == 0 {
+        NONE.to_string()
+    } else {
+        let mut w = format!("{} .. {}", lsn(st.start_lsn), lsn(st.end_lsn));
+        if st.timeline > 0 {
+            w.push_str(&format!(" (timeline {})", st.timeline));
+        }
+        w
+    };
+    sub_field(&mut out, "WAL", &wal);
+    let size = if st.size_bytes > 0 {
+        format!("{} ({} bytes)", bytes(st.size_bytes), st.size_bytes)
+    } else {
+        NONE.into()
+    };
+    sub_field(&mut out, "Size", &size);
     Some(out)
 }
 
@@ -641,7 +802,7 @@ pub fn describe_with(o: &Object, events: &[Object], target_groups: &[Object], no
         out.push_str("Spec:\n");
         render_section(&mut out, spec.as_ref());
         out.push_str("Status:\n");
-        match db_cluster_status(o, now) {
+        match db_cluster_status(o, now).or_else(|| db_snapshot_status(o, now)) {
             Some(section) => out.push_str(&section),
             None => render_section(&mut out, status.as_ref()),
         }
@@ -1116,6 +1277,136 @@ mod tests {
             "  replayLsn: 0/3000148\n",
             "    lsn: 0/3000148\n",
             "  cluster: orders\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_db_cluster_page_has_its_backups_restorable_window_and_source() {
+        let mut o = orders_cluster();
+        let Some(Resource::DbCluster(c)) = &mut o.resource else {
+            panic!()
+        };
+        let spec = c.spec.as_mut().unwrap();
+        spec.backup = Some(hanul_proto::v1::BackupSettings {
+            retention_days: Some(7),
+            preferred_window: "03:00-03:30".into(),
+        });
+        spec.source = Some(hanul_proto::v1::DbClusterSource {
+            cluster: "sales".into(),
+            restore_time: ts(7200),
+            ..Default::default()
+        });
+        let st = c.status.as_mut().unwrap();
+        st.last_backup_time = ts(3600);
+        st.earliest_restorable_time = ts(86_400);
+        st.latest_restorable_time = ts(5);
+        st.restore = Some(hanul_proto::v1::DbRestore {
+            snapshot: "sales-auto-1".into(),
+            snapshot_path: "snapshots/sales-auto-1-0a1b2c3d".into(),
+            wal_path: "wal/sales-0a1b2c3d".into(),
+            target_time: ts(7200),
+            source_cluster: "sales".into(),
+            error: String::new(),
+        });
+        let page = describe(&o, &[], NOW);
+        for want in [
+            "  Backup Retention:        7 days, daily in 03:00-03:30 UTC\n",
+            "  Last Backup:             2023-11-14T21:13:20Z (60m ago)\n",
+            "  Earliest Restorable:     2023-11-13T22:13:20Z (24h ago)\n",
+            "  Latest Restorable:       2023-11-14T22:13:15Z (5s ago)\n",
+            "  Source:                  cluster sales at 2023-11-14T20:13:20Z\n",
+            "  Restore:                 from snapshot sales-auto-1 (snapshots/sales-auto-1-0a1b2c3d)\n\
+             \x20                          then the WAL of sales (wal/sales-0a1b2c3d) up to \
+             2023-11-14T20:13:20Z\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+        assert!(!page.contains("hunter2"), "{page}");
+        // A cluster with none of it says so.
+        let page = describe(&orders_cluster(), &[], NOW);
+        for want in [
+            "  Backup Retention:        <none>\n",
+            "  Last Backup:             <none>\n",
+            "  Latest Restorable:       <none>\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+        assert!(
+            !page.contains("Source:") && !page.contains("Restore:"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn a_db_snapshot_page_shows_times_wal_positions_and_size_readably() {
+        let o: Object = hanul_proto::v1::DbSnapshot {
+            metadata: Some(ObjectMeta {
+                name: "snap-1".into(),
+                ..Default::default()
+            }),
+            spec: Some(hanul_proto::v1::DbSnapshotSpec {
+                db_cluster: "orders".into(),
+                r#type: db::SNAPSHOT_MANUAL.into(),
+            }),
+            status: Some(hanul_proto::v1::DbSnapshotStatus {
+                phase: db::SNAPSHOT_AVAILABLE.into(),
+                member: "orders-2".into(),
+                node: "mini-1".into(),
+                cluster_uid: "0a1b2c3d-uid".into(),
+                engine: "postgres".into(),
+                engine_version: "15".into(),
+                master_username: "admin".into(),
+                path: "snapshots/snap-1-9f8e7d6c".into(),
+                started_at: ts(90),
+                snapshot_create_time: ts(60),
+                start_lsn: 0x3000028,
+                end_lsn: (1 << 32) | 0x100,
+                timeline: 2,
+                size_bytes: 3 * 1024 * 1024 / 2,
+                storage_gib: 20,
+                database_name: "orders".into(),
+                ..Default::default()
+            }),
+        }
+        .into();
+        let page = describe(&o, &[], NOW);
+        for want in [
+            "Kind:               DBSnapshot\n",
+            "Spec:\n  dbCluster: orders\n  type: manual\n",
+            "Status:\n  Phase:                   available\n",
+            "  Cluster UID:             0a1b2c3d-uid\n",
+            "  Engine:                  postgres 15\n",
+            "  Master Username:         admin\n",
+            "  Database:                orders\n",
+            "  Storage:                 20 GiB\n",
+            "  Taken From:              orders-2 on node mini-1\n",
+            "  Path:                    snapshots/snap-1-9f8e7d6c\n",
+            "  Started:                 2023-11-14T22:11:50Z (90s ago)\n",
+            "  Snapshot Create Time:    2023-11-14T22:12:20Z (60s ago)\n",
+            "  WAL:                     0/3000028 .. 1/100 (timeline 2)\n",
+            "  Size:                    1.5MiB (1572864 bytes)\n",
+            "Conditions:\n  <none>\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+        // The raw fields are not dumped beside the readable ones.
+        assert!(
+            !page.contains("startLsn") && !page.contains("sizeBytes"),
+            "{page}"
+        );
+        // Nothing yet: the fields say so rather than print zeros.
+        let mut fresh = o.clone();
+        if let Some(Resource::DbSnapshot(s)) = &mut fresh.resource {
+            s.status = None;
+        }
+        let page = describe(&fresh, &[], NOW);
+        for want in [
+            "  Phase:                   <none>\n",
+            "  WAL:                     <none>\n",
+            "  Size:                    <none>\n",
+            "  Snapshot Create Time:    <none>\n",
         ] {
             assert!(page.contains(want), "missing {want:?} in:\n{page}");
         }

@@ -112,29 +112,10 @@ pub fn window_at(window: &str, now: i64) -> (i64, bool) {
 
 /// An automated snapshot's name: `<cluster>-<yyyymmdd>-<hhmm>` (UTC).
 pub fn automated_name(cluster: &str, now: i64) -> String {
-    let days = now.div_euclid(DAY);
-    let (y, m, d) = civil_from_days(days);
-    let minutes = now.rem_euclid(DAY) / 60;
-    format!(
-        "{cluster}-{y:04}{m:02}{d:02}-{:02}{:02}",
-        minutes / 60,
-        minutes % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    // 2026-11-27T03:05:00Z
+    let t = hanul_proto::time::rfc3339(&ts(now));
+    let digits: String = t.chars().filter(char::is_ascii_digit).take(12).collect();
+    format!("{cluster}-{}-{}", &digits[..8], &digits[8..])
 }
 
 /// The member to take a snapshot from: a streaming synchronous standby, else a streaming read

@@ -446,3 +446,185 @@ fn a_cluster_names_its_parameter_group_which_may_not_exist_yet() {
     let mut new = cluster("  masterPassword: s3cret-pass\n  parameterGroup: other\n");
     admit(&mut new, Some(&o)).unwrap();
 }
+
+#[test]
+fn backups_default_to_seven_days_in_rds_default_window() {
+    let o = admitted_cluster("  masterPassword: s3cret-pass\n");
+    let b = cluster_of(&o).spec.clone().unwrap().backup.unwrap();
+    assert_eq!(
+        (b.retention_days, b.preferred_window.as_str()),
+        (Some(7), "03:00-03:30")
+    );
+    let v = hanul_proto::manifest::to_value(&o);
+    assert_eq!(v["spec"]["backup"]["retentionDays"], 7);
+    assert_eq!(v["spec"]["backup"]["preferredWindow"], "03:00-03:30");
+    // Given values are kept, 0 (no automated backups) included.
+    let o = admitted_cluster(
+        "  masterPassword: s3cret-pass\n  backup: {retentionDays: 0, preferredWindow: '23:45-00:30'}\n",
+    );
+    let b = cluster_of(&o).spec.clone().unwrap().backup.unwrap();
+    assert_eq!(
+        (b.retention_days, b.preferred_window.as_str()),
+        (Some(0), "23:45-00:30")
+    );
+    admitted_cluster("  masterPassword: s3cret-pass\n  backup: {retentionDays: 35}\n");
+}
+
+#[test]
+fn backup_retention_and_window_are_checked_naming_the_field() {
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  backup: {retentionDays: 36, preferredWindow: '03:00-03:10'}\n",
+    );
+    for want in [
+        "spec.backup.retentionDays: 36 is outside 0..35",
+        "spec.backup.preferredWindow: \"03:00-03:10\" is 10 minutes long; a backup window is at least 30 minutes",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+    let m = refused("  masterPassword: s3cret-pass\n  backup: {preferredWindow: '3am'}\n");
+    assert!(
+        m.contains("spec.backup.preferredWindow: \"3am\" is not a window; use hh:mm-hh:mm in UTC"),
+        "{m}"
+    );
+}
+
+const PASSWORD: &str = "  masterPassword: s3cret-pass\n";
+
+fn with_source(source: &str) -> String {
+    format!("{PASSWORD}  source: {source}\n")
+}
+
+#[test]
+fn a_cluster_may_start_from_a_snapshot_or_a_point_in_time_of_another() {
+    for source in [
+        "{snapshot: orders-2024-05-01}",
+        "{cluster: sales, restoreTime: '2024-05-01T10:00:00Z'}",
+        "{cluster: sales, useLatestRestorableTime: true}",
+        "{}",
+    ] {
+        admitted_cluster(&with_source(source));
+    }
+    let o = admitted_cluster(&with_source("{snapshot: snap-1}"));
+    assert_eq!(
+        cluster_of(&o)
+            .spec
+            .as_ref()
+            .unwrap()
+            .source
+            .as_ref()
+            .unwrap()
+            .snapshot,
+        "snap-1"
+    );
+}
+
+#[test]
+fn a_source_is_a_snapshot_or_a_cluster_not_both() {
+    let m = refused(&with_source(
+        "{snapshot: snap-1, cluster: sales, useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains(
+            "spec.source: name a snapshot or a cluster (to restore to a point in time), not both"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn source_names_must_be_names() {
+    let m = refused(&with_source("{snapshot: Snap_1}"));
+    assert!(
+        m.contains("spec.source.snapshot: \"Snap_1\" is not a DBSnapshot name"),
+        "{m}"
+    );
+    let m = refused(&with_source(
+        "{cluster: Sales_DB, useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains("spec.source.cluster: \"Sales_DB\" is not a DBCluster name"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_point_in_time_restore_needs_exactly_one_time() {
+    let m = refused(&with_source("{cluster: sales}"));
+    assert!(
+        m.contains("spec.source.restoreTime: required with spec.source.cluster"),
+        "{m}"
+    );
+    let m = refused(&with_source(
+        "{cluster: sales, restoreTime: '2024-05-01T10:00:00Z', useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains("spec.source: restoreTime and useLatestRestorableTime exclude each other"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_restore_time_without_a_cluster_is_refused() {
+    let m = refused(&with_source("{restoreTime: '2024-05-01T10:00:00Z'}"));
+    assert!(
+        m.contains("spec.source.restoreTime: only with spec.source.cluster"),
+        "{m}"
+    );
+    let m = refused(&with_source(
+        "{snapshot: snap-1, useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains("spec.source.useLatestRestorableTime: only with spec.source.cluster"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_cluster_cannot_be_restored_from_itself() {
+    let m = refused(&with_source(
+        "{cluster: orders, useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains("spec.source.cluster: \"orders\" is this cluster"),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_source_is_fixed_at_creation() {
+    let old = admitted_cluster(&with_source("{snapshot: snap-1}"));
+    // The same source, and other changes, pass.
+    let mut same = cluster(&format!(
+        "{}  instanceClass: db.m5.large\n",
+        with_source("{snapshot: snap-1}")
+    ));
+    admit(&mut same, Some(&old)).unwrap();
+    for (source, asked) in [
+        ("{snapshot: snap-2}", "snapshot \"snap-2\""),
+        (
+            "{cluster: sales, restoreTime: '2024-05-01T10:00:00Z'}",
+            "cluster \"sales\" at 2024-05-01T10:00:00",
+        ),
+        ("{}", "none"),
+    ] {
+        let mut new = cluster(&with_source(source));
+        let m = message(admit(&mut new, Some(&old)));
+        assert!(
+            m.contains(&format!(
+                "spec.source: is immutable (was snapshot \"snap-1\", asked {asked}"
+            )),
+            "{source}: {m}"
+        );
+    }
+    // Nor can a cluster made empty be given a source later.
+    let plain = admitted_cluster(PASSWORD);
+    let mut new = cluster(&with_source("{snapshot: snap-1}"));
+    let m = message(admit(&mut new, Some(&plain)));
+    assert!(
+        m.contains("spec.source: is immutable (was none, asked snapshot \"snap-1\")"),
+        "{m}"
+    );
+    // An empty source is none.
+    let mut empty = cluster(&with_source("{}"));
+    admit(&mut empty, Some(&plain)).unwrap();
+}
