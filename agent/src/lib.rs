@@ -162,11 +162,14 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         hanul_lb::DataPlane::with_workers(config.lb_workers)
             .map_err(|e| Error::Config(format!("cannot start the load balancer's threads: {e}")))?
     };
+    let db_metrics = Arc::new(db::metrics::Metrics::default());
     let metrics: endpoint::MetricsFn = {
         let plane = plane.clone();
+        let db_metrics = db_metrics.clone();
         Arc::new(move || {
             let mut out = String::new();
             plane.render_metrics(&mut out);
+            db_metrics.render(&mut out);
             out
         })
     };
@@ -182,6 +185,7 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("backups")),
             archive_interval: config.db_archive_interval,
+            metrics: db_metrics,
         },
         shutdown.clone(),
     );

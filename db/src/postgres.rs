@@ -140,6 +140,13 @@ pub struct Observation {
     pub pending_restart: Vec<String>,
     /// The parameters of the file PostgreSQL cannot apply (bad value, unknown name).
     pub refused_parameters: Vec<String>,
+    /// Clients connected (`pg_stat_activity`'s client backends).
+    pub connections: u64,
+    /// Transactions committed and rolled back since the statistics began (all databases).
+    pub commits: u64,
+    pub rollbacks: u64,
+    /// The databases' size on disk, in bytes.
+    pub storage_bytes: u64,
 }
 
 impl Observation {
@@ -175,7 +182,11 @@ const OBSERVE_SQL: &str = "select pg_is_in_recovery(), \
                 when s.context = 'postmaster' and s.name is not null then 'r' \
                 when f.error is null then 'a' else 'e' end, ',' order by f.name) \
               from pg_file_settings f left join pg_settings s on s.name = f.name \
-              where f.sourcefile like '%/hanul-params.conf'), '')";
+              where f.sourcefile like '%/hanul-params.conf'), ''), \
+    (select count(*) from pg_stat_activity where backend_type = 'client backend'), \
+    (select coalesce(sum(xact_commit), 0) from pg_stat_database), \
+    (select coalesce(sum(xact_rollback), 0) from pg_stat_database), \
+    (select coalesce(sum(pg_database_size(oid)), 0) from pg_database where datallowconn)";
 
 pub(crate) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
@@ -185,8 +196,8 @@ pub(crate) fn parse_lsn(s: &str) -> Option<u64> {
 }
 
 fn parse_observation(row: &str) -> Option<Observation> {
-    let f: Vec<&str> = row.trim_end_matches('\n').splitn(10, '|').collect();
-    if f.len() != 10 {
+    let f: Vec<&str> = row.trim_end_matches('\n').split('|').collect();
+    if f.len() != 14 {
         return None;
     }
     // name:verdict,... — a applied (or overridden), r waits for a restart, e refused.
@@ -213,6 +224,10 @@ fn parse_observation(row: &str) -> Option<Observation> {
         synchronous_standby_names: f[8].to_string(),
         pending_restart: verdict("r"),
         refused_parameters: verdict("e"),
+        connections: f[10].trim().parse().unwrap_or(0),
+        commits: f[11].trim().parse().unwrap_or(0),
+        rollbacks: f[12].trim().parse().unwrap_or(0),
+        storage_bytes: f[13].trim().parse().unwrap_or(0),
     })
 }
 
@@ -1198,9 +1213,11 @@ pub(crate) mod tests {
             .await
             .unwrap();
         m2.query("app's", "insert into t values (2)").await.unwrap();
+        // Caught up (a busy machine may observe it between receiving and replaying, when
+        // the lag is the age of the last replayed commit): no lag.
         let o3 = poll("m3 streams from m2 on timeline 2", async || {
             let o = m3.observe().await.unwrap();
-            (o.streaming() && o.timeline == 2).then_some(o)
+            (o.streaming() && o.timeline == 2 && o.replay_lsn == o.receive_lsn).then_some(o)
         })
         .await;
         assert_eq!(o3.lag_seconds, 0.0);

@@ -79,6 +79,7 @@ impl Harness {
                 ports: self.ports,
                 backup_dir: self.dir.path().join("backups"),
                 archive_interval: Duration::from_secs(1),
+                metrics: Default::default(),
             },
             shutdown,
         ));
