@@ -82,7 +82,7 @@ pub enum UserCommand {
     /// Auto scaling group actions: activities, lifecycle actions, instance refresh.
     Asg(commands::asg::Args),
     /// Database cluster actions: failover (switchover), reboot, endpoints, psql, snapshot,
-    /// snapshots, restore.
+    /// snapshots, restore, clone.
     Db(commands::db::Args),
     /// Print an instance's console log (stdout and stderr); -f follows it.
     Logs(commands::logs::Args),
@@ -225,6 +225,7 @@ mod tests {
                 "--snapshot",
                 "snap-1",
             ],
+            &["hanul", "db", "clone", "orders", "orders-copy", "--wait"],
             &["hanul", "describe", "dbsnapshot", "orders-snap-1"],
             &["hanul", "completion", "bash"],
             &["hanul", "api-resources"],

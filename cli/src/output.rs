@@ -302,6 +302,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["ADDRESS", "EPOCH", "TIMELINE", "LSN", "LAG"],
         ),
         Kind::DbParameterGroup => (&["NAME", "FAMILY", "PARAMETERS", "AGE"], &["DESCRIPTION"]),
+        Kind::Secret => (&["NAME", "KEYS", "AGE"], &["DESCRIPTION"]),
         Kind::DbSnapshot => (
             &[
                 "NAME", "CLUSTER", "TYPE", "STATUS", "CREATED", "SIZE", "AGE",
@@ -337,6 +338,17 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::DbInstance(o)) => db_instance_row(o, wide, now),
         Some(Resource::DbParameterGroup(o)) => db_parameter_group_row(o, wide, now),
         Some(Resource::DbSnapshot(o)) => db_snapshot_row(o, wide, now),
+        Some(Resource::Secret(o)) => {
+            let (name, age) = name_and_age(o.metadata.as_ref(), now);
+            let spec = o.spec.clone().unwrap_or_default();
+            let mut keys: Vec<&str> = spec.data.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let mut row = vec![name, or_none(&keys.join(",")), age];
+            if wide {
+                row.push(or_none(&spec.description));
+            }
+            row
+        }
         None => vec![String::new()],
     }
 }
@@ -875,11 +887,28 @@ pub fn sort_maps(v: &mut Value) {
     }
 }
 
-/// The manifest form of an object, with stable map order.
+/// What the CLI prints instead of a Secret's values.
+pub const REDACTED: &str = "***";
+
+/// The manifest form of an object, with stable map order; a Secret's values redacted.
 pub fn manifest_value(o: &Object) -> Value {
-    let mut v = to_value(o);
+    let mut v = to_value(&redacted(o));
     sort_maps(&mut v);
     v
+}
+
+/// The object with each of a Secret's values replaced by [`REDACTED`]: the CLI never prints
+/// them (the keys stay).
+pub fn redacted(o: &Object) -> Object {
+    let mut o = o.clone();
+    if let Some(Resource::Secret(s)) = &mut o.resource
+        && let Some(spec) = &mut s.spec
+    {
+        for v in spec.data.values_mut() {
+            *v = REDACTED.into();
+        }
+    }
+    o
 }
 
 /// One object as pretty JSON (with a trailing newline).

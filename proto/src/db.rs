@@ -290,6 +290,10 @@ pub const SNAPSHOT_FAILED: &str = "failed";
 /// until they are removed.
 pub const SNAPSHOT_FINALIZER: &str = "hanul.dev/db-snapshot-files";
 
+/// The finalizer the cluster's controller puts on a cluster with
+/// `spec.finalSnapshotIdentifier`: its deletion waits for the final snapshot.
+pub const FINAL_SNAPSHOT_FINALIZER: &str = "hanul.dev/db-final-snapshot";
+
 /// `spec.backup.retentionDays`: RDS's default and limit.
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 pub const MAX_RETENTION_DAYS: u32 = 35;

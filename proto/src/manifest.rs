@@ -6,8 +6,8 @@ use crate::{
     Kind,
     v1::{
         AutoScalingGroup, DbCluster, DbInstance, DbParameterGroup, DbSnapshot, Event, Image,
-        Instance, InstanceType, LaunchTemplate, LoadBalancer, Node, Object, TargetGroup, Volume,
-        object::Resource,
+        Instance, InstanceType, LaunchTemplate, LoadBalancer, Node, Object, Secret, TargetGroup,
+        Volume, object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -155,6 +155,7 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::DbInstance => typed::<DbInstance>(rest).map(Resource::DbInstance),
         Kind::DbParameterGroup => typed::<DbParameterGroup>(rest).map(Resource::DbParameterGroup),
         Kind::DbSnapshot => typed::<DbSnapshot>(rest).map(Resource::DbSnapshot),
+        Kind::Secret => typed::<Secret>(rest).map(Resource::Secret),
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -206,6 +207,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::DbInstance(o)) => serde_json::to_value(o),
         Some(Resource::DbParameterGroup(o)) => serde_json::to_value(o),
         Some(Resource::DbSnapshot(o)) => serde_json::to_value(o),
+        Some(Resource::Secret(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

@@ -174,6 +174,7 @@ kinds! {
     DbInstance as "DBInstance" { plural: "dbinstances", short: ["dbi", "db-instances"], status: true },
     DbParameterGroup as "DBParameterGroup" { plural: "dbparametergroups", short: ["dbpg", "db-parameter-groups"], status: true },
     DbSnapshot as "DBSnapshot" { plural: "dbsnapshots", short: ["dbsnap", "db-snapshots"], status: true },
+    Secret { plural: "secrets", short: ["sec"], status: true },
 }
 
 impl Kind {
@@ -270,7 +271,8 @@ into_object!(
     DbCluster,
     DbInstance,
     DbParameterGroup,
-    DbSnapshot
+    DbSnapshot,
+    Secret
 );
 
 #[cfg(test)]

@@ -131,6 +131,20 @@ impl Lab {
         ))
     }
 
+    /// `count/max` of table `t` through `endpoint`, once the endpoint answers.
+    fn rows_of_t(&self, endpoint: &str) -> String {
+        poll(
+            Duration::from_secs(20),
+            &format!("rows of t through {endpoint}"),
+            || {
+                Ok(self
+                    .query(endpoint, "SELECT count(*) || '/' || max(n) FROM t")
+                    .ok())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// SIGKILLs the agent of `node`, keeping its data dir for a restart.
     fn kill_agent(&mut self, node: &str) {
         let i = self
@@ -686,17 +700,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     lab.apply("pitr.yaml", &pitr);
     let status = lab.wait_available("pitr", 1, 1, 0);
     let pitr_writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
-    poll(
-        Duration::from_secs(20),
-        "rows of the restored cluster",
-        || {
-            Ok(lab
-                .query(&pitr_writer, "SELECT count(*) || '/' || max(n) FROM t")
-                .ok())
-        },
-    )
-    .map(|rows| assert_eq!(rows, "50/50", "{}", lab.logs()))
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(lab.rows_of_t(&pitr_writer), "50/50", "{}", lab.logs());
     // It is a writer of its own: it takes writes, the source does not see them.
     lab.sql(&pitr_writer, "INSERT INTO t VALUES (1000)")
         .unwrap();
@@ -717,26 +721,145 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
 
-    // The manual snapshot outlives its cluster, and restores with all it had.
+    // The members' metrics on their agent's /metrics.
+    let node = lab
+        .server
+        .get_json(&format!("node/{}", lab.node("az-a")))
+        .unwrap();
+    let endpoint = node["spec"]["agentEndpoint"].as_str().unwrap().to_owned();
+    let endpoint_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    poll(Duration::from_secs(20), "the DB metrics of src-1", || {
+        let body = hanul_e2e::request(endpoint_port, "/metrics", &[])?.body;
+        let storage = body
+            .lines()
+            .find(|l| l.starts_with("hanul_db_storage_bytes{cluster=\"src\",member=\"src-1\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        let commits = body
+            .lines()
+            .find(|l| l.starts_with("hanul_db_commits_total{cluster=\"src\",member=\"src-1\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        match (storage, commits) {
+            (Some(s), Some(c)) if s > 1e6 && c >= 3.0 => Ok(Some(())),
+            _ => Err(body),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // A clone (through the CLI) has everything committed so far, and goes its own way.
+    let out = lab
+        .server
+        .cli(&["db", "clone", "src", "copy", "--wait", "--timeout", "120s"]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        lab.logs()
+    );
+    let copy = lab.wait_available("copy", 1, 1, 0);
+    let copy_writer = copy["endpoints"]["writer"].as_str().unwrap().to_owned();
+    assert_eq!(lab.rows_of_t(&copy_writer), "110/110", "{}", lab.logs());
+    lab.sql(&copy_writer, "INSERT INTO t VALUES (2000)")
+        .unwrap();
+    assert_eq!(lab.query(&writer, "SELECT count(*) FROM t").unwrap(), "110");
+
+    // Deleted with a final snapshot: the deletion waits for it. The manual snapshot outlives
+    // its cluster, and restores with all it had.
+    lab.apply(
+        "src.yaml",
+        &manifest("src", "singleAZ", 0, port, &["az-a"]).replace(
+            "  failover:",
+            "  finalSnapshotIdentifier: last\n  failover:",
+        ),
+    );
+    poll(WAIT, "the final snapshot's finalizer", || {
+        let c = lab.cluster("src");
+        Ok(c["metadata"]["finalizers"]
+            .as_array()
+            .filter(|f| f.iter().any(|f| f == "hanul.dev/db-final-snapshot"))
+            .map(|_| ()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     let out = lab.server.cli(&["delete", "dbcluster", "src", "--wait"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    let last = lab.server.get_json("dbsnapshot/last").unwrap();
+    assert_eq!(last["status"]["phase"], "available", "{last}");
     let snap = lab.server.get_json("dbsnapshot/keep").unwrap();
     assert_eq!(snap["status"]["phase"], "available", "{snap}");
+    let lsn = |v: &Value| {
+        v["status"]["endLsn"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    assert!(
+        lsn(&last) > lsn(&snap),
+        "the final snapshot is newer: {last} {snap}"
+    );
     let from_snap_port = free_port_pair();
     let from_snap = manifest("fromsnap", "singleAZ", 0, from_snap_port, &["az-a"])
         .replace("  failover:", "  source: {snapshot: keep}\n  failover:");
     lab.apply("fromsnap.yaml", &from_snap);
     let status = lab.wait_available("fromsnap", 1, 1, 0);
     let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
-    poll(
-        Duration::from_secs(20),
-        "rows of the cluster restored from the snapshot",
-        || {
-            Ok(lab
-                .query(&ep, "SELECT count(*) || '/' || max(n) FROM t")
-                .ok())
-        },
-    )
-    .map(|rows| assert_eq!(rows, "100/100", "{}", lab.logs()))
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(lab.rows_of_t(&ep), "100/100", "{}", lab.logs());
+}
+
+/// The master password from a Secret: the members and the endpoint use it, and no `get`,
+/// `describe` or `diff` prints it.
+#[test]
+fn a_master_password_from_a_secret_is_used_and_never_printed() {
+    let lab = Lab::start("sec", &["az-a"]);
+    let port = free_port_pair();
+    let secret = format!(
+        "apiVersion: hanul/v1\nkind: Secret\nmetadata: {{name: app-db}}\nspec:\n  data: {{password: {PASSWORD}}}\n"
+    );
+    lab.apply("secret.yaml", &secret);
+    let cluster = manifest("vault", "singleAZ", 0, port, &["az-a"]).replace(
+        &format!("  masterPassword: {PASSWORD}\n"),
+        "  masterPasswordSecret: {name: app-db}\n",
+    );
+    assert!(!cluster.contains(PASSWORD));
+    lab.apply("vault.yaml", &cluster);
+    let status = lab.wait_available("vault", 1, 1, 0);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int)");
+    for args in [
+        vec!["get", "secret", "app-db", "-o", "yaml"],
+        vec!["get", "secrets", "-o", "json"],
+        vec!["describe", "secret", "app-db"],
+        vec!["get", "db", "vault", "-o", "yaml"],
+    ] {
+        let out = lab.server.cli(&args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(
+            !out.stdout.contains(PASSWORD),
+            "{args:?} printed it:\n{}",
+            out.stdout
+        );
+    }
+    let yaml = lab
+        .server
+        .cli(&["get", "secret", "app-db", "-o", "yaml"])
+        .stdout;
+    assert!(
+        yaml.contains("password: '***'") || yaml.contains("password: \"***\""),
+        "{yaml}"
+    );
+    // A changed value shows as changed, still without the values.
+    let changed = write_manifest(
+        lab.manifests.path(),
+        "secret2.yaml",
+        &secret.replace(PASSWORD, "another-pass-1"),
+    );
+    let diff = lab.server.cli(&["diff", "-f", &changed]);
+    assert_eq!(diff.code, 1, "{}", diff.stderr);
+    assert!(diff.stdout.contains("*** (after)"), "{}", diff.stdout);
+    assert!(
+        !diff.stdout.contains(PASSWORD) && !diff.stdout.contains("another-pass-1"),
+        "{}",
+        diff.stdout
+    );
 }

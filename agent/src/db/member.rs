@@ -81,6 +81,7 @@ pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shut
         let wait = match m.pass().await {
             Ok(Next::Done) => {
                 m.ctx.forget_task(&m.name);
+                m.ctx.metrics.forget(&m.name);
                 return;
             }
             Ok(Next::Now) if streak < 20 => {
@@ -366,6 +367,19 @@ impl MemberLoop {
             .iter()
             .find(|(n, _)| *n == cluster_status.writer)
             .map(|(_, s)| s.flush_lsn);
+        match &observed {
+            Some(o) => {
+                let lag = match writer_flush {
+                    Some(f) if o.in_recovery => f.saturating_sub(o.replay_lsn.unwrap_or(0)),
+                    _ => 0,
+                };
+                self.ctx.metrics.set(
+                    &self.name,
+                    super::metrics::Sample::new(&spec.cluster, o, lag),
+                );
+            }
+            None => self.ctx.metrics.forget(&self.name),
+        }
         let ctx = StepCtx {
             object: &object,
             spec: &spec,
@@ -411,7 +425,9 @@ impl MemberLoop {
             }
             Step::Bootstrap { epoch } if cluster.source.is_some() => {
                 let restore = cs.restore.clone().unwrap_or_default();
-                if restore.snapshot_path.is_empty() || !restore.error.is_empty() {
+                let resolved =
+                    !restore.snapshot_path.is_empty() || !restore.clone_address.is_empty();
+                if !resolved || !restore.error.is_empty() {
                     let why = if restore.error.is_empty() {
                         "waiting for the cluster's source to be resolved".to_string()
                     } else {
@@ -420,12 +436,16 @@ impl MemberLoop {
                     self.report(c, Some(why), |_| {}).await?;
                     return Ok(Next::Later);
                 }
-                self.set_state(
-                    c,
-                    STATE_CREATING,
-                    &format!("restoring from snapshot {}", restore.snapshot),
-                )
-                .await?;
+                let from = if restore.clone_address.is_empty() {
+                    format!("snapshot {}", restore.snapshot)
+                } else {
+                    format!(
+                        "a clone of DB cluster {} (member {})",
+                        restore.source_cluster, restore.clone_member
+                    )
+                };
+                self.set_state(c, STATE_CREATING, &format!("restoring from {from}"))
+                    .await?;
                 let mut local = self.local_ref().clone();
                 member.synchronous_standby_names.clear();
                 self.restore(c, &mut member, &restore).await?;
@@ -446,8 +466,8 @@ impl MemberLoop {
                     NORMAL,
                     "DBInstanceRestored",
                     format!(
-                        "DB instance {} restored from snapshot {}{to} as the writer of epoch {epoch}",
-                        self.name, restore.snapshot
+                        "DB instance {} restored from {from}{to} as the writer of epoch {epoch}",
+                        self.name
                     ),
                 );
                 Ok(Next::Now)
@@ -457,7 +477,7 @@ impl MemberLoop {
                     .await?;
                 let mut local = self.local_ref().clone();
                 member.synchronous_standby_names.clear();
-                member.init(&cluster.master_password).await?;
+                member.init(&self.ctx.master_password(&cluster)?).await?;
                 self.start(c, &mut member).await?;
                 if !cluster.database_name.is_empty() {
                     member.create_database(&cluster.database_name).await?;
@@ -798,7 +818,7 @@ impl MemberLoop {
             host,
             port,
             user: superuser(cluster),
-            password: cluster.master_password.clone(),
+            password: self.ctx.master_password(cluster)?,
             application_name: self.name.clone(),
         })
     }
@@ -825,8 +845,41 @@ impl MemberLoop {
                 .await
                 .map_err(|e| Error::Other(format!("removing a failed restore's files: {e}")))?;
         }
-        member.restore_from(&snapshot, target).await?;
-        self.start(c, member).await?;
+        if restore.clone_address.is_empty() {
+            member.restore_from(&snapshot, target).await?;
+            self.start(c, member).await?;
+        } else {
+            // A clone: a base backup of the source's member, started as its standby, then
+            // promoted into a cluster of its own (a new timeline).
+            let source = match self
+                .ctx
+                .clusters
+                .get(Kind::DbCluster, &restore.source_cluster)
+                .and_then(|o| o.resource.clone())
+            {
+                Some(Resource::DbCluster(s)) => s.spec.unwrap_or_default(),
+                _ => {
+                    return Err(Error::Other(format!(
+                        "the clone's source DB cluster {} is gone",
+                        restore.source_cluster
+                    )));
+                }
+            };
+            let (host, port) = split_address(&restore.clone_address).ok_or_else(|| {
+                Error::Other(format!("bad source address {:?}", restore.clone_address))
+            })?;
+            member
+                .clone_from(Upstream {
+                    host,
+                    port,
+                    user: superuser(&source),
+                    password: self.ctx.master_password(&source)?,
+                    application_name: self.name.clone(),
+                })
+                .await?;
+            self.start(c, member).await?;
+            member.promote().await?;
+        }
         if !member.wait_promoted(RESTORE_TIMEOUT).await? {
             return Err(Error::Other(format!(
                 "the restored member did not finish recovery within {RESTORE_TIMEOUT:?} (see {})",
@@ -836,7 +889,7 @@ impl MemberLoop {
         member.finish_restore()?;
         member.reload().await?;
         let spec = c.cluster.spec.clone().unwrap_or_default();
-        let password = spec.master_password.replace('\'', "''");
+        let password = self.ctx.master_password(&spec)?.replace('\'', "''");
         member
             .query(
                 "postgres",
@@ -1209,7 +1262,7 @@ impl MemberLoop {
                 host,
                 port,
                 user: superuser(&spec),
-                password: spec.master_password.clone(),
+                password: self.ctx.master_password(&spec)?,
                 application_name: self.name.clone(),
             });
         }

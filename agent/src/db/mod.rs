@@ -26,6 +26,7 @@
 pub mod endpoints;
 pub mod exec;
 pub mod member;
+pub mod metrics;
 pub mod plan;
 pub mod snapshots;
 
@@ -71,6 +72,8 @@ pub struct Settings {
     pub backup_dir: PathBuf,
     /// How often a writer with new WAL closes its WAL file for the archive.
     pub archive_interval: Duration,
+    /// Where the members' figures go (the agent's `/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Shared by the member tasks.
@@ -85,6 +88,7 @@ pub struct Context {
     pub ports: PortRange,
     pub backup_dir: PathBuf,
     pub archive_interval: Duration,
+    pub metrics: Arc<metrics::Metrics>,
     /// None when PostgreSQL is not installed: members say so in their status.
     pub bin: Option<Binaries>,
     pub instances: Cache,
@@ -92,6 +96,8 @@ pub struct Context {
     /// The clusters' DBParameterGroups: a change wakes every member (the loop below wakes all
     /// tasks on any change), and each applies its cluster's group.
     pub parameter_groups: Cache,
+    /// Secrets: a cluster's `masterPasswordSecret`.
+    pub secrets: Cache,
     /// DBSnapshots: those assigned to this node's members are taken here.
     pub snapshots: Cache,
     /// The snapshots with a task running here.
@@ -145,6 +151,38 @@ impl Context {
         Some(port)
     }
 
+    /// The cluster's master password: inline, or from its `masterPasswordSecret`.
+    pub(crate) fn master_password(
+        &self,
+        spec: &hanul_proto::v1::DbClusterSpec,
+    ) -> Result<String, member::Error> {
+        let Some(r) = spec
+            .master_password_secret
+            .as_ref()
+            .filter(|r| !r.name.is_empty())
+        else {
+            return Ok(spec.master_password.clone());
+        };
+        let key = if r.key.is_empty() { "password" } else { &r.key };
+        let secret = match self
+            .secrets
+            .get(Kind::Secret, &r.name)
+            .map(|o| o.resource.clone())
+        {
+            Some(Some(Resource::Secret(s))) => s,
+            _ => {
+                return Err(member::Error::Other(format!(
+                    "the master password's Secret {} does not exist",
+                    r.name
+                )));
+            }
+        };
+        secret
+            .spec
+            .and_then(|s| s.data.get(key).cloned())
+            .ok_or_else(|| member::Error::Other(format!("Secret {} has no key {key:?}", r.name)))
+    }
+
     /// Starts the task of `name` unless it runs; wakes it either way.
     fn ensure_task(self: &Arc<Self>, name: &str, shutdown: &Shutdown) {
         let mut tasks = self.tasks();
@@ -196,6 +234,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
     let clusters = start(Kind::DbCluster);
     let parameter_groups = start(Kind::DbParameterGroup);
     let snapshots = start(Kind::DbSnapshot);
+    let secrets = start(Kind::Secret);
     let driver: Arc<dyn WorkloadDriver> = Arc::new(driver);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), format!("agent/{}", settings.node)),
@@ -207,11 +246,13 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         ports: settings.ports,
         backup_dir: settings.backup_dir.clone(),
         archive_interval: settings.archive_interval,
+        metrics: settings.metrics.clone(),
         bin,
         instances,
         clusters,
         parameter_groups,
         snapshots,
+        secrets,
         snapshot_tasks: Mutex::new(HashSet::new()),
         tasks: Mutex::new(HashMap::new()),
         claimed: Mutex::new(HashMap::new()),
@@ -220,6 +261,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
     ctx.clusters.wait_synced().await;
     ctx.parameter_groups.wait_synced().await;
     ctx.snapshots.wait_synced().await;
+    ctx.secrets.wait_synced().await;
 
     // Exits wake their member at once.
     {

@@ -8,9 +8,10 @@
 //! Errors about the master password never repeat it: they say what is wrong with it only.
 //!
 //! `spec.source` is checked for its shape only (one source, names that can be names, a time
-//! with a cluster): whether the snapshot or the cluster exists, and whether the time is in the
-//! source's restorable window, is for the controller to say (the cluster reports it), since
-//! admission sees one object at a time.
+//! with a cluster, none with a clone): whether the snapshot or the cluster exists, whether the
+//! time is in the source's restorable window, and whether a cluster to clone has a member to
+//! copy from, is for the controller to say (the cluster reports it), since admission sees one
+//! object at a time.
 
 use super::{Errors, is_dns_name};
 use hanul_proto::{
@@ -112,7 +113,51 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
         );
     }
     check_master_username(&spec.master_username, errs);
-    check_master_password(&spec.master_password, errs);
+    match spec.master_password_secret.as_ref() {
+        Some(r) if *r != Default::default() => {
+            if !spec.master_password.is_empty() {
+                errs.add(
+                    "spec.masterPassword",
+                    "not allowed with spec.masterPasswordSecret: use one of them",
+                );
+            }
+            if !is_dns_name(&r.name, 253) {
+                errs.add(
+                    "spec.masterPasswordSecret.name",
+                    format!(
+                        "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
+                        r.name
+                    ),
+                );
+            }
+            if !r.key.is_empty()
+                && !r
+                    .key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                errs.add(
+                    "spec.masterPasswordSecret.key",
+                    format!(
+                        "{:?} is not a key (letters, digits, '-', '_' and '.')",
+                        r.key
+                    ),
+                );
+            }
+        }
+        _ => check_master_password(&spec.master_password, errs),
+    }
+    if !spec.final_snapshot_identifier.is_empty()
+        && !is_dns_name(&spec.final_snapshot_identifier, 253)
+    {
+        errs.add(
+            "spec.finalSnapshotIdentifier",
+            format!(
+                "{:?} is not a DBSnapshot name (lowercase letters, digits, '-' and '.')",
+                spec.final_snapshot_identifier
+            ),
+        );
+    }
     if !spec.database_name.is_empty() {
         if let Err(why) = check_identifier(&spec.database_name) {
             errs.add(
@@ -250,6 +295,9 @@ fn source_text(s: Option<&DbClusterSource>) -> String {
     if !s.snapshot.is_empty() {
         parts.push(format!("snapshot {:?}", s.snapshot));
     }
+    if s.clone {
+        parts.push("clone of".into());
+    }
     if !s.cluster.is_empty() {
         parts.push(format!("cluster {:?}", s.cluster));
     }
@@ -267,12 +315,13 @@ fn source_text(s: Option<&DbClusterSource>) -> String {
     parts.join(" ")
 }
 
-/// A source is a snapshot, or a cluster and a time (given, or its latest restorable one).
+/// A source is a snapshot, a cluster and a time (given, or its latest restorable one), or a
+/// cluster to clone (its data as it is now, so no time).
 fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
     if !s.snapshot.is_empty() && !s.cluster.is_empty() {
         errs.add(
             "spec.source",
-            "name a snapshot or a cluster (to restore to a point in time), not both",
+            "name a snapshot or a cluster (to restore to a point in time or clone), not both",
         );
     }
     if !s.snapshot.is_empty() && !is_dns_name(&s.snapshot, 253) {
@@ -284,16 +333,43 @@ fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
             ),
         );
     }
+    let time_field = if s.restore_time.is_some() {
+        "spec.source.restoreTime"
+    } else {
+        "spec.source.useLatestRestorableTime"
+    };
     let at = s.restore_time.is_some() || s.use_latest_restorable_time;
-    if s.cluster.is_empty() {
-        if at {
-            let field = if s.restore_time.is_some() {
-                "spec.source.restoreTime"
-            } else {
-                "spec.source.useLatestRestorableTime"
-            };
+    if s.clone {
+        if s.cluster.is_empty() {
             errs.add(
-                field,
+                "spec.source.clone",
+                "needs spec.source.cluster: the cluster whose data to copy",
+            );
+        }
+        if !s.snapshot.is_empty() {
+            errs.add(
+                "spec.source.clone",
+                "not allowed with spec.source.snapshot (a clone copies a running cluster's data; \
+                 a snapshot is restored without clone)",
+            );
+        }
+        if s.restore_time.is_some() {
+            errs.add(
+                "spec.source.restoreTime",
+                "not allowed with spec.source.clone (a clone copies the data as it is now)",
+            );
+        }
+        if s.use_latest_restorable_time {
+            errs.add(
+                "spec.source.useLatestRestorableTime",
+                "not allowed with spec.source.clone (a clone copies the data as it is now)",
+            );
+        }
+    }
+    if s.cluster.is_empty() {
+        if at && !s.clone {
+            errs.add(
+                time_field,
                 "only with spec.source.cluster: the cluster to restore to a point in time",
             );
         }
@@ -311,10 +387,15 @@ fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
         errs.add(
             "spec.source.cluster",
             format!(
-                "{:?} is this cluster; a point-in-time restore makes a new cluster from                  another's data",
+                "{:?} is this cluster; a point-in-time restore or a clone makes a new cluster \
+                 from another's data",
                 s.cluster
             ),
         );
+    }
+    if s.clone {
+        // The times were refused above.
+        return;
     }
     match (&s.restore_time, s.use_latest_restorable_time) {
         (Some(_), true) => errs.add(
@@ -323,7 +404,8 @@ fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
         ),
         (None, false) => errs.add(
             "spec.source.restoreTime",
-            "required with spec.source.cluster: the time to restore to (or              useLatestRestorableTime: true)",
+            "required with spec.source.cluster: the time to restore to (or \
+             useLatestRestorableTime: true, or clone: true for a copy as it is now)",
         ),
         (Some(t), false) if t.seconds <= 0 => errs.add(
             "spec.source.restoreTime",

@@ -15,6 +15,7 @@ mod instance;
 mod instance_type;
 mod meta;
 mod node;
+mod secret;
 mod volume;
 
 pub use instance_type::{BUILTIN_LABEL, builtin_catalog};
@@ -102,6 +103,9 @@ pub fn default(obj: &mut Object) {
         }
         Some(Resource::DbSnapshot(o)) => {
             db_snapshot::default(o.spec.get_or_insert_with(Default::default))
+        }
+        Some(Resource::Secret(o)) => {
+            o.spec.get_or_insert_with(Default::default);
         }
         None => {}
     }
@@ -202,6 +206,7 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
             };
             db_snapshot::validate(n, old, &mut errs)
         }
+        (Some(Resource::Secret(n)), _) => secret::validate(n, &mut errs),
         (None, _) => errs.add("kind", "required"),
     }
     if errs.0.is_empty() {

@@ -1,15 +1,17 @@
 //! `hanul db ...`: the RDS calls that are not edits of a cluster's manifest — `failover`
 //! (FailoverDBCluster: a planned switchover), `reboot` (RebootDBInstance, with
 //! `--force-failover`), `snapshot` (CreateDBClusterSnapshot), `snapshots`
-//! (DescribeDBClusterSnapshots, with the cluster's restorable window) and `restore`
+//! (DescribeDBClusterSnapshots, with the cluster's restorable window), `restore`
 //! (RestoreDBClusterFromSnapshot and RestoreDBClusterToPointInTime: a new cluster with
-//! `spec.source`), and two conveniences: `endpoints` prints where to connect and `psql`
-//! connects.
+//! `spec.source`) and `clone` (Aurora's clone, RDS's restore type copy-on-write: a new cluster
+//! with a copy of another's data as it is now), and two conveniences: `endpoints` prints where
+//! to connect and `psql` connects.
 //!
-//! `restore` reads what it restores from (the snapshot, the source cluster) and builds the new
-//! cluster's manifest in [`restore_cluster`], a pure function: the checks that refuse a restore
-//! (a snapshot not available, a time outside the source's restorable window, no password to
-//! give the master user) are all made there, before anything is written.
+//! `restore` and `clone` read what they copy from (the snapshot, the source cluster) and build
+//! the new cluster's manifest in [`restore_cluster`], a pure function: the checks that refuse
+//! them (a snapshot not available, a time outside the source's restorable window, a cluster
+//! with no available member to clone from, no password to give the master user) are all made
+//! there, before anything is written.
 //!
 //! The cluster's controller owns every decision; `failover` and `reboot` only ask, through
 //! annotations on the DBCluster it reads (`hanul_proto::db`): the value carries a request id
@@ -79,6 +81,9 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Create a new cluster from a snapshot, or from another cluster at a point in time.
     Restore(RestoreArgs),
+    /// Create a new cluster with a copy of another cluster's data as it is now (Aurora's
+    /// clone), copied from one of its running members.
+    Clone(CloneArgs),
 }
 
 /// Arguments of `hanul db failover`.
@@ -182,6 +187,26 @@ pub struct RestoreArgs {
     /// Restore --source to its latest restorable time.
     #[arg(long, requires = "source", conflicts_with = "snapshot")]
     pub latest: bool,
+    #[command(flatten)]
+    pub new: NewClusterArgs,
+}
+
+/// Arguments of `hanul db clone`.
+#[derive(Debug, clap::Args)]
+pub struct CloneArgs {
+    /// The DBCluster to copy (`orders` or `dbcluster/orders`); it needs an available member.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// The new DBCluster's name.
+    #[arg(value_name = "NEW")]
+    pub name: String,
+    #[command(flatten)]
+    pub new: NewClusterArgs,
+}
+
+/// The flags of `hanul db restore` and `hanul db clone` about the new cluster.
+#[derive(Debug, clap::Args)]
+pub struct NewClusterArgs {
     /// The new cluster's deployment (default: the source cluster's, else singleAZ).
     #[arg(long, value_name = "DEPLOYMENT")]
     pub deployment: Option<String>,
@@ -224,6 +249,7 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
         Command::Snapshot(a) => snapshot(global, a).await,
         Command::Snapshots(a) => snapshots(global, a).await,
         Command::Restore(a) => restore(global, a).await,
+        Command::Clone(a) => clone(global, a).await,
     }
 }
 
@@ -548,7 +574,26 @@ async fn psql(global: &crate::GlobalArgs, args: PsqlArgs) -> Result<ExitCode> {
     let client = global.connect().await?;
     let o = client.get(Kind::DbCluster, name).await?;
     let path = psql_path();
-    let mut cmd = psql_command(cluster_of(&o)?, args.reader, &args.psql_args, &path)?;
+    let mut cluster = cluster_of(&o)?.clone();
+    // A password kept in a Secret: read here, handed to psql in its environment only.
+    if let Some(spec) = cluster.spec.as_mut()
+        && let Some(r) = spec
+            .master_password_secret
+            .as_ref()
+            .filter(|r| !r.name.is_empty())
+    {
+        let key = if r.key.is_empty() { "password" } else { &r.key };
+        let secret = client.get(Kind::Secret, &r.name).await?;
+        spec.master_password = match &secret.resource {
+            Some(hanul_proto::v1::object::Resource::Secret(s)) => s
+                .spec
+                .as_ref()
+                .and_then(|s| s.data.get(key).cloned())
+                .with_context(|| format!("secret/{} has no key {key:?}", r.name))?,
+            _ => bail!("secret/{} is not a Secret", r.name),
+        };
+    }
+    let mut cmd = psql_command(&cluster, args.reader, &args.psql_args, &path)?;
     // psql takes the terminal over (its signals, its pager): the CLI has nothing left to do,
     // so it becomes psql rather than waiting for it. `exec` returns only on failure.
     let err = cmd.exec();
@@ -813,9 +858,12 @@ pub enum RestoreSource<'a> {
         cluster: &'a DbCluster,
         time: Option<&'a Timestamp>,
     },
+    /// A cluster to clone: its data as it is now.
+    Clone { cluster: &'a DbCluster },
 }
 
-/// The flags of `hanul db restore` that override what the new cluster copies.
+/// The flags of `hanul db restore` and `hanul db clone` that override what the new cluster
+/// copies.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOverrides {
     pub deployment: Option<String>,
@@ -889,6 +937,23 @@ pub fn check_restore_time(c: &DbCluster, time: Option<&Timestamp>) -> Result<()>
     Ok(())
 }
 
+/// Refuses a clone of `c` when none of its members is available to copy the data from.
+pub fn check_clone(c: &DbCluster) -> Result<()> {
+    let name = name_in(c.metadata.as_ref());
+    let members = c
+        .status
+        .as_ref()
+        .map(|s| s.members.as_slice())
+        .unwrap_or(&[]);
+    if !members.iter().any(|m| m.state == STATE_AVAILABLE) {
+        bail!(
+            "DB cluster {name} has no available member to clone from (`hanul describe db \
+             {name}` shows its members)"
+        );
+    }
+    Ok(())
+}
+
 /// Whether a writer endpoint on `a` (and the reader's on `a + 1`) collides with one on `b`.
 fn ports_overlap(a: u32, b: u32) -> bool {
     a.abs_diff(b) <= 1
@@ -904,7 +969,8 @@ fn free_port(port: u32, in_use: &[u32]) -> u32 {
     p
 }
 
-/// The new cluster `name` that `hanul db restore` creates from `source`: the spec of the
+/// The new cluster `name` that `hanul db restore` or `hanul db clone` creates from `source`:
+/// the spec of the
 /// source cluster when there is one to copy (its `source` and `deletionProtection` cleared),
 /// else the defaults and what the snapshot records (engine, master user, storage, database),
 /// with `spec.source` set and the flags applied. The master user is the snapshot's or the
@@ -974,16 +1040,24 @@ pub fn restore_cluster(
         }
         RestoreSource::PointInTime { cluster, time } => {
             check_restore_time(cluster, time)?;
-            let source_name = name_in(cluster.metadata.as_ref());
-            let base = cluster.spec.clone().unwrap_or_default();
-            let from = DbClusterSource {
-                cluster: source_name.to_string(),
-                restore_time: time.cloned(),
-                use_latest_restorable_time: time.is_none(),
-                ..Default::default()
-            };
-            let username = base.master_username.clone();
-            (base, from, username, None)
+            copy_of(
+                cluster,
+                DbClusterSource {
+                    restore_time: time.cloned(),
+                    use_latest_restorable_time: time.is_none(),
+                    ..Default::default()
+                },
+            )
+        }
+        RestoreSource::Clone { cluster } => {
+            check_clone(cluster)?;
+            copy_of(
+                cluster,
+                DbClusterSource {
+                    clone: true,
+                    ..Default::default()
+                },
+            )
         }
     };
     let mut spec = base;
@@ -1026,84 +1100,136 @@ pub fn restore_cluster(
     })
 }
 
+/// What a new cluster copied from the live `cluster` starts with: its spec and master user,
+/// and `from` naming it.
+fn copy_of(
+    cluster: &DbCluster,
+    from: DbClusterSource,
+) -> (DbClusterSpec, DbClusterSource, String, Option<String>) {
+    let base = cluster.spec.clone().unwrap_or_default();
+    let from = DbClusterSource {
+        cluster: name_in(cluster.metadata.as_ref()).to_string(),
+        ..from
+    };
+    let username = base.master_username.clone();
+    (base, from, username, None)
+}
+
+/// What `hanul db restore` or `hanul db clone` copies, by the names given.
+#[derive(Clone, Copy, Debug)]
+enum Origin<'a> {
+    Snapshot(&'a str),
+    PointInTime {
+        cluster: &'a str,
+        time: Option<&'a Timestamp>,
+    },
+    Clone(&'a str),
+}
+
+/// Refuses a new cluster `name` that exists already among `clusters`.
+fn check_new(name: &str, origin: Origin<'_>, clusters: &[Object]) -> Result<()> {
+    if clusters.iter().any(|o| o.name() == name) {
+        let verb = match origin {
+            Origin::Clone(_) => "clone",
+            _ => "restore",
+        };
+        bail!("{} already exists; a {verb} makes a new cluster", key(name));
+    }
+    Ok(())
+}
+
+/// The cluster `name` among `clusters`, if there is one.
+fn find_cluster<'a>(clusters: &'a [Object], name: &str) -> Option<&'a DbCluster> {
+    clusters
+        .iter()
+        .find(|o| o.name() == name)
+        .and_then(|o| cluster_of(o).ok())
+}
+
+/// The cluster `name` among `clusters` to `what` (restore to a point in time, clone), or why
+/// there is none.
+fn source_cluster<'a>(clusters: &'a [Object], name: &str, what: &str) -> Result<&'a DbCluster> {
+    find_cluster(clusters, name).ok_or_else(|| {
+        anyhow!(
+            "{} does not exist: there is nothing to {what} (a deleted cluster's data is in its \
+             snapshots: `hanul db snapshots {name}`)",
+            key(name)
+        )
+    })
+}
+
 async fn restore(global: &crate::GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let name = name_of_kind(&args.name, Kind::DbCluster)?;
-    let snapshot_name = args
-        .snapshot
-        .as_deref()
-        .map(|s| name_of_kind(s, Kind::DbSnapshot))
-        .transpose()?;
-    let source_name = args
-        .source
-        .as_deref()
-        .map(|c| name_of_kind(c, Kind::DbCluster))
-        .transpose()?;
+    let origin = match (&args.snapshot, &args.source) {
+        (Some(snap), _) => Origin::Snapshot(name_of_kind(snap, Kind::DbSnapshot)?),
+        (None, Some(src)) => Origin::PointInTime {
+            cluster: name_of_kind(src, Kind::DbCluster)?,
+            time: args.time.as_ref(),
+        },
+        // clap requires one of them.
+        (None, None) => bail!("name a --snapshot or a --source cluster"),
+    };
+    create_copy(global, name, origin, &args.new).await
+}
+
+async fn clone(global: &crate::GlobalArgs, args: CloneArgs) -> Result<ExitCode> {
+    let source = name_of_kind(&args.source, Kind::DbCluster)?;
+    let name = name_of_kind(&args.name, Kind::DbCluster)?;
+    create_copy(global, name, Origin::Clone(source), &args.new).await
+}
+
+/// Creates the new cluster `name` from `origin` (after reading it and refusing what cannot be
+/// copied), or prints its manifest for `--dry-run`; `--wait` waits until it is available.
+async fn create_copy(
+    global: &crate::GlobalArgs,
+    name: &str,
+    origin: Origin<'_>,
+    args: &NewClusterArgs,
+) -> Result<ExitCode> {
     let client = global.connect().await?;
-    match client.get(Kind::DbCluster, name).await {
-        Ok(_) => bail!(
-            "{} already exists; a restore makes a new cluster",
-            key(name)
-        ),
-        Err(s) if s.code() == tonic::Code::NotFound => {}
-        Err(s) => return Err(s.into()),
-    }
     let clusters = client.list(Some(Kind::DbCluster), "").await?.0;
+    check_new(name, origin, &clusters)?;
     let ports_in_use: Vec<u32> = clusters
         .iter()
         .filter_map(|o| cluster_of(o).ok())
         .map(|c| c.spec.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_PORT))
         .collect();
-    let find_cluster = |n: &str| {
-        clusters
-            .iter()
-            .find(|o| o.name() == n)
-            .and_then(|o| cluster_of(o).ok())
-    };
     let overrides = RestoreOverrides {
         deployment: args.deployment.clone(),
         instance_class: args.instance_class.clone(),
         port: args.port,
         master_password: args.master_password.clone(),
     };
-    let cluster = match (snapshot_name, source_name) {
-        (Some(snap), _) => {
-            let o = get_existing(
+    let snapshot_object;
+    let source = match origin {
+        Origin::Snapshot(snap) => {
+            snapshot_object = get_existing(
                 &client,
                 Kind::DbSnapshot,
                 snap,
                 "there is nothing to restore (`hanul db snapshots` lists them)",
             )
             .await?;
-            let snapshot = snapshot_of(&o)?;
+            let snapshot = snapshot_of(&snapshot_object)?;
             let of = snapshot
                 .spec
                 .as_ref()
                 .map(|s| s.db_cluster.as_str())
                 .unwrap_or("");
-            let source = RestoreSource::Snapshot {
+            RestoreSource::Snapshot {
                 snapshot,
-                cluster: find_cluster(of),
-            };
-            restore_cluster(name, source, &overrides, &ports_in_use)?
+                cluster: find_cluster(&clusters, of),
+            }
         }
-        (None, Some(src)) => {
-            let Some(c) = find_cluster(src) else {
-                bail!(
-                    "{} does not exist: there is nothing to restore to a point in time (a \
-                     deleted cluster's data is in its snapshots: `hanul db snapshots {src}`)",
-                    key(src)
-                );
-            };
-            let source = RestoreSource::PointInTime {
-                cluster: c,
-                time: args.time.as_ref(),
-            };
-            restore_cluster(name, source, &overrides, &ports_in_use)?
-        }
-        // clap requires one of them.
-        (None, None) => bail!("name a --snapshot or a --source cluster"),
+        Origin::PointInTime { cluster, time } => RestoreSource::PointInTime {
+            cluster: source_cluster(&clusters, cluster, "restore to a point in time")?,
+            time,
+        },
+        Origin::Clone(cluster) => RestoreSource::Clone {
+            cluster: source_cluster(&clusters, cluster, "clone")?,
+        },
     };
-    let object: Object = cluster.into();
+    let object: Object = restore_cluster(name, source, &overrides, &ports_in_use)?.into();
     if args.dry_run {
         // The server's admission checks it too, so that a dry run refuses what the real one
         // would.
@@ -1931,6 +2057,234 @@ mod tests {
             &RestoreOverrides::default(),
         );
         assert!(e.starts_with("--master-password is required"), "{e}");
+    }
+
+    #[test]
+    fn the_clone_verb_parses() {
+        let Command::Clone(c) = parse(&["hanul", "db", "clone", "orders", "copy"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.source.as_str(), c.name.as_str()), ("orders", "copy"));
+        let n = &c.new;
+        assert_eq!(
+            (&n.deployment, &n.instance_class, n.port, &n.master_password),
+            (&None, &None, None, &None)
+        );
+        assert!(!n.dry_run && !n.wait);
+        assert_eq!(n.timeout, Duration::from_secs(1800));
+        let Command::Clone(c) = parse(&[
+            "hanul",
+            "db",
+            "clone",
+            "dbcluster/orders",
+            "dbcluster/copy",
+            "--deployment",
+            "singleAZ",
+            "--instance-class",
+            "db.m5.large",
+            "--port",
+            "16432",
+            "--master-password",
+            "n3w-secret",
+            "--dry-run",
+            "--wait",
+            "--timeout",
+            "1h",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.source.as_str(), c.name.as_str()),
+            ("dbcluster/orders", "dbcluster/copy")
+        );
+        let n = &c.new;
+        assert_eq!(n.deployment.as_deref(), Some("singleAZ"));
+        assert_eq!(n.instance_class.as_deref(), Some("db.m5.large"));
+        assert_eq!(n.port, Some(16432));
+        assert_eq!(n.master_password.as_deref(), Some("n3w-secret"));
+        assert!(n.dry_run && n.wait);
+        assert_eq!(n.timeout, Duration::from_secs(3600));
+        for bad in [
+            &["hanul", "db", "clone"][..],
+            &["hanul", "db", "clone", "orders"],
+            &["hanul", "db", "clone", "orders", "copy", "extra"],
+            // A clone is the data as it is now: no time, no snapshot.
+            &[
+                "hanul",
+                "db",
+                "clone",
+                "orders",
+                "copy",
+                "--time",
+                "2024-05-01T10:00:00Z",
+            ],
+            &["hanul", "db", "clone", "orders", "copy", "--latest"],
+            &["hanul", "db", "clone", "orders", "copy", "--snapshot", "s"],
+            &["hanul", "db", "clone", "orders", "copy", "--source", "x"],
+            &["hanul", "db", "clone", "orders", "copy", "--port", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn a_clone_copies_the_source_spec_names_it_and_moves_the_port() {
+        let live = live_orders();
+        let c = restore_cluster(
+            "copy",
+            RestoreSource::Clone { cluster: &live },
+            &RestoreOverrides::default(),
+            &[15432, 5432],
+        )
+        .unwrap();
+        assert_eq!(
+            c.metadata,
+            Some(ObjectMeta {
+                name: "copy".into(),
+                ..Default::default()
+            })
+        );
+        assert_eq!(c.status, None);
+        let mut want = live.spec.clone().unwrap();
+        want.source = Some(DbClusterSource {
+            cluster: "orders".into(),
+            clone: true,
+            ..Default::default()
+        });
+        want.deletion_protection = false;
+        want.port = Some(15434);
+        assert_eq!(spec_of(&c), &want);
+        assert_eq!(
+            (
+                spec_of(&c).master_username.as_str(),
+                spec_of(&c).master_password.as_str()
+            ),
+            ("admin", "hunter2-secret")
+        );
+        admitted(&c).unwrap();
+
+        // The flags override what is copied.
+        let o = RestoreOverrides {
+            deployment: Some(SINGLE_AZ.into()),
+            instance_class: Some("db.t3.small".into()),
+            port: Some(15432),
+            master_password: Some("n3w-secret".into()),
+        };
+        let c = restore_cluster(
+            "copy",
+            RestoreSource::Clone { cluster: &live },
+            &o,
+            &[15432],
+        )
+        .unwrap();
+        let spec = spec_of(&c);
+        assert_eq!(spec.deployment, SINGLE_AZ);
+        assert_eq!(spec.instance_class, "db.t3.small");
+        assert_eq!(spec.port, Some(15432));
+        assert_eq!(spec.master_password, "n3w-secret");
+        assert!(spec.zones.is_empty(), "{:?}", spec.zones);
+        assert_eq!(spec.master_username, "admin");
+        assert_eq!(
+            spec.source.as_ref().map(|s| (s.cluster.as_str(), s.clone)),
+            Some(("orders", true))
+        );
+        admitted(&c).unwrap();
+    }
+
+    #[test]
+    fn a_clone_needs_an_available_member_but_no_restorable_time() {
+        let clone_err = |c: &DbCluster| {
+            restore_err(
+                RestoreSource::Clone { cluster: c },
+                &RestoreOverrides::default(),
+            )
+        };
+        let mut starting = live_orders();
+        for m in &mut starting.status.as_mut().unwrap().members {
+            m.state = STATE_CREATING.into();
+        }
+        let e = clone_err(&starting);
+        assert!(
+            e.starts_with("DB cluster orders has no available member to clone from"),
+            "{e}"
+        );
+        let mut fresh = live_orders();
+        fresh.status = None;
+        assert!(
+            clone_err(&fresh).starts_with("DB cluster orders has no available member"),
+            "{}",
+            clone_err(&fresh)
+        );
+        // One available member is enough (a read replica too).
+        let mut one = starting.clone();
+        one.status.as_mut().unwrap().members[3].state = STATE_AVAILABLE.into();
+        check_clone(&one).unwrap();
+        // No restorable window is needed: no backup, no archived WAL, backups off.
+        let mut unbacked = live_orders();
+        let st = unbacked.status.as_mut().unwrap();
+        st.earliest_restorable_time = None;
+        st.latest_restorable_time = None;
+        unbacked
+            .spec
+            .as_mut()
+            .unwrap()
+            .backup
+            .as_mut()
+            .unwrap()
+            .retention_days = Some(0);
+        restore_cluster(
+            "copy",
+            RestoreSource::Clone { cluster: &unbacked },
+            &RestoreOverrides::default(),
+            &[],
+        )
+        .unwrap();
+        // Without a password to copy, one must be given, as for a restore.
+        let mut no_password = live_orders();
+        no_password.spec.as_mut().unwrap().master_password.clear();
+        assert!(
+            clone_err(&no_password).starts_with("--master-password is required"),
+            "{}",
+            clone_err(&no_password)
+        );
+    }
+
+    #[test]
+    fn a_clone_or_restore_refuses_a_missing_source_and_an_existing_new_cluster() {
+        let clusters: Vec<Object> = vec![live_orders().into()];
+        let e = source_cluster(&clusters, "sales", "clone")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "dbcluster/sales does not exist: there is nothing to clone (a deleted cluster's data \
+             is in its snapshots: `hanul db snapshots sales`)"
+        );
+        assert_eq!(
+            name_in(
+                source_cluster(&clusters, "orders", "clone")
+                    .unwrap()
+                    .metadata
+                    .as_ref()
+            ),
+            "orders"
+        );
+        check_new("copy", Origin::Clone("orders"), &clusters).unwrap();
+        let e = check_new("orders", Origin::Clone("orders"), &clusters)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "dbcluster/orders already exists; a clone makes a new cluster"
+        );
+        let e = check_new("orders", Origin::Snapshot("snap-1"), &clusters)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "dbcluster/orders already exists; a restore makes a new cluster"
+        );
     }
 
     #[test]

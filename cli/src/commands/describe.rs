@@ -605,6 +605,8 @@ fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64
     {
         let text = if !s.snapshot.is_empty() {
             format!("snapshot {}", s.snapshot)
+        } else if s.clone {
+            format!("a clone of cluster {}", s.cluster)
         } else if s.use_latest_restorable_time {
             format!("cluster {} at its latest restorable time", s.cluster)
         } else {
@@ -623,6 +625,14 @@ fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64
                 "from snapshot {} ({})",
                 r.snapshot,
                 or_none(&r.snapshot_path)
+            ));
+        }
+        if !r.clone_member.is_empty() {
+            lines.push(format!(
+                "copied from {} of cluster {} ({})",
+                r.clone_member,
+                or_none(&r.source_cluster),
+                or_none(&r.clone_address)
             ));
         }
         if !r.wal_path.is_empty() || r.target_time.is_some() {
@@ -1308,7 +1318,7 @@ mod tests {
             wal_path: "wal/sales-0a1b2c3d".into(),
             target_time: ts(7200),
             source_cluster: "sales".into(),
-            error: String::new(),
+            ..Default::default()
         });
         let page = describe(&o, &[], NOW);
         for want in [

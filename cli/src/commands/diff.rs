@@ -55,6 +55,7 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
             }
         };
         let name = ref_name(kind, m.object.name());
+        let (live, merged) = mask_secrets(live, merged);
         let old = live.as_ref().map(comparable).unwrap_or_default();
         let new = comparable(&merged);
         let from = if live.is_some() {
@@ -72,6 +73,41 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A Secret's values never print: equal ones show as `***` on both sides, changed ones as
+/// `*** (before)` and `*** (after)` (as kubectl does), so that a change still shows.
+fn mask_secrets(live: Option<Object>, merged: Object) -> (Option<Object>, Object) {
+    use crate::output::REDACTED;
+    use hanul_proto::v1::object::Resource;
+    let data = |o: &Object| match &o.resource {
+        Some(Resource::Secret(s)) => s.spec.as_ref().map(|s| s.data.clone()),
+        _ => None,
+    };
+    let (Some(after), before) = (data(&merged), live.as_ref().and_then(data)) else {
+        return (live, merged);
+    };
+    let before = before.unwrap_or_default();
+    let mask = |o: Object,
+                mine: &std::collections::HashMap<String, String>,
+                other: &std::collections::HashMap<String, String>,
+                tag: &str| {
+        let mut o = o;
+        if let Some(Resource::Secret(s)) = &mut o.resource
+            && let Some(spec) = &mut s.spec
+        {
+            for (k, v) in spec.data.iter_mut() {
+                *v = if other.get(k) == mine.get(k) {
+                    REDACTED.to_string()
+                } else {
+                    format!("{REDACTED} ({tag})")
+                };
+            }
+        }
+        o
+    };
+    let masked_live = live.map(|l| mask(l, &before, &after, "before"));
+    (masked_live, mask(merged, &after, &before, "after"))
 }
 
 /// The YAML of the parts of an object that apply sets: metadata name, labels and annotations,

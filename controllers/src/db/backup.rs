@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 
 use hanul_proto::db::{
-    DEFAULT_BACKUP_WINDOW, DEFAULT_RETENTION_DAYS, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER,
-    SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING, SNAPSHOT_FAILED, STATE_AVAILABLE, parse_window,
-    snapshot_path, wal_archive_path,
+    DEFAULT_BACKUP_WINDOW, DEFAULT_RETENTION_DAYS, MEMBER_WRITER, ROLE_REPLICA, ROLE_STANDBY,
+    ROLE_WRITER, SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING, SNAPSHOT_FAILED, STATE_AVAILABLE,
+    parse_window, snapshot_path, wal_archive_path,
 };
 use hanul_proto::v1::{DbClusterSpec, DbClusterStatus, DbRestore};
 use pbjson_types::Timestamp;
@@ -342,6 +342,9 @@ pub fn resolve_restore(
             &format!("DB cluster {}", c.name),
         ));
     }
+    if source.clone {
+        return clone_of(c);
+    }
     let (Some(earliest), Some(latest)) = (
         c.status.earliest_restorable_time.as_ref(),
         c.status.latest_restorable_time.as_ref(),
@@ -400,7 +403,34 @@ pub fn resolve_restore(
             wal_path: wal_archive_path(c.name, c.uid),
             target_time: Some(target),
             source_cluster: c.name.to_string(),
-            error: String::new(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A clone copies a running member of the source: a standby when one is available (the
+/// writer keeps its I/O for its clients), else the writer.
+fn clone_of(c: &SourceCluster<'_>) -> DbRestore {
+    let available = |m: &&hanul_proto::v1::DbClusterMember| {
+        m.state == STATE_AVAILABLE && !m.address.is_empty() && !m.role.is_empty()
+    };
+    let members = || c.status.members.iter().filter(available);
+    let from = members()
+        .find(|m| m.role != MEMBER_WRITER)
+        .or_else(|| members().find(|m| m.role == MEMBER_WRITER));
+    match from {
+        None => DbRestore {
+            error: format!(
+                "DB cluster {} has no available member to clone from",
+                c.name
+            ),
+            ..Default::default()
+        },
+        Some(m) => DbRestore {
+            source_cluster: c.name.to_string(),
+            clone_member: m.name.clone(),
+            clone_address: m.address.clone(),
+            ..Default::default()
         },
     }
 }

@@ -28,8 +28,9 @@ use crate::{
 use hanul_proto::{
     Client, Kind,
     db::{
-        ENGINE, ENGINE_VERSION, PHASE_AVAILABLE, PHASE_BACKING_UP, REBOOT_ANNOTATION,
-        SNAPSHOT_AUTOMATED, SNAPSHOT_CREATING, SWITCHOVER_ANNOTATION,
+        ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, PHASE_AVAILABLE, PHASE_BACKING_UP,
+        REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING,
+        SNAPSHOT_FAILED, SNAPSHOT_MANUAL, SWITCHOVER_ANNOTATION,
     },
     events::{NORMAL, Recorder, WARNING},
     v1::{
@@ -156,10 +157,32 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
     let Some(meta) = object.metadata() else {
         return Ok(Action::await_change());
     };
-    if meta.deleted_at.is_some() {
-        return Ok(Action::await_change());
-    }
     let spec = cluster.spec.clone().unwrap_or_default();
+    if meta.deleted_at.is_some() {
+        return final_snapshot(&ctx, &object, meta, &spec, cluster).await;
+    }
+    // A cluster with a final snapshot to take holds its deletion until it is taken.
+    let wants = !spec.final_snapshot_identifier.is_empty();
+    let has = meta
+        .finalizers
+        .iter()
+        .any(|f| f == FINAL_SNAPSHOT_FINALIZER);
+    if wants != has {
+        let mut o = (*object).clone();
+        let finalizers = &mut o.metadata_mut().finalizers;
+        if wants {
+            finalizers.push(FINAL_SNAPSHOT_FINALIZER.into());
+        } else {
+            finalizers.retain(|f| f != FINAL_SNAPSHOT_FINALIZER);
+        }
+        return match ctx.client.update(o).await {
+            Ok(_) => Ok(Action::requeue(Duration::from_millis(20))),
+            Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {
+                Ok(Action::requeue(Duration::from_millis(20)))
+            }
+            Err(s) => Err(Error::api("update", object.key(), s)),
+        };
+    }
     let old = cluster.status.clone().unwrap_or_default();
     let members: BTreeMap<String, Member> = ctx
         .members
@@ -294,6 +317,158 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         .unwrap_or(Duration::from_secs(1))
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
     Ok(Action::requeue(wake))
+}
+
+/// A cluster being deleted with `spec.finalSnapshotIdentifier`: takes that manual snapshot
+/// (from a standby when one streams), then drops the finalizer so that the members go. A
+/// failed final snapshot is taken again; the cluster stays until one is available (or the
+/// field is cleared).
+async fn final_snapshot(
+    ctx: &Context,
+    object: &Object,
+    meta: &ObjectMeta,
+    spec: &hanul_proto::v1::DbClusterSpec,
+    cluster: &hanul_proto::v1::DbCluster,
+) -> Result<Action> {
+    if !meta
+        .finalizers
+        .iter()
+        .any(|f| f == FINAL_SNAPSHOT_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    let name = &spec.final_snapshot_identifier;
+    let event = |ty, reason: &'static str, message: String| async move {
+        if let Err(err) = ctx.recorder.emit(object, ty, reason, &message).await {
+            warn!(cluster = %meta.name, error = %err, "Could not record an event.");
+        }
+    };
+    let release = || async {
+        let mut o = object.clone();
+        o.metadata_mut()
+            .finalizers
+            .retain(|f| f != FINAL_SNAPSHOT_FINALIZER);
+        match ctx.client.update(o).await {
+            Ok(_) => Ok(Action::await_change()),
+            Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {
+                Ok(Action::requeue(Duration::from_millis(20)))
+            }
+            Err(s) => Err(Error::api("update", object.key(), s)),
+        }
+    };
+    if name.is_empty() {
+        return release().await;
+    }
+    let existing = ctx
+        .snapshots
+        .get(Kind::DbSnapshot, name)
+        .and_then(|o| snapshot_of(&o).map(|s| (o, s)));
+    let Some((o, s)) = existing else {
+        let snapshot = DbSnapshot {
+            metadata: Some(ObjectMeta {
+                name: name.clone(),
+                labels: [(CLUSTER_LABEL.to_owned(), meta.name.clone())].into(),
+                ..Default::default()
+            }),
+            spec: Some(DbSnapshotSpec {
+                db_cluster: meta.name.clone(),
+                r#type: SNAPSHOT_MANUAL.into(),
+            }),
+            status: None,
+        };
+        match ctx.client.create(Object::from(snapshot)).await {
+            Ok(_) => {
+                event(
+                    NORMAL,
+                    "FinalSnapshotStarted",
+                    format!(
+                        "Taking final snapshot {name} of DB cluster {} before it is deleted",
+                        meta.name
+                    ),
+                )
+                .await
+            }
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(Error::api("create", format!("DBSnapshot/{name}"), s)),
+        }
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let of_other = match &o.resource {
+        Some(Resource::DbSnapshot(x)) => x.spec.as_ref().is_some_and(|x| x.db_cluster != meta.name),
+        _ => false,
+    } || (!s.cluster_uid.is_empty() && s.cluster_uid != meta.uid);
+    if of_other {
+        event(
+            WARNING,
+            "FinalSnapshotExists",
+            format!("DB snapshot {name} exists and is not of this cluster: the deletion waits until it is gone or spec.finalSnapshotIdentifier changes"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    match s.phase.as_str() {
+        SNAPSHOT_AVAILABLE => {
+            event(
+                NORMAL,
+                "FinalSnapshotCreated",
+                format!(
+                    "Final snapshot {name} of DB cluster {} created; deleting the cluster",
+                    meta.name
+                ),
+            )
+            .await;
+            release().await
+        }
+        SNAPSHOT_FAILED if !s.deleting => {
+            event(
+                WARNING,
+                "FinalSnapshotFailed",
+                format!(
+                    "Final snapshot {name} of DB cluster {} failed; taking it again",
+                    meta.name
+                ),
+            )
+            .await;
+            match ctx.client.delete(Kind::DbSnapshot, name).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::NotFound => {}
+                Err(e) => return Err(Error::api("delete", format!("DBSnapshot/{name}"), e)),
+            }
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        _ => {
+            // Assign it like any snapshot of the cluster: the members still run.
+            let members: BTreeMap<String, Member> = ctx
+                .members
+                .by_owner_uid(&meta.uid)
+                .iter()
+                .filter_map(|o| member_of(o, ctx))
+                .collect();
+            let status = cluster.status.clone().unwrap_or_default();
+            let b = backup::plan(&backup::Input {
+                cluster: &meta.name,
+                uid: &meta.uid,
+                spec: &hanul_proto::v1::DbClusterSpec {
+                    backup: Some(hanul_proto::v1::BackupSettings {
+                        retention_days: Some(0),
+                        ..Default::default()
+                    }),
+                    ..spec.clone()
+                },
+                status: &status,
+                members: &members,
+                snapshots: std::slice::from_ref(&s),
+                now: hanul_proto::time::timestamp(ctx.clock.now()).seconds,
+            });
+            let assign: Vec<backup::Effect> = b
+                .effects
+                .into_iter()
+                .filter(|e| matches!(e, backup::Effect::Assign { .. }))
+                .collect();
+            apply_backups(ctx, object, meta, spec, &assign).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+    }
 }
 
 /// A DBSnapshot as the backup planner sees it.

@@ -500,6 +500,7 @@ fn a_cluster_may_start_from_a_snapshot_or_a_point_in_time_of_another() {
         "{snapshot: orders-2024-05-01}",
         "{cluster: sales, restoreTime: '2024-05-01T10:00:00Z'}",
         "{cluster: sales, useLatestRestorableTime: true}",
+        "{cluster: sales, clone: true}",
         "{}",
     ] {
         admitted_cluster(&with_source(source));
@@ -525,7 +526,8 @@ fn a_source_is_a_snapshot_or_a_cluster_not_both() {
     ));
     assert!(
         m.contains(
-            "spec.source: name a snapshot or a cluster (to restore to a point in time), not both"
+            "spec.source: name a snapshot or a cluster (to restore to a point in time or clone), \
+             not both"
         ),
         "{m}"
     );
@@ -580,6 +582,113 @@ fn a_restore_time_without_a_cluster_is_refused() {
 }
 
 #[test]
+fn a_clone_copies_a_cluster_as_it_is_now_so_takes_no_time() {
+    let o = admitted_cluster(&with_source("{cluster: sales, clone: true}"));
+    let source = cluster_of(&o)
+        .spec
+        .as_ref()
+        .unwrap()
+        .source
+        .clone()
+        .unwrap();
+    assert!(source.clone, "{source:?}");
+    assert_eq!(
+        (source.cluster.as_str(), source.restore_time),
+        ("sales", None)
+    );
+    // `clone: false` is no clone: the old rule stands.
+    let m = refused(&with_source("{cluster: sales, clone: false}"));
+    assert!(
+        m.contains("spec.source.restoreTime: required with spec.source.cluster"),
+        "{m}"
+    );
+    for (source, field) in [
+        (
+            "{cluster: sales, clone: true, restoreTime: '2024-05-01T10:00:00Z'}",
+            "spec.source.restoreTime",
+        ),
+        (
+            "{cluster: sales, clone: true, useLatestRestorableTime: true}",
+            "spec.source.useLatestRestorableTime",
+        ),
+    ] {
+        let m = refused(&with_source(source));
+        assert!(
+            m.contains(&format!(
+                "{field}: not allowed with spec.source.clone (a clone copies the data as it is \
+                 now)"
+            )),
+            "{source}: {m}"
+        );
+        // Only the field that is set is named, and nothing asks for a time.
+        assert!(!m.contains("required with"), "{source}: {m}");
+        assert_eq!(
+            m.matches("not allowed with spec.source.clone").count(),
+            1,
+            "{m}"
+        );
+    }
+    // Both times: each is named.
+    let m = refused(&with_source(
+        "{cluster: sales, clone: true, restoreTime: '2024-05-01T10:00:00Z', \
+         useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains("spec.source.restoreTime: not allowed with spec.source.clone"),
+        "{m}"
+    );
+    assert!(
+        m.contains("spec.source.useLatestRestorableTime: not allowed with spec.source.clone"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_clone_needs_a_cluster_and_is_no_snapshot_restore() {
+    let m = refused(&with_source("{clone: true}"));
+    assert!(
+        m.contains("spec.source.clone: needs spec.source.cluster"),
+        "{m}"
+    );
+    let m = refused(&with_source("{snapshot: snap-1, clone: true}"));
+    assert!(
+        m.contains("spec.source.clone: needs spec.source.cluster"),
+        "{m}"
+    );
+    assert!(
+        m.contains("spec.source.clone: not allowed with spec.source.snapshot"),
+        "{m}"
+    );
+    let m = refused(&with_source(
+        "{snapshot: snap-1, cluster: sales, clone: true}",
+    ));
+    assert!(
+        m.contains("spec.source.clone: not allowed with spec.source.snapshot"),
+        "{m}"
+    );
+    // A time without a cluster is named once, as not allowed with the clone.
+    let m = refused(&with_source(
+        "{clone: true, restoreTime: '2024-05-01T10:00:00Z'}",
+    ));
+    assert!(
+        m.contains("spec.source.restoreTime: not allowed with spec.source.clone"),
+        "{m}"
+    );
+    assert!(!m.contains("only with spec.source.cluster"), "{m}");
+    // The cluster's name is checked as for a point-in-time restore.
+    let m = refused(&with_source("{cluster: Sales_DB, clone: true}"));
+    assert!(
+        m.contains("spec.source.cluster: \"Sales_DB\" is not a DBCluster name"),
+        "{m}"
+    );
+    let m = refused(&with_source("{cluster: orders, clone: true}"));
+    assert!(
+        m.contains("spec.source.cluster: \"orders\" is this cluster"),
+        "{m}"
+    );
+}
+
+#[test]
 fn a_cluster_cannot_be_restored_from_itself() {
     let m = refused(&with_source(
         "{cluster: orders, useLatestRestorableTime: true}",
@@ -605,6 +714,10 @@ fn the_source_is_fixed_at_creation() {
             "{cluster: sales, restoreTime: '2024-05-01T10:00:00Z'}",
             "cluster \"sales\" at 2024-05-01T10:00:00",
         ),
+        (
+            "{cluster: sales, clone: true}",
+            "clone of cluster \"sales\"",
+        ),
         ("{}", "none"),
     ] {
         let mut new = cluster(&with_source(source));
@@ -627,4 +740,50 @@ fn the_source_is_fixed_at_creation() {
     // An empty source is none.
     let mut empty = cluster(&with_source("{}"));
     admit(&mut empty, Some(&plain)).unwrap();
+}
+
+#[test]
+fn the_master_password_may_come_from_a_secret_instead() {
+    admitted_cluster("  masterPasswordSecret: {name: orders-pw}\n");
+    admitted_cluster("  masterPasswordSecret: {name: orders-pw, key: pg-password}\n");
+    let m = refused("  masterPassword: s3cret-pass\n  masterPasswordSecret: {name: orders-pw}\n");
+    assert!(
+        m.contains("spec.masterPassword: not allowed with spec.masterPasswordSecret"),
+        "{m}"
+    );
+    let m = refused("  masterPasswordSecret: {name: Bad_Name, key: \"a b\"}\n");
+    assert!(
+        m.contains("spec.masterPasswordSecret.name: \"Bad_Name\" is not a Secret name"),
+        "{m}"
+    );
+    assert!(
+        m.contains("spec.masterPasswordSecret.key: \"a b\" is not a key"),
+        "{m}"
+    );
+    let m = refused("  masterPassword: s3cret-pass\n  finalSnapshotIdentifier: Not_Ok\n");
+    assert!(
+        m.contains("spec.finalSnapshotIdentifier: \"Not_Ok\" is not a DBSnapshot name"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_secret_needs_data_with_valid_keys_and_never_echoes_a_value() {
+    let mut s = obj(
+        "apiVersion: hanul/v1\nkind: Secret\nmetadata: {name: pw}\nspec: {data: {password: hunter2-value}}\n",
+    );
+    admit(&mut s, None).unwrap();
+    let m = message(admit(
+        &mut obj(
+            "apiVersion: hanul/v1\nkind: Secret\nmetadata: {name: pw}\nspec: {data: {\"bad key\": hunter2-value}}\n",
+        ),
+        None,
+    ));
+    assert!(m.contains("spec.data.bad key: is not a key"), "{m}");
+    assert!(!m.contains("hunter2"), "{m}");
+    let m = message(admit(
+        &mut obj("apiVersion: hanul/v1\nkind: Secret\nmetadata: {name: pw}\nspec: {}\n"),
+        None,
+    ));
+    assert!(m.contains("spec.data: required"), "{m}");
 }

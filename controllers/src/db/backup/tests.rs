@@ -395,3 +395,50 @@ fn a_point_in_time_restore_starts_from_the_newest_snapshot_before_the_time() {
             .contains("not found")
     );
 }
+
+#[test]
+fn a_clone_copies_an_available_standby_else_the_writer() {
+    use hanul_proto::db::{MEMBER_SYNC_STANDBY, MEMBER_WRITER};
+    use hanul_proto::v1::DbClusterMember;
+    let member = |name: &str, role: &str, state: &str| DbClusterMember {
+        name: name.into(),
+        role: role.into(),
+        state: state.into(),
+        address: format!("127.0.0.1:{}", 30000 + name.len()),
+        ..Default::default()
+    };
+    let mut status = DbClusterStatus {
+        members: vec![
+            member("db-1", MEMBER_WRITER, STATE_AVAILABLE),
+            member("db-22", MEMBER_SYNC_STANDBY, STATE_AVAILABLE),
+        ],
+        ..Default::default()
+    };
+    let spec = source_spec(DbClusterSource {
+        cluster: "db".into(),
+        clone: true,
+        ..Default::default()
+    });
+    let resolve = |status: &DbClusterStatus| {
+        resolve_restore(
+            &spec,
+            None,
+            Some(&SourceCluster {
+                name: "db",
+                uid: "uid-1",
+                status,
+                snapshots: &[],
+                master_username: "",
+            }),
+        )
+    };
+    // No backups needed: a clone copies what runs.
+    let r = resolve(&status);
+    assert_eq!((r.error.as_str(), r.clone_member.as_str()), ("", "db-22"));
+    assert_eq!(r.clone_address, "127.0.0.1:30005");
+    assert_eq!(r.snapshot_path, "");
+    status.members[1].state = "rejoining".into();
+    assert_eq!(resolve(&status).clone_member, "db-1");
+    status.members[0].state = "failed".into();
+    assert!(resolve(&status).error.contains("no available member"));
+}
