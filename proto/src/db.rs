@@ -325,6 +325,57 @@ pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
     Ok((start, end))
 }
 
+/// `spec.maintenance.preferredWindow` (UTC).
+pub const DEFAULT_MAINTENANCE_WINDOW: &str = "sun:05:00-sun:05:30";
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const WEEK_MINUTES: u32 = 7 * 24 * 60;
+
+/// A weekly window `ddd:hh:mm-ddd:hh:mm` (UTC) as minutes of the week from Monday 00:00,
+/// start and end (the end may wrap past Sunday). Errors say what is wrong.
+pub fn parse_weekly_window(s: &str) -> Result<(u32, u32), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a weekly window; use ddd:hh:mm-ddd:hh:mm in UTC (like sun:05:00-sun:05:30)"
+        )
+    };
+    let minutes = |t: &str| -> Option<u32> {
+        let (day, hm) = t.split_once(':')?;
+        let d = WEEKDAYS.iter().position(|w| day.eq_ignore_ascii_case(w))? as u32;
+        let (h, m) = hm.split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(d * 24 * 60 + h * 60 + m)
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
+    let length = (end + WEEK_MINUTES - start) % WEEK_MINUTES;
+    if length < MIN_BACKUP_WINDOW_MINUTES {
+        return Err(format!(
+            "{s:?} is {length} minutes long; a maintenance window is at least {MIN_BACKUP_WINDOW_MINUTES} minutes"
+        ));
+    }
+    Ok((start, end))
+}
+
+/// The start (seconds since the epoch) of the most recent weekly window at or before `now`,
+/// and whether `now` is in it. A window that does not read is the default's.
+pub fn weekly_window_at(window: &str, now: i64) -> (i64, bool) {
+    let (start, end) = parse_weekly_window(window)
+        .or_else(|_| parse_weekly_window(DEFAULT_MAINTENANCE_WINDOW))
+        .unwrap_or((6 * 24 * 60 + 300, 6 * 24 * 60 + 330));
+    let week = i64::from(WEEK_MINUTES) * 60;
+    let length = i64::from((end + WEEK_MINUTES - start) % WEEK_MINUTES) * 60;
+    // 1970-01-01 was a Thursday: Monday 00:00 before it is 3 days earlier.
+    let monday = now - (now + 3 * 86_400).rem_euclid(week);
+    let mut opens = monday + i64::from(start) * 60;
+    if opens > now {
+        opens -= week;
+    }
+    (opens, now < opens + length)
+}
+
 /// The first 8 characters of a uid: enough to tell two objects of one name apart in a path.
 fn short_uid(uid: &str) -> &str {
     uid.get(..8).unwrap_or(uid)
@@ -344,6 +395,36 @@ pub fn snapshot_path(snapshot: &str, uid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maintenance_windows_are_weekly() {
+        assert_eq!(parse_weekly_window("sun:05:00-sun:05:30"), Ok((8940, 8970)));
+        assert_eq!(parse_weekly_window("Sun:23:45-mon:00:30"), Ok((10065, 30)));
+        assert!(
+            parse_weekly_window("sun:05:00-sun:05:10")
+                .unwrap_err()
+                .contains("at least 30")
+        );
+        assert!(
+            parse_weekly_window("sunday:05:00-sun:06:00")
+                .unwrap_err()
+                .contains("ddd:hh:mm")
+        );
+        // 2026-11-29 was a Sunday: 05:10 UTC is in its window, opened at 05:00.
+        let sunday_0510 = 1_795_910_400 + 5 * 3600 + 600;
+        let (opens, open) = weekly_window_at("sun:05:00-sun:05:30", sunday_0510);
+        assert_eq!((opens, open), (sunday_0510 - 600, true));
+        // Two hours later: the same window, closed.
+        assert_eq!(
+            weekly_window_at("sun:05:00-sun:05:30", sunday_0510 + 7200),
+            (sunday_0510 - 600, false)
+        );
+        // The Saturday before: last week's.
+        assert_eq!(
+            weekly_window_at("sun:05:00-sun:05:30", sunday_0510 - 86_400),
+            (sunday_0510 - 600 - 7 * 86_400, false)
+        );
+    }
 
     #[test]
     fn backup_windows_are_read_as_minutes_of_the_day() {

@@ -582,6 +582,31 @@ fn a_parameter_group_applies_dynamic_parameters_live_and_static_ones_at_the_rebo
     assert!(pending.as_array().is_none_or(Vec::is_empty), "{pending}");
     assert_eq!(show(&lab, "work_mem").unwrap(), "16MB");
 
+    // In the maintenance window (one open now), a static change is applied by a reboot the
+    // cluster does itself.
+    lab.apply(
+        "db.yaml",
+        &format!(
+            "{}  parameterGroup: tuned\n  maintenance: {{preferredWindow: \"{}\"}}\n",
+            manifest("tuned", "singleAZ", 0, port, &["az-a"]),
+            weekly_window_around_now()
+        ),
+    );
+    let epoch = epoch_of(&lab.cluster("tuned"));
+    lab.apply(
+        "group.yaml",
+        &parameter_group("tuned", &[("work_mem", "16MB"), ("max_connections", "143")]),
+    );
+    lab.wait_available("tuned", epoch + 1, 1, 0);
+    poll(
+        WAIT,
+        "max_connections 143 after the maintenance reboot",
+        || Ok(show(&lab, "max_connections").filter(|v| v == "143")),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let events = lab.server.cli(&["get", "events"]).stdout;
+    assert!(events.contains("MaintenanceReboot"), "{events}");
+
     lab.server
         .cli(&["delete", "dbcluster", "tuned", "--wait"])
         .ok();
@@ -591,6 +616,20 @@ fn a_parameter_group_applies_dynamic_parameters_live_and_static_ones_at_the_rebo
     })
     .unwrap();
     lab.restart_agents();
+}
+
+/// A weekly maintenance window (`ddd:hh:mm-ddd:hh:mm`, UTC) open from 5 minutes ago for an
+/// hour.
+fn weekly_window_around_now() -> String {
+    let at = |t: i64| {
+        let days = t.div_euclid(86_400);
+        let day =
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(days + 3).rem_euclid(7) as usize];
+        let minutes = t.rem_euclid(86_400) / 60;
+        format!("{day}:{:02}:{:02}", minutes / 60, minutes % 60)
+    };
+    let now = unix_now() as i64;
+    format!("{}-{}", at(now - 300), at(now + 3300))
 }
 
 /// An RFC 3339 time as the API prints it, in seconds since the epoch.

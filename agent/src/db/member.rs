@@ -12,10 +12,11 @@ use hanul_controllers::runtime::Shutdown;
 use hanul_db::{Member, Observation, RestoreTarget, StopMode, Upstream};
 use hanul_proto::Kind;
 use hanul_proto::db::{
-    DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, PARAMS_APPLYING, PARAMS_IN_SYNC,
-    PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE,
-    STATE_CREATING, STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED,
-    instance_class, is_managed_parameter, lease_renew_interval, self_fence_after, wal_archive_path,
+    DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, DURABILITY_PREFERRED, PARAMS_APPLYING,
+    PARAMS_IN_SYNC, PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER,
+    STATE_AVAILABLE, STATE_CREATING, STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING,
+    STATE_STOPPED, instance_class, is_managed_parameter, lease_renew_interval, self_fence_after,
+    wal_archive_path,
 };
 use hanul_proto::events::{NORMAL, WARNING};
 use hanul_proto::time::now;
@@ -584,8 +585,38 @@ impl MemberLoop {
             }
             Step::ApplySync { names } => {
                 info!(member = %self.name, synchronous_standby_names = %names, "Setting the synchronous standbys.");
+                let before = member.synchronous_standby_names.clone();
                 member.set_synchronous_standby_names(&names).await?;
                 self.observed = None;
+                // `preferred` durability: the writer going alone, and back, is said (RDS's
+                // words are for the cluster; the event is on the writer that does it).
+                let preferred = cluster
+                    .replication
+                    .as_ref()
+                    .is_some_and(|r| r.data_durability == DURABILITY_PREFERRED);
+                if preferred && cs.sync_count > 0 && names.is_empty() != before.is_empty() {
+                    let (ty, reason, message) = if names.is_empty() {
+                        (
+                            WARNING,
+                            "SynchronousReplicationSuspended",
+                            format!(
+                                "Writer {} commits without a synchronous standby: none of {} streams (dataDurability: preferred); a failover now may lose the latest commits",
+                                self.name,
+                                cs.sync_standbys.join(", ")
+                            ),
+                        )
+                    } else {
+                        (
+                            NORMAL,
+                            "SynchronousReplicationResumed",
+                            format!(
+                                "Writer {} waits for a synchronous standby again ({names})",
+                                self.name
+                            ),
+                        )
+                    };
+                    self.emit(c, ty, reason, message);
+                }
                 Ok(Next::Now)
             }
             Step::StepDown => {

@@ -17,10 +17,11 @@ use super::{Errors, is_dns_name};
 use hanul_proto::{
     db::{
         DEFAULT_BACKUP_WINDOW, DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS,
-        DEFAULT_MASTER_USERNAME, DEFAULT_PORT, DEFAULT_RETENTION_DAYS, DEFAULT_STORAGE_GIB,
-        DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE, ENGINE_VERSION,
-        MAX_READ_REPLICAS, MAX_RETENTION_DAYS, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ,
-        instance_class, instance_class_names, members_of, parse_window,
+        DEFAULT_MAINTENANCE_WINDOW, DEFAULT_MASTER_USERNAME, DEFAULT_PORT, DEFAULT_RETENTION_DAYS,
+        DEFAULT_STORAGE_GIB, DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE,
+        ENGINE_VERSION, MAX_READ_REPLICAS, MAX_RETENTION_DAYS, ROLE_REPLICA, ROLE_STANDBY,
+        ROLE_WRITER, SINGLE_AZ, instance_class, instance_class_names, members_of,
+        parse_weekly_window, parse_window,
     },
     v1::{DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbInstanceSpec},
 };
@@ -76,6 +77,11 @@ pub(crate) fn default_cluster(spec: &mut DbClusterSpec) {
     let backup = spec.backup.get_or_insert_with(Default::default);
     backup.retention_days.get_or_insert(DEFAULT_RETENTION_DAYS);
     fill(&mut backup.preferred_window, DEFAULT_BACKUP_WINDOW);
+    let maintenance = spec.maintenance.get_or_insert_with(Default::default);
+    fill(
+        &mut maintenance.preferred_window,
+        DEFAULT_MAINTENANCE_WINDOW,
+    );
 }
 
 pub(crate) fn default_instance(spec: &mut DbInstanceSpec) {
@@ -220,6 +226,7 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
     if let Some(b) = &spec.backup {
         check_backup(b, errs);
     }
+    check_maintenance(spec, errs);
     let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     if let Some(s) = source(spec) {
         check_source(name, s, errs);
@@ -276,6 +283,14 @@ fn check_backup(b: &hanul_proto::v1::BackupSettings, errs: &mut Errors) {
     }
     if let Err(why) = parse_window(&b.preferred_window) {
         errs.add("spec.backup.preferredWindow", why);
+    }
+}
+
+fn check_maintenance(spec: &DbClusterSpec, errs: &mut Errors) {
+    if let Some(m) = &spec.maintenance
+        && let Err(why) = parse_weekly_window(&m.preferred_window)
+    {
+        errs.add("spec.maintenance.preferredWindow", why);
     }
 }
 

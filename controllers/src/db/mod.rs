@@ -15,6 +15,7 @@
 //! so a restart never shortens a lease. The protocol is in `hanul_proto::db`.
 
 pub mod backup;
+pub mod maintenance;
 pub mod plan;
 
 use crate::{
@@ -311,6 +312,35 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         }
     }
     apply_backups(&ctx, &object, meta, &spec, &backups).await?;
+    if let Some(request) = maintenance::reboot_due(
+        &spec,
+        &plan.status,
+        meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
+        hanul_proto::time::timestamp(ctx.clock.now()).seconds,
+    ) {
+        let mut o = (*object).clone();
+        o.metadata_mut()
+            .annotations
+            .insert(REBOOT_ANNOTATION.into(), request);
+        match ctx.client.update(o).await {
+            Ok(_) => {
+                info!(cluster = %meta.name, "Maintenance window: rebooting to apply pending-reboot parameters.");
+                let message = format!(
+                    "Rebooting DB cluster {} in its maintenance window to apply parameter changes that wait for a reboot",
+                    meta.name
+                );
+                if let Err(err) = ctx
+                    .recorder
+                    .emit(&object, NORMAL, "MaintenanceReboot", &message)
+                    .await
+                {
+                    warn!(cluster = %meta.name, error = %err, "Could not record an event.");
+                }
+            }
+            Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => {}
+            Err(s) => return Err(Error::api("update", object.key(), s)),
+        }
+    }
     // Members' lease silences grow without any change: look again at least once a second.
     let wake = plan
         .wake

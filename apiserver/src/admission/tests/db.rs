@@ -787,3 +787,23 @@ fn a_secret_needs_data_with_valid_keys_and_never_echoes_a_value() {
     ));
     assert!(m.contains("spec.data: required"), "{m}");
 }
+
+#[test]
+fn the_maintenance_window_is_weekly_and_defaulted() {
+    let c = admitted_cluster("  masterPassword: s3cret-pass\n");
+    let spec = cluster_of(&c).spec.clone().unwrap();
+    assert_eq!(
+        spec.maintenance.unwrap().preferred_window,
+        "sun:05:00-sun:05:30"
+    );
+    admitted_cluster(
+        "  masterPassword: s3cret-pass\n  maintenance: {preferredWindow: \"sat:23:45-sun:00:30\"}\n",
+    );
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  maintenance: {preferredWindow: \"sun:05:00-sun:05:10\"}\n",
+    );
+    assert!(
+        m.contains("spec.maintenance.preferredWindow: \"sun:05:00-sun:05:10\" is 10 minutes long"),
+        "{m}"
+    );
+}
