@@ -112,6 +112,9 @@ pub struct Context {
     pub instances: Cache,
     pub nodes: Cache,
     pub types: Cache,
+    /// The DB members (`DBInstance`s): each holds its instance class's CPU and memory on its
+    /// node, as an instance does.
+    pub db_members: Cache,
     pub clock: Arc<dyn Clock>,
     pub recorder: Recorder,
     pub config: Config,
@@ -181,7 +184,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
             .is_some_and(|o| o.resource_version() < w.rv)
     });
 
-    let types: HashMap<String, Size> = ctx
+    let mut types: HashMap<String, Size> = ctx
         .types
         .list()
         .iter()
@@ -196,6 +199,12 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
             _ => None,
         })
         .collect();
+    // DB instance classes (db.t3.micro ...) size the DB members counted below.
+    for c in hanul_proto::db::INSTANCE_CLASSES {
+        types
+            .entry(c.name.to_string())
+            .or_insert(Size::new(u64::from(c.vcpus) * 1000, c.memory_mib));
+    }
     let nodes: Vec<NodeView> = ctx
         .nodes
         .list()
@@ -228,6 +237,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
         }
         objects.insert(o.name().to_string(), o);
     }
+    bound.extend(db_member_views(&ctx.db_members));
 
     let decisions = plan::plan(&pending, &nodes, &bound, &types, now);
     debug!(
@@ -639,6 +649,34 @@ fn pass_key(instances: &Cache) -> Vec<ObjectKey> {
     instances.keys().into_iter().min().into_iter().collect()
 }
 
+/// The DB members placed on nodes, as bound instances of their instance class: the capacity
+/// they hold is not given to instances. Named `DBInstance/<name>` (no instance has a `/`).
+fn db_member_views(cache: &Cache) -> Vec<InstanceView> {
+    cache
+        .list()
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::DbInstance(d)) => {
+                let spec = d.spec.as_ref()?;
+                let meta = d.metadata.as_ref()?;
+                (!spec.node.is_empty() && meta.deleted_at.is_none()).then(|| InstanceView {
+                    name: format!("DBInstance/{}", meta.name),
+                    created: std::time::UNIX_EPOCH,
+                    group: None,
+                    instance_type: spec.instance_class.clone(),
+                    zone: spec.zone.clone(),
+                    node_name: spec.node.clone(),
+                    market: hanul_proto::instance::Market::OnDemand,
+                    node: spec.node.clone(),
+                    interruption: None,
+                    deleting: false,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The scheduler, ready to run, and its context.
 pub fn controller(
     client: Client,
@@ -649,6 +687,7 @@ pub fn controller(
 ) -> (Controller, Arc<Context>) {
     let nodes = Cache::new(Some(Kind::Node));
     let types = Cache::new(Some(Kind::InstanceType));
+    let db_members = Cache::new(Some(Kind::DbInstance));
     let base = Controller::new(client.clone(), Kind::Instance);
     let instances = base.cache();
     let to_pass = |instances: Cache| -> KeyMapper { Arc::new(move |_, _| pass_key(&instances)) };
@@ -657,6 +696,7 @@ pub fn controller(
         .map_primary(to_pass(instances.clone()))
         .watches(nodes.clone(), to_pass(instances.clone()))
         .watches(types.clone(), to_pass(instances.clone()))
+        .watches(db_members.clone(), to_pass(instances.clone()))
         .metrics(metrics)
         .shutdown_on(shutdown);
     let ctx = Arc::new(Context {
@@ -665,6 +705,7 @@ pub fn controller(
         instances,
         nodes,
         types,
+        db_members,
         clock,
         config,
         pass: Default::default(),

@@ -364,6 +364,47 @@ async fn an_instance_that_fits_nowhere_stays_pending_with_the_reason_until_room_
 }
 
 #[tokio::test]
+async fn a_db_member_holds_its_instance_class_on_its_node() {
+    let h = Harness::start().await;
+    h.instance_type("big", 2, 2048).await;
+    h.node("n1", "az-a", 4, 4096, true).await;
+    // db.t3.small: 2 vCPU, 2048 MiB, placed on n1 by the DB controller.
+    h.t.client
+        .create(Object::from(hanul_proto::v1::DbInstance {
+            metadata: Some(ObjectMeta {
+                name: "orders-1".into(),
+                ..Default::default()
+            }),
+            spec: Some(hanul_proto::v1::DbInstanceSpec {
+                cluster: "orders".into(),
+                role: "writer".into(),
+                zone: "az-a".into(),
+                node: "n1".into(),
+                instance_class: "db.t3.small".into(),
+                ..Default::default()
+            }),
+            status: None,
+        }))
+        .await
+        .unwrap();
+    h.create(instance("first", "big")).await;
+    assert_eq!(h.bound("first").await.0, "n1");
+    h.create(instance("second", "big")).await;
+    let message = h.unschedulable("second").await;
+    assert!(
+        message.contains("n1 (az-a): 0 vCPU, 0 MiB free"),
+        "{message}"
+    );
+    // The member goes: its room is free again.
+    h.t.client
+        .delete(Kind::DbInstance, "orders-1")
+        .await
+        .unwrap();
+    assert_eq!(h.bound("second").await.0, "n1");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_spot_instance_is_reclaimed_after_its_notice_so_an_on_demand_one_fits() {
     let h = Harness::start().await;
     h.instance_type("big", 4, 4096).await;
