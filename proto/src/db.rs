@@ -290,6 +290,11 @@ pub const SNAPSHOT_FAILED: &str = "failed";
 /// until they are removed.
 pub const SNAPSHOT_FINALIZER: &str = "hanul.dev/db-snapshot-files";
 
+/// The finalizer an agent puts on the DB members it runs: a delete waits until PostgreSQL is
+/// stopped and its files are removed (the cluster's controller releases it for a member whose
+/// node is gone).
+pub const MEMBER_FINALIZER: &str = "hanul.dev/agent-db";
+
 /// The finalizer the cluster's controller puts on a cluster with
 /// `spec.finalSnapshotIdentifier`: its deletion waits for the final snapshot.
 pub const FINAL_SNAPSHOT_FINALIZER: &str = "hanul.dev/db-final-snapshot";

@@ -48,9 +48,8 @@ use tracing::{info, warn};
 use crate::driver::{ProcessDriver, WorkloadDriver};
 use crate::instances::ports::{PortRange, host_port_is_free};
 
-/// The finalizer an agent puts on the DB members it runs: a delete waits until PostgreSQL is
-/// stopped and its files are removed.
-pub const FINALIZER: &str = "hanul.dev/agent-db";
+/// The finalizer an agent puts on the DB members it runs (`hanul_proto::db::MEMBER_FINALIZER`).
+pub const FINALIZER: &str = hanul_proto::db::MEMBER_FINALIZER;
 /// How often the supervisor looks at everything without a change.
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often leftovers (workloads and directories without a task) are looked for.

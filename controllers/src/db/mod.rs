@@ -29,9 +29,9 @@ use crate::{
 use hanul_proto::{
     Client, Kind,
     db::{
-        ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, PHASE_AVAILABLE, PHASE_BACKING_UP,
-        REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING,
-        SNAPSHOT_FAILED, SNAPSHOT_MANUAL, SWITCHOVER_ANNOTATION,
+        ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, MEMBER_FINALIZER, PHASE_AVAILABLE,
+        PHASE_BACKING_UP, REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE,
+        SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_MANUAL, SWITCHOVER_ANNOTATION,
     },
     events::{NORMAL, Recorder, WARNING},
     v1::{
@@ -272,6 +272,23 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
                     Ok(_) => info!(cluster = %meta.name, member = %name, %node, "Created member."),
                     Err(s) if s.code() == Code::AlreadyExists => {}
                     Err(s) => return Err(Error::api("create", format!("DBInstance/{name}"), s)),
+                }
+            }
+            Effect::Replace { name } => {
+                match ctx.client.delete(Kind::DbInstance, name).await {
+                    Ok(_) => {
+                        info!(cluster = %meta.name, member = %name, "Replacing a member whose node is gone.")
+                    }
+                    Err(s) if s.code() == Code::NotFound => continue,
+                    Err(s) => return Err(Error::api("delete", format!("DBInstance/{name}"), s)),
+                }
+                // Nobody else will release it: its agent is gone with its node.
+                if let Ok(mut o) = ctx.client.get(Kind::DbInstance, name).await {
+                    o.metadata_mut()
+                        .finalizers
+                        .retain(|f| f != MEMBER_FINALIZER);
+                    // A conflict or a member gone already: the next pass looks again.
+                    let _ = ctx.client.update(o).await;
                 }
             }
             Effect::Delete { name } => match ctx.client.delete(Kind::DbInstance, name).await {

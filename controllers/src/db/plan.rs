@@ -106,6 +106,12 @@ pub enum Effect {
     Delete {
         name: String,
     },
+    /// A member whose node is gone (its Node object deleted): its agent will never stop it,
+    /// so it is deleted with its agent's finalizer released, and made again (same name, no
+    /// data: a clone of the writer) on a Ready node of its zone.
+    Replace {
+        name: String,
+    },
 }
 
 /// An event to record on the cluster, in RDS's words.
@@ -283,6 +289,25 @@ pub fn plan(input: &Input) -> Plan {
             && !st.sync_standbys.contains(name)
         {
             effects.push(Effect::Delete { name: name.clone() });
+        }
+    }
+
+    // Members on a node that is gone never come back: replaced. Not the writer of this epoch
+    // (a failover replaces it first) and not during an election (they may be voters).
+    if st.failover.is_none() {
+        for (name, m) in members {
+            let node_gone = !m.node.is_empty() && !input.nodes.iter().any(|n| n.name == m.node);
+            if node_gone && !m.deleting && *name != st.writer {
+                events.push(Event {
+                    warning: true,
+                    reason: "DBInstanceReplaced",
+                    message: format!(
+                        "DB instance {name} is replaced: its node {} is gone",
+                        m.node
+                    ),
+                });
+                effects.push(Effect::Replace { name: name.clone() });
+            }
         }
     }
 

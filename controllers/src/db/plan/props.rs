@@ -694,6 +694,9 @@ impl World {
                 Effect::Delete { name } => {
                     self.violate(format!("{name} deleted, but this cluster has no replicas"));
                 }
+                Effect::Replace { name } => {
+                    self.violate(format!("{name} replaced, but no node is ever deleted"));
+                }
             }
         }
     }

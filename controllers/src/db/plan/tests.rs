@@ -498,3 +498,62 @@ fn a_reboot_restarts_the_writer_in_a_new_epoch_and_force_failover_hands_over() {
     assert_eq!((f.epoch, f.reason.as_str()), (2, REASON_SWITCHOVER));
     assert_eq!(p.status.epoch, 1);
 }
+
+#[test]
+fn a_member_whose_node_is_gone_is_replaced_but_not_the_writer_nor_during_an_election() {
+    let (spec, mut status, members) = running();
+    let without =
+        |gone: &str| -> Vec<NodeInfo> { nodes().into_iter().filter(|n| n.name != gone).collect() };
+    let plan_with = |status: &DbClusterStatus, nodes: &[NodeInfo]| {
+        plan(&Input {
+            cluster: "db",
+            generation: 1,
+            spec: &spec,
+            status,
+            members: &members,
+            nodes,
+            switchover: None,
+            reboot: None,
+            now: at(),
+        })
+    };
+    let p = plan_with(&status, &without("node-b"));
+    assert!(
+        p.effects.contains(&Effect::Replace {
+            name: "db-2".into()
+        }),
+        "{:?}",
+        p.effects
+    );
+    assert!(p.events.iter().any(|e| e.reason == "DBInstanceReplaced"));
+    // The writer's node gone: a failover replaces it first.
+    let p = plan_with(&status, &without("node-a"));
+    assert!(
+        !p.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Replace { .. })),
+        "{:?}",
+        p.effects
+    );
+    // Nothing is replaced during an election.
+    status.failover = Some(DbFailover {
+        epoch: 2,
+        from: "db-1".into(),
+        reason: "writer-lost".into(),
+        ..Default::default()
+    });
+    let p = plan_with(&status, &without("node-b"));
+    assert!(
+        !p.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Replace { .. }))
+    );
+    // Every node there: nothing.
+    status.failover = None;
+    let p = plan_with(&status, &nodes());
+    assert!(
+        !p.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Replace { .. }))
+    );
+}
