@@ -902,3 +902,71 @@ fn a_master_password_from_a_secret_is_used_and_never_printed() {
         diff.stdout
     );
 }
+
+/// A standby whose node is deleted (its agent and PostgreSQL gone with the machine) is made
+/// again on another node of its zone, where it clones the writer and joins the synchronous
+/// set; the writer keeps its data throughout.
+#[test]
+fn a_member_whose_node_is_deleted_is_replaced_in_its_zone() {
+    let mut lab = Lab::start("rep", &["az-a", "az-b"]);
+    // A second node in az-b, for the replacement.
+    let spare = format!("{}-spare", lab.node("az-b"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let spare_agent =
+        AgentProcess::start_with(&lab.server, &spare, "az-b", 16, 16384, dir, &[]).unwrap();
+    lab.server.wait_node_ready(&spare, WAIT);
+    let port = free_port_pair();
+    lab.apply(
+        "db.yaml",
+        &manifest("keep", "multiAZInstance", 0, port, &["az-a", "az-b"]),
+    );
+    let status = lab.wait_available("keep", 1, 2, 1);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+    let standby = lab.member("keep-2");
+    let gone = standby["spec"]["node"].as_str().unwrap().to_owned();
+    let pid = standby["status"]["pid"]
+        .as_str()
+        .and_then(|p| p.parse::<i32>().ok())
+        .or_else(|| standby["status"]["pid"].as_i64().map(|p| p as i32))
+        .expect("the standby's pid");
+
+    // The machine goes: its agent and its PostgreSQL die, and the operator deletes the node.
+    if gone == spare {
+        drop(spare_agent);
+    } else {
+        lab.kill_agent(&gone);
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = lab.server.cli(&["delete", "node", &gone]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    poll(WAIT, "keep-2 replaced on the other node of az-b", || {
+        let m = lab.server.get_json("dbinstance/keep-2").ok();
+        let node = m
+            .as_ref()
+            .and_then(|m| m["spec"]["node"].as_str().map(str::to_owned));
+        let state = m
+            .as_ref()
+            .and_then(|m| m["status"]["state"].as_str().map(str::to_owned));
+        match (node, state) {
+            (Some(n), Some(s)) if n != gone && s == "available" => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_available("keep", 1, 2, 1);
+    lab.sql(&writer, "INSERT INTO t VALUES (2)").unwrap();
+    assert_eq!(lab.query(&writer, "SELECT count(*) FROM t").unwrap(), "2");
+    let events = lab.server.cli(&["get", "events"]).stdout;
+    assert!(events.contains("DBInstanceReplaced"), "{events}");
+}
