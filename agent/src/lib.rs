@@ -163,6 +163,8 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             .map_err(|e| Error::Config(format!("cannot start the load balancer's threads: {e}")))?
     };
     let db_metrics = Arc::new(db::metrics::Metrics::default());
+    // The DB members' instance classes count in the node's allocation like instances' types.
+    let db_held = Arc::new(std::sync::Mutex::new(system::Capacity::default()));
     let metrics: endpoint::MetricsFn = {
         let plane = plane.clone();
         let db_metrics = db_metrics.clone();
@@ -186,6 +188,7 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
                 .unwrap_or_else(|| config.data_dir.join("backups")),
             archive_interval: config.db_archive_interval,
             metrics: db_metrics,
+            held: db_held.clone(),
         },
         shutdown.clone(),
     );
@@ -214,7 +217,16 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             client,
             info,
             config.heartbeat,
-            move || ctx.allocated(),
+            move || {
+                let a = ctx.allocated();
+                let d = *db_held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                system::Capacity {
+                    cpu_millis: a.cpu_millis + d.cpu_millis,
+                    memory_mib: a.memory_mib + d.memory_mib,
+                }
+            },
             stop,
         )
     };

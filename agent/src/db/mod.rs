@@ -73,6 +73,29 @@ pub struct Settings {
     pub archive_interval: Duration,
     /// Where the members' figures go (the agent's `/metrics`).
     pub metrics: Arc<metrics::Metrics>,
+    /// What the members placed here hold (their instance classes), for the node's heartbeat.
+    pub held: Arc<Mutex<crate::system::Capacity>>,
+}
+
+/// The CPU and memory the members placed on `node` hold: their instance classes.
+pub fn held_by(instances: &[Arc<hanul_proto::v1::Object>], node: &str) -> crate::system::Capacity {
+    instances
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::DbInstance(i))
+                if o.metadata().is_some_and(|m| m.deleted_at.is_none()) =>
+            {
+                i.spec.as_ref().filter(|s| s.node == node)
+            }
+            _ => None,
+        })
+        .filter_map(|s| hanul_proto::db::instance_class(&s.instance_class))
+        .fold(crate::system::Capacity::default(), |a, c| {
+            crate::system::Capacity {
+                cpu_millis: a.cpu_millis + c.vcpus * 1000,
+                memory_mib: a.memory_mib + c.memory_mib,
+            }
+        })
 }
 
 /// Shared by the member tasks.
@@ -293,6 +316,8 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
     let mut last_sweep = tokio::time::Instant::now() - SWEEP_EVERY;
     info!(node = %settings.node, "DB member loop ready.");
     loop {
+        *settings.held.lock().unwrap_or_else(PoisonError::into_inner) =
+            held_by(&ctx.instances.list_kind(Kind::DbInstance), &ctx.node);
         // Members placed here.
         for o in ctx.instances.list_kind(Kind::DbInstance) {
             if let Some(Resource::DbInstance(i)) = &o.resource

@@ -80,6 +80,7 @@ impl Harness {
                 backup_dir: self.dir.path().join("backups"),
                 archive_interval: Duration::from_secs(1),
                 metrics: Default::default(),
+                held: Default::default(),
             },
             shutdown,
         ));
@@ -440,4 +441,37 @@ async fn a_crashed_writer_waits_for_a_new_epoch_and_a_cut_off_one_fences_itself_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.stop_loop().await;
+}
+
+#[test]
+fn members_hold_their_instance_class_on_their_node_for_the_heartbeat() {
+    use hanul_proto::v1::{DbInstance, DbInstanceSpec, Object, ObjectMeta};
+    let member = |name: &str, node: &str, class: &str, deleting: bool| {
+        Arc::new(Object::from(DbInstance {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                deleted_at: deleting.then(Default::default),
+                ..Default::default()
+            }),
+            spec: Some(DbInstanceSpec {
+                node: node.into(),
+                instance_class: class.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }))
+    };
+    let all = [
+        member("a-1", "n1", "db.t3.small", false),
+        member("b-1", "n1", "db.m5.xlarge", false),
+        member("c-1", "n2", "db.t3.small", false),
+        member("d-1", "n1", "db.t3.small", true),
+    ];
+    assert_eq!(
+        super::held_by(&all, "n1"),
+        crate::system::Capacity {
+            cpu_millis: 6000,
+            memory_mib: 2048 + 16384
+        }
+    );
 }
