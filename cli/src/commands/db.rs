@@ -27,18 +27,16 @@ use crate::{
     target::ref_name,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
-use futures::StreamExt;
 use hanul_proto::{
     Client, Kind,
-    client::WatchUpdate,
     db::{
         DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_WRITER, MULTI_AZ_CLUSTER, PHASE_AVAILABLE,
         REBOOT_ANNOTATION, ROLE_REPLICA, SINGLE_AZ, SNAPSHOT_AVAILABLE, SNAPSHOT_FAILED,
         SNAPSHOT_MANUAL, STATE_AVAILABLE, SWITCHOVER_ANNOTATION,
     },
     v1::{
-        DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbSnapshot, DbSnapshotSpec,
-        EventType, Object, ObjectMeta, object::Resource,
+        DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbSnapshot, DbSnapshotSpec, Object,
+        ObjectMeta, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -699,47 +697,21 @@ async fn wait_until(
     done: impl Fn(&Object) -> Result<bool>,
 ) -> Result<()> {
     let what = ref_name(kind, name);
+    let timed_out = |last: Option<&Object>| {
+        let seen = last
+            .map(|o| format!(" (last seen: {})", phase_of(o)))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "timed out after {} waiting for {what}{seen}",
+            humantime::format_duration(timeout)
+        )
+    };
     let deadline = Instant::now() + timeout;
-    let mut last: Option<Object> = None;
-    let mut listed = false;
-    let mut stream = std::pin::pin!(client.list_watch(Some(kind), ""));
-    loop {
-        let update = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(u)) => u,
-            Ok(None) => bail!("the watch of {} ended", kind.plural()),
-            Err(_) => {
-                let seen = last
-                    .as_ref()
-                    .map(|o| format!(" (last seen: {})", phase_of(o)))
-                    .unwrap_or_default();
-                bail!(
-                    "timed out after {} waiting for {what}{seen}",
-                    humantime::format_duration(timeout)
-                );
-            }
-        };
-        let current = match update {
-            WatchUpdate::Listed { items, .. } => Some(items.into_iter().find(|o| o.name() == name)),
-            WatchUpdate::Event(ev) => match (ev.r#type(), ev.object) {
-                (EventType::Deleted, Some(o)) if o.name() == name => Some(None),
-                (_, Some(o)) if o.name() == name => Some(Some(o)),
-                _ => None,
-            },
-            WatchUpdate::Error(status) if !listed => return Err(status.into()),
-            WatchUpdate::Error(_) => None,
-        };
-        listed = true;
-        match current {
-            None => {}
-            Some(None) => bail!("{what} was deleted while waiting"),
-            Some(Some(o)) => {
-                if done(&o)? {
-                    return Ok(());
-                }
-                last = Some(o);
-            }
-        }
-    }
+    super::wait::watch_until(client, kind, name, deadline, timed_out, |o, _| match o {
+        None => bail!("{what} was deleted while waiting"),
+        Some(o) => Ok(done(o)?.then_some(())),
+    })
+    .await
 }
 
 async fn snapshot(global: &crate::GlobalArgs, args: SnapshotArgs) -> Result<ExitCode> {

@@ -176,6 +176,52 @@ pub async fn wait_for(
 ) -> Result<()> {
     let what_ref = ref_name(kind, name);
     let mut uid: Option<String> = None;
+    let timed_out = |last: Option<&Object>| {
+        let seen = last
+            .map(|o| format!(" (last seen: {})", summary(o)))
+            .unwrap_or_default();
+        if *what == WaitFor::Delete {
+            anyhow!("timed out waiting for {what_ref} to be deleted{seen}")
+        } else {
+            anyhow!("timed out waiting for the condition on {what_ref}{seen}")
+        }
+    };
+    watch_until(client, kind, name, deadline, timed_out, |current, first| {
+        // A different uid under the same name is a new object: the one waited on is gone.
+        let current = current.filter(|o| {
+            let this = o.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+            match &uid {
+                Some(u) if !u.is_empty() && !this.is_empty() => *u == this,
+                _ => {
+                    uid = Some(this);
+                    true
+                }
+            }
+        });
+        match (current, what) {
+            (None, WaitFor::Delete) => Ok(Some(())),
+            (None, _) if first => Err(anyhow!(tonic::Status::not_found(format!(
+                "{} {name:?} not found",
+                kind.plural()
+            )))),
+            (None, _) => bail!("{what_ref} was deleted while waiting"),
+            (Some(o), w) => Ok(w.holds(o).then_some(())),
+        }
+    })
+    .await
+}
+
+/// Watches `kind/name` (a list, then its events) until `check` returns a value or an error,
+/// or `deadline` passes (the error `timed_out` makes from the last object seen). `check` is
+/// given the object, None once it is gone, and whether this is the first look (the list).
+pub async fn watch_until<T>(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    deadline: Instant,
+    timed_out: impl Fn(Option<&Object>) -> anyhow::Error,
+    mut check: impl FnMut(Option<&Object>, bool) -> Result<Option<T>>,
+) -> Result<T> {
     let mut last: Option<Object> = None;
     let mut listed = false;
     let mut stream = std::pin::pin!(client.list_watch(Some(kind), ""));
@@ -183,16 +229,7 @@ pub async fn wait_for(
         let update = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(u)) => u,
             Ok(None) => bail!("the watch of {} ended", kind.plural()),
-            Err(_) => {
-                let seen = last
-                    .as_ref()
-                    .map(|o| format!(" (last seen: {})", summary(o)))
-                    .unwrap_or_default();
-                if *what == WaitFor::Delete {
-                    bail!("timed out waiting for {what_ref} to be deleted{seen}");
-                }
-                bail!("timed out waiting for the condition on {what_ref}{seen}");
-            }
+            Err(_) => return Err(timed_out(last.as_ref())),
         };
         let current: Option<Option<Object>> = match update {
             WatchUpdate::Listed { items, .. } => Some(items.into_iter().find(|o| o.name() == name)),
@@ -212,32 +249,11 @@ pub async fn wait_for(
         let first = !listed;
         listed = true;
         let Some(current) = current else { continue };
-        // A different uid under the same name is a new object: the one waited on is gone.
-        let current = current.filter(|o| {
-            let this = o.metadata().map(|m| m.uid.clone()).unwrap_or_default();
-            match &uid {
-                Some(u) if !u.is_empty() && !this.is_empty() => *u == this,
-                _ => {
-                    uid = Some(this);
-                    true
-                }
-            }
-        });
-        match (current, what) {
-            (None, WaitFor::Delete) => return Ok(()),
-            (None, _) if first => {
-                return Err(anyhow!(tonic::Status::not_found(format!(
-                    "{} {name:?} not found",
-                    kind.plural()
-                ))));
-            }
-            (None, _) => bail!("{what_ref} was deleted while waiting"),
-            (Some(o), w) => {
-                if w.holds(&o) {
-                    return Ok(());
-                }
-                last = Some(o);
-            }
+        if let Some(done) = check(current.as_ref(), first)? {
+            return Ok(done);
+        }
+        if current.is_some() {
+            last = current;
         }
     }
 }
