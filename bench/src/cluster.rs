@@ -116,8 +116,10 @@ impl Cluster {
             server,
         };
         for &(name, zone, ports) in nodes {
+            // HANUL_BENCH_KEEP=1 keeps the agents' directories (logs, members) for a look after.
             let dir = tempfile::Builder::new()
                 .prefix(&format!("hanul-bench-{name}-"))
+                .disable_cleanup(std::env::var_os("HANUL_BENCH_KEEP").is_some())
                 .tempdir()?;
             let agent = cluster.start_agent(bin, &join, name, zone, ports, dir)?;
             cluster.agents.push(agent);

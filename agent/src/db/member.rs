@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use hanul_controllers::runtime::Shutdown;
@@ -75,7 +75,7 @@ pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shut
         fenced: None,
         params: None,
         pending_reported: Vec::new(),
-        archive: Archive::default(),
+        archive: Arc::default(),
     };
     let mut streak = 0;
     loop {
@@ -145,8 +145,9 @@ struct MemberLoop {
     /// The static parameters last reported as waiting for a restart (an event each time the
     /// list changes).
     pending_reported: Vec<String>,
-    /// The writer's WAL archiving, for its status.
-    archive: Archive,
+    /// The writer's WAL archiving, for its status: looked at by a task of its own (see
+    /// [`Archive`]), never in the member's loop, which must stay quick for the lease.
+    archive: Arc<std::sync::Mutex<Archive>>,
 }
 
 /// How far the writer's WAL archive reaches. Every `archive_interval`, a writer that wrote
@@ -157,6 +158,8 @@ struct MemberLoop {
 #[derive(Debug, Default)]
 struct Archive {
     last_look: Option<Instant>,
+    /// A look is under way (its task runs).
+    looking: bool,
     /// The WAL position after the last heartbeat's switch: more WAL than this is activity.
     quiet_lsn: u64,
     /// Heartbeats not known archived yet.
@@ -314,13 +317,6 @@ impl MemberLoop {
                 );
             }
         }
-        if local.role == ROLE_WRITER
-            && cluster_status.writer == self.name
-            && cluster_status.epoch == local.epoch
-            && observed.as_ref().is_some_and(|o| !o.in_recovery)
-        {
-            self.archive_look(&member).await;
-        }
         let n = Instant::now();
         let facts = Facts {
             initialized: member.initialized(),
@@ -358,6 +354,16 @@ impl MemberLoop {
             peers: &peers,
         };
         let step = plan::decide(&view, &facts);
+        // The archive's progress only when nothing else is to be done: never before a
+        // promotion's next steps, a fence or a lease renewal.
+        if step == Step::Idle
+            && local.role == ROLE_WRITER
+            && cluster_status.writer == self.name
+            && cluster_status.epoch == local.epoch
+            && observed.as_ref().is_some_and(|o| !o.in_recovery)
+        {
+            self.archive_look(&member);
+        }
         if !matches!(step, Step::Idle | Step::Renew) && self.last_step.as_ref() != Some(&step) {
             info!(member = %self.name, cluster = %spec.cluster, epoch = cluster_status.epoch,
                   writer = %cluster_status.writer, local_epoch = local.epoch, local_role = %local.role,
@@ -933,50 +939,36 @@ impl MemberLoop {
         Ok(())
     }
 
-    /// The writer's archiving, every `archive_interval` (see [`Archive`]). Failures are
-    /// reported in the status, never fatal to the member's loop.
-    async fn archive_look(&mut self, member: &Member) {
-        if member.archive_dir.is_none()
-            || self
-                .archive
-                .last_look
-                .is_some_and(|t| t.elapsed() < self.ctx.archive_interval)
-        {
+    /// The writer's archiving, every `archive_interval` (see [`Archive`]), in a task of its
+    /// own: its queries (a commit among them) never hold the member's loop up. Failures are
+    /// left for the next look.
+    fn archive_look(&self, member: &Member) {
+        if member.archive_dir.is_none() {
             return;
         }
-        self.archive.last_look = Some(Instant::now());
-        if let Err(e) = self.archive_step(member).await {
-            debug!(member = %self.name, error = %e, "Could not look at the WAL archiving.");
-        }
-    }
-
-    async fn archive_step(&mut self, member: &Member) -> Result<()> {
-        let lsn = member.current_wal_lsn().await?;
-        if lsn > self.archive.quiet_lsn {
-            let heartbeat = member.heartbeat().await?;
-            member.switch_wal().await?;
-            self.archive.pending.push(heartbeat);
-            self.archive.quiet_lsn = member.current_wal_lsn().await?;
-        }
-        let a = member.archiver().await?;
-        let archived = a.last_archived_wal.clone().unwrap_or_default();
-        if let Some(end) = hanul_db::segment_end_lsn(&archived) {
-            let (done, waiting): (Vec<hanul_db::Heartbeat>, Vec<hanul_db::Heartbeat>) =
-                self.archive.pending.iter().partition(|h| h.lsn <= end);
-            if let Some(newest) = done.iter().map(|h| h.at_unix_micros).max() {
-                self.archive.latest = Some(from_micros(newest));
+        {
+            let mut a = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+            if a.looking
+                || a.last_look
+                    .is_some_and(|t| t.elapsed() < self.ctx.archive_interval)
+            {
+                return;
             }
-            self.archive.pending = waiting;
+            a.last_look = Some(Instant::now());
+            a.looking = true;
         }
-        // A failure newer than the last success (WAL file names grow): archiving is stuck.
-        self.archive.error = match &a.last_failed_wal {
-            Some(failed) if *failed >= archived => format!(
-                "archiving WAL file {failed} failed (see the member's PostgreSQL log); WAL piles up in pg_wal until it works"
-            ),
-            _ => String::new(),
-        };
-        self.archive.last_archived_wal = archived;
-        Ok(())
+        let (state, member, name) = (self.archive.clone(), member.clone(), self.name.clone());
+        tokio::spawn(async move {
+            const LOOK_TIMEOUT: Duration = Duration::from_secs(60);
+            match tokio::time::timeout(LOOK_TIMEOUT, archive_step(&state, &member)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(member = %name, error = %e, "Could not look at the WAL archiving.")
+                }
+                Err(_) => debug!(member = %name, "Looking at the WAL archiving timed out."),
+            }
+            state.lock().unwrap_or_else(PoisonError::into_inner).looking = false;
+        });
     }
 
     fn became_writer(&mut self) {
@@ -1384,11 +1376,10 @@ impl MemberLoop {
         let address = format!("{}:{}", self.ctx.address, local.port);
         let writer_flush = c.writer_flush;
         let timeout = self.budget();
-        let archive = (
-            self.archive.latest,
-            self.archive.last_archived_wal.clone(),
-            self.archive.error.clone(),
-        );
+        let archive = {
+            let a = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
+            (a.latest, a.last_archived_wal.clone(), a.error.clone())
+        };
         let (params_status, pending_restart, params_message) = self.parameter_report(
             &c.cluster.spec.clone().unwrap_or_default(),
             observed.as_ref().filter(|_| running),
@@ -1618,6 +1609,40 @@ fn retention_days(spec: &DbClusterSpec) -> u32 {
         .as_ref()
         .and_then(|b| b.retention_days)
         .unwrap_or(DEFAULT_RETENTION_DAYS)
+}
+
+/// One look at the writer's archiving (see [`Archive`]).
+async fn archive_step(state: &std::sync::Mutex<Archive>, member: &Member) -> Result<()> {
+    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+    let quiet = lock().quiet_lsn;
+    if member.current_wal_lsn().await? > quiet {
+        let heartbeat = member.heartbeat().await?;
+        member.switch_wal().await?;
+        let after = member.current_wal_lsn().await?;
+        let mut a = lock();
+        a.pending.push(heartbeat);
+        a.quiet_lsn = after;
+    }
+    let status = member.archiver().await?;
+    let archived = status.last_archived_wal.clone().unwrap_or_default();
+    let mut a = lock();
+    if let Some(end) = hanul_db::segment_end_lsn(&archived) {
+        let (done, waiting): (Vec<hanul_db::Heartbeat>, Vec<hanul_db::Heartbeat>) =
+            a.pending.iter().partition(|h| h.lsn <= end);
+        if let Some(newest) = done.iter().map(|h| h.at_unix_micros).max() {
+            a.latest = Some(from_micros(newest));
+        }
+        a.pending = waiting;
+    }
+    // A failure newer than the last success (WAL file names grow): archiving is stuck.
+    a.error = match &status.last_failed_wal {
+        Some(failed) if *failed >= archived => format!(
+            "archiving WAL file {failed} failed (see the member's PostgreSQL log); WAL piles up in pg_wal until it works"
+        ),
+        _ => String::new(),
+    };
+    a.last_archived_wal = archived;
+    Ok(())
 }
 
 /// A protobuf timestamp from microseconds since the epoch.
