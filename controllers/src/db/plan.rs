@@ -367,7 +367,7 @@ pub fn plan(input: &Input) -> Plan {
             .filter(|m| !m.deleting)
             .map(|m| m.parameter_apply_status.as_str()),
     );
-    st.endpoints = Some(endpoints(spec, &st, members, input.nodes));
+    st.endpoints = Some(endpoints(spec, &st, members, input.nodes, lease));
     Plan {
         status: st,
         effects,
@@ -716,19 +716,35 @@ fn summary(st: &DbClusterStatus, members: &BTreeMap<String, Member>) -> Vec<DbCl
 }
 
 /// Where the endpoints run: the current node while it is Ready and does not run the writer
-/// (or no other Ready node does), else a Ready node without the writer, by name.
+/// (or no other Ready node does), else a Ready node without the writer, by name. A node whose
+/// agent let a writer's lease run out counts as not Ready: the agent is likely gone, before
+/// the node is marked NotReady.
 fn endpoints(
     spec: &DbClusterSpec,
     st: &DbClusterStatus,
     members: &BTreeMap<String, Member>,
     nodes: &[NodeInfo],
+    lease: Duration,
 ) -> DbEndpoints {
     let old = st.endpoints.clone().unwrap_or_default();
     let writer_node = members
         .get(&st.writer)
         .map(|m| m.node.as_str())
         .unwrap_or("");
-    let ready: Vec<&NodeInfo> = nodes.iter().filter(|n| n.ready).collect();
+    let silent: BTreeSet<&str> = members
+        .values()
+        .filter(|m| {
+            m.role == ROLE_WRITER
+                && m.lease_epoch == m.epoch
+                && m.lease_epoch > 0
+                && m.lease_silence > lease
+        })
+        .map(|m| m.node.as_str())
+        .collect();
+    let ready: Vec<&NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.ready && !silent.contains(n.name.as_str()))
+        .collect();
     let keep = ready
         .iter()
         .find(|n| n.name == old.node)

@@ -557,3 +557,25 @@ fn a_member_whose_node_is_gone_is_replaced_but_not_the_writer_nor_during_an_elec
             .any(|e| matches!(e, Effect::Replace { .. }))
     );
 }
+
+#[test]
+fn endpoints_avoid_the_node_of_a_writer_whose_lease_ran_out() {
+    let (spec, mut status, mut members) = running();
+    // db-1 (node-a) was writer in epoch 1 and went silent; db-2 (node-b) is writer of epoch 2.
+    let old = members.get_mut("db-1").unwrap();
+    old.lease_silence = LEASE * 3;
+    status.writer = "db-2".into();
+    status.endpoints = Some(DbEndpoints {
+        node: "node-b".into(),
+        ..Default::default()
+    });
+    let e = endpoints(&spec, &status, &members, &nodes(), LEASE);
+    assert_eq!(
+        e.node, "node-c",
+        "not the writer's node, nor the silent agent's"
+    );
+    // A writer whose lease is renewed does not count as silent.
+    members.get_mut("db-1").unwrap().lease_silence = Duration::ZERO;
+    let e = endpoints(&spec, &status, &members, &nodes(), LEASE);
+    assert_eq!(e.node, "node-a");
+}
