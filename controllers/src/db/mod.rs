@@ -246,17 +246,7 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
                 readable,
             } => {
                 let member = DbInstance {
-                    metadata: Some(ObjectMeta {
-                        name: name.clone(),
-                        labels: [(CLUSTER_LABEL.to_owned(), meta.name.clone())].into(),
-                        owner_references: vec![OwnerReference {
-                            kind: Kind::DbCluster.as_str().into(),
-                            name: meta.name.clone(),
-                            uid: meta.uid.clone(),
-                            controller: true,
-                        }],
-                        ..Default::default()
-                    }),
+                    metadata: Some(owned_by_cluster(name, meta)),
                     spec: Some(DbInstanceSpec {
                         cluster: meta.name.clone(),
                         role: role.clone(),
@@ -518,6 +508,22 @@ async fn final_snapshot(
     }
 }
 
+/// The metadata of an object the cluster owns (a member, an automated snapshot): its name,
+/// the cluster's label, and the cluster as controller owner (deleted with it).
+fn owned_by_cluster(name: &str, cluster: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: name.to_owned(),
+        labels: [(CLUSTER_LABEL.to_owned(), cluster.name.clone())].into(),
+        owner_references: vec![OwnerReference {
+            kind: Kind::DbCluster.as_str().into(),
+            name: cluster.name.clone(),
+            uid: cluster.uid.clone(),
+            controller: true,
+        }],
+        ..Default::default()
+    }
+}
+
 /// A DBSnapshot as the backup planner sees it.
 fn snapshot_of(o: &Object) -> Option<backup::Snapshot> {
     let Some(Resource::DbSnapshot(s)) = &o.resource else {
@@ -644,17 +650,7 @@ async fn apply_backups(
         match e {
             backup::Effect::Create { name } => {
                 let snapshot = DbSnapshot {
-                    metadata: Some(ObjectMeta {
-                        name: name.clone(),
-                        labels: [(CLUSTER_LABEL.to_owned(), meta.name.clone())].into(),
-                        owner_references: vec![OwnerReference {
-                            kind: Kind::DbCluster.as_str().into(),
-                            name: meta.name.clone(),
-                            uid: meta.uid.clone(),
-                            controller: true,
-                        }],
-                        ..Default::default()
-                    }),
+                    metadata: Some(owned_by_cluster(name, meta)),
                     spec: Some(DbSnapshotSpec {
                         db_cluster: meta.name.clone(),
                         r#type: SNAPSHOT_AUTOMATED.into(),
