@@ -1,4 +1,5 @@
-//! The store conformance suite: every case runs against every backend (`memory::*`, `sled::*`),
+//! The store conformance suite: every case runs against every backend (`memory::*`, `sled::*`,
+//! and sled checkpointing all the time, `sled_checkpointing::*`),
 //! so both give the object layer the same semantics. A new backend adds one `Harness` and one
 //! line to `suite!`.
 
@@ -23,7 +24,8 @@ trait Harness {
     fn open(options: &StoreOptions) -> Fixture<Self::S>;
 }
 
-/// A store plus whatever must outlive it (sled's directory).
+/// A store plus whatever must outlive it (sled's directory: bind it as `_dir`, not `..`, which
+/// would delete the directory while the store still writes log segments into it).
 struct Fixture<S> {
     store: S,
     _dir: Option<TempDir>,
@@ -52,6 +54,25 @@ impl Harness for Sled {
             store,
             _dir: Some(dir),
         }
+    }
+}
+
+/// Sled with a checkpoint every millisecond and a new log segment every few records, so that
+/// checkpoints and segment deletions interleave with every case's writes.
+struct SledCheckpointing;
+
+impl Harness for SledCheckpointing {
+    type S = SledStore;
+    fn open(options: &StoreOptions) -> Fixture<SledStore> {
+        Sled::open(&busy_checkpoints(options))
+    }
+}
+
+fn busy_checkpoints(options: &StoreOptions) -> StoreOptions {
+    StoreOptions {
+        checkpoint_interval: Duration::from_millis(1),
+        wal_segment_bytes: 256,
+        ..options.clone()
     }
 }
 
@@ -96,7 +117,7 @@ fn keys(kvs: &[KeyValue]) -> Vec<&[u8]> {
 }
 
 async fn put_then_get_returns_the_value_with_its_revisions<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     assert_eq!(store.get(b"/a").await.unwrap(), None);
     let written = put(&store, "/a", "one").await;
     let expected = KeyValue {
@@ -110,7 +131,7 @@ async fn put_then_get_returns_the_value_with_its_revisions<H: Harness>() {
 }
 
 async fn list_returns_the_keys_with_the_prefix_sorted_at_the_current_revision<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     for key in [
         "/registry/B/2",
         "/registry/A/1",
@@ -130,7 +151,7 @@ async fn list_returns_the_keys_with_the_prefix_sorted_at_the_current_revision<H:
 }
 
 async fn every_write_advances_the_revision_by_one<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     assert_eq!(store.revision(), 0);
     assert_eq!(put(&store, "/a", "1").await.mod_revision, 1);
     assert_eq!(put(&store, "/b", "1").await.mod_revision, 2);
@@ -147,7 +168,7 @@ async fn every_write_advances_the_revision_by_one<H: Harness>() {
 }
 
 async fn an_update_keeps_the_create_revision<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     put(&store, "/other", "x").await;
     let created = put(&store, "/a", "1").await;
     let updated = put(&store, "/a", "2").await;
@@ -159,7 +180,7 @@ async fn an_update_keeps_the_create_revision<H: Harness>() {
 }
 
 async fn must_not_exist_creates_once_then_conflicts_with_the_current_revision<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     let created = store
         .put(b"/a", b"1".to_vec(), Precondition::MustNotExist)
         .await
@@ -185,7 +206,7 @@ async fn must_not_exist_creates_once_then_conflicts_with_the_current_revision<H:
 }
 
 async fn must_exist_conflicts_on_an_absent_key_and_updates_a_present_one<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     let error = store
         .put(b"/a", b"1".to_vec(), Precondition::MustExist)
         .await
@@ -211,7 +232,7 @@ async fn must_exist_conflicts_on_an_absent_key_and_updates_a_present_one<H: Harn
 }
 
 async fn mod_revision_updates_only_at_exactly_that_revision<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     let absent = store
         .put(b"/a", b"0".to_vec(), Precondition::ModRevision(1))
         .await
@@ -253,7 +274,7 @@ async fn mod_revision_updates_only_at_exactly_that_revision<H: Harness>() {
 }
 
 async fn delete_returns_the_last_value_at_the_delete_revision<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     let written = put(&store, "/a", "last").await;
     let deleted = store
         .delete(b"/a", Precondition::ModRevision(1))
@@ -271,7 +292,7 @@ async fn delete_returns_the_last_value_at_the_delete_revision<H: Harness>() {
 }
 
 async fn delete_checks_its_precondition_and_reports_an_absent_key_as_not_found<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     for pre in [
         Precondition::None,
         Precondition::MustExist,
@@ -317,7 +338,7 @@ async fn delete_checks_its_precondition_and_reports_an_absent_key_as_not_found<H
 }
 
 async fn watch_from_zero_sees_only_writes_after_it_started<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     put(&store, "/a", "before").await;
     let mut stream = store.watch(b"/", 0).unwrap();
     let after = put(&store, "/a", "after").await;
@@ -329,7 +350,7 @@ async fn watch_from_zero_sees_only_writes_after_it_started<H: Harness>() {
 }
 
 async fn watch_from_a_past_revision_replays_history_then_continues_live<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     for i in 1..=5 {
         put(&store, &format!("/k{i}"), "v").await;
     }
@@ -340,7 +361,7 @@ async fn watch_from_a_past_revision_replays_history_then_continues_live<H: Harne
 }
 
 async fn watch_from_a_compacted_revision_is_refused<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     for i in 1..=5 {
         put(&store, &format!("/k{i}"), "v").await;
     }
@@ -361,7 +382,7 @@ async fn watch_from_a_compacted_revision_is_refused<H: Harness>() {
 }
 
 async fn history_beyond_its_capacity_is_compacted<H: Harness>() {
-    let Fixture { store, .. } = H::open(&StoreOptions {
+    let Fixture { store, _dir } = H::open(&StoreOptions {
         history_capacity: 3,
         ..StoreOptions::default()
     });
@@ -384,7 +405,7 @@ async fn history_beyond_its_capacity_is_compacted<H: Harness>() {
 }
 
 async fn watch_delivers_only_keys_with_its_prefix<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     put(&store, "/registry/A/old", "v").await;
     let mut live = store.watch(b"/registry/A/", 0).unwrap();
     put(&store, "/registry/B/1", "v").await;
@@ -404,7 +425,7 @@ async fn watch_delivers_only_keys_with_its_prefix<H: Harness>() {
 }
 
 async fn watch_reports_a_delete_with_the_prior_value<H: Harness>() {
-    let Fixture { store, .. } = open::<H>();
+    let Fixture { store, _dir } = open::<H>();
     let written = put(&store, "/a", "last").await;
     let mut stream = store.watch(b"/", 0).unwrap();
     store.delete(b"/a", Precondition::None).await.unwrap();
@@ -463,7 +484,7 @@ async fn concurrent_writers_get_distinct_revisions_and_watchers_see_each_once_in
 }
 
 async fn a_lagging_watcher_is_dropped_instead_of_blocking_writers<H: Harness>() {
-    let Fixture { store, .. } = H::open(&StoreOptions {
+    let Fixture { store, _dir } = H::open(&StoreOptions {
         watcher_buffer: 4,
         ..StoreOptions::default()
     });
@@ -512,6 +533,15 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case::<super::Sled>().await;
+                }
+            )*
+        }
+
+        mod sled_checkpointing {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case::<super::SledCheckpointing>().await;
                 }
             )*
         }
@@ -665,7 +695,7 @@ fn store_matches_the_model<H: Harness>(ops: &[Op]) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let Fixture { store, .. } = open::<H>();
+        let Fixture { store, _dir } = open::<H>();
         let mut stream = store.watch(b"", 0).unwrap();
         let mut model = Model::default();
         for (i, op) in ops.iter().enumerate() {
@@ -697,5 +727,52 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..48),
     ) {
         store_matches_the_model::<Sled>(&ops);
+    }
+}
+
+/// Runs `ops` on a sled store that is closed and opened again after op `reopen_at` (the log
+/// replays onto the last checkpoint): the data, revisions and answers are the model's all along.
+fn sled_survives_reopening_like_the_model(ops: &[Op], reopen_at: usize, busy: bool) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let options = if busy {
+            busy_checkpoints(&StoreOptions::default())
+        } else {
+            StoreOptions::default()
+        };
+        let mut store = SledStore::open_with(dir.path(), &options).unwrap();
+        let mut model = Model::default();
+        for (i, op) in ops.iter().enumerate() {
+            if i == reopen_at {
+                drop(store);
+                store = SledStore::open_with(dir.path(), &options).unwrap();
+                let (kvs, rev) = store.list(b"").await.unwrap();
+                assert_eq!(kvs, model.data.values().cloned().collect::<Vec<_>>());
+                assert_eq!(rev, model.revision);
+            }
+            let expected = model.apply(op);
+            assert_eq!(run_on_store(&store, op).await, expected, "op {i}: {op:?}");
+        }
+        drop(store);
+        let store = SledStore::open_with(dir.path(), &options).unwrap();
+        let (kvs, rev) = store.list(b"").await.unwrap();
+        assert_eq!(kvs, model.data.values().cloned().collect::<Vec<_>>());
+        assert_eq!(rev, model.revision);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn the_sled_store_keeps_the_model_across_reopening(
+        ops in proptest::collection::vec(op(), 1..48),
+        reopen_at in 0usize..48,
+        busy in any::<bool>(),
+    ) {
+        sled_survives_reopening_like_the_model(&ops, reopen_at, busy);
     }
 }

@@ -56,14 +56,29 @@ pub enum Error {
         source: sled::Error,
     },
 
-    /// Opening sled's log file, to sync it, failed.
-    #[error("opening the store's log file {path}")]
+    /// Opening sled's log file (to sync it) or the write-ahead log failed.
+    #[error("opening the store's log {path}")]
     OpenLog {
         /// The log file.
         path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+
+    /// The write-ahead log lacks a write between the last checkpoint and a later record: a
+    /// segment was lost or damaged in its middle, so acknowledged writes are missing.
+    #[error(
+        "the store's log in {path} is missing writes: expected revision {expected} next, found \
+         {found} (a log segment was lost or damaged; restore the data directory from a backup)"
+    )]
+    LogGap {
+        /// The log's directory.
+        path: PathBuf,
+        /// The revision that should have come next.
+        expected: Revision,
+        /// The revision that came instead.
+        found: Revision,
     },
 
     /// A sled operation failed.
@@ -76,8 +91,8 @@ pub enum Error {
         source: sled::Error,
     },
 
-    /// Starting the flusher thread failed.
-    #[error("starting the store's flusher thread")]
+    /// Starting one of the store's threads (the flusher, the sled backend's checkpointer) failed.
+    #[error("starting a thread of the store")]
     SpawnFlusher {
         /// The cause.
         #[source]

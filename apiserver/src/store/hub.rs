@@ -251,6 +251,7 @@ mod tests {
         StoreOptions {
             history_capacity,
             watcher_buffer,
+            ..StoreOptions::default()
         }
     }
 

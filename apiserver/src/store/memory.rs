@@ -1,10 +1,8 @@
-//! The in-memory backend, for tests: the same engine (revisions, group commit, hub) over a
-//! `BTreeMap`, whose flush is a no-op.
-
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+//! The in-memory backend, for tests: the same engine (revisions, group commit, hub) over
+//! the in-memory index alone, whose flush is a no-op.
 
 use super::engine::{Backend, Engine, delegate_store};
+use super::index::Index;
 use super::{KeyValue, Result, Revision, StoreOptions};
 
 /// A [`Store`](super::Store) that keeps everything in memory, for tests. It behaves like
@@ -22,7 +20,7 @@ impl MemoryStore {
     /// An empty store with these options.
     pub fn with_options(options: &StoreOptions) -> Self {
         let backend = MemoryBackend {
-            data: Mutex::new(BTreeMap::new()),
+            index: Index::default(),
         };
         // The memory backend's `revision` cannot fail; only spawning the flusher thread can,
         // which means the process is out of threads, as fatal as a failed allocation.
@@ -40,14 +38,7 @@ impl Default for MemoryStore {
 delegate_store!(MemoryStore);
 
 struct MemoryBackend {
-    data: Mutex<BTreeMap<Vec<u8>, KeyValue>>,
-}
-
-impl MemoryBackend {
-    fn data(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, KeyValue>> {
-        // Map operations leave the map consistent even if a caller panicked.
-        self.data.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    index: Index,
 }
 
 impl Backend for MemoryBackend {
@@ -56,25 +47,15 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self.data().get(key).cloned())
+        Ok(self.index.get(key))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
-        let data = self.data();
-        let kvs = data
-            .range(prefix.to_vec()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(_, kv)| kv.clone())
-            .collect();
-        Ok(kvs)
+        Ok(self.index.scan_prefix(prefix))
     }
 
     fn apply(&self, key: &[u8], kv: Option<&KeyValue>, _rev: Revision) -> Result<()> {
-        let mut data = self.data();
-        match kv {
-            Some(kv) => data.insert(key.to_vec(), kv.clone()),
-            None => data.remove(key),
-        };
+        self.index.apply(key, kv);
         Ok(())
     }
 

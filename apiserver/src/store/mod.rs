@@ -37,8 +37,10 @@
 mod engine;
 pub mod error;
 mod hub;
+mod index;
 mod memory;
 mod sled;
+mod wal;
 
 #[cfg(test)]
 mod conformance;
@@ -117,7 +119,7 @@ impl WatchEvent {
     }
 }
 
-/// Tuning shared by both backends.
+/// Tuning of the stores (the log and checkpoint settings only matter to the sled backend).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// How many recent events the hub keeps so that watches can resume from a past revision.
@@ -125,6 +127,11 @@ pub struct StoreOptions {
     /// How many undelivered events a watcher may have buffered before it is dropped with
     /// [`Error::WatcherLagged`].
     pub watcher_buffer: usize,
+    /// How often the sled backend writes what its log holds into sled (and can then delete
+    /// log segments). Shorter: less to replay on opening; longer: fewer, larger sled batches.
+    pub checkpoint_interval: std::time::Duration,
+    /// The size past which the sled backend starts a new log segment.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +139,8 @@ impl Default for StoreOptions {
         Self {
             history_capacity: 100_000,
             watcher_buffer: 4096,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            wal_segment_bytes: 16 << 20,
         }
     }
 }

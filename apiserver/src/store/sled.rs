@@ -1,29 +1,41 @@
 //! The sled backend: the embedded default store.
 //!
-//! Layout: one sled tree, `kv`, holding both data and metadata, because a sled `Batch` is atomic
-//! only within one tree and each write must change a data key and the store revision together
-//! (a cross-tree `transaction` would do too, at a higher cost per write). The first byte of every
-//! sled key separates the two spaces, so user keys need no reserved range:
+//! A write's path touches neither sled nor its log. The engine's write lock applies the change to
+//! the in-memory [`Index`] (which serves every read), appends its record to the [write-ahead
+//! log](super::wal) and marks the key dirty; the group commit writes and `fdatasync`s the log
+//! once for every write that arrived meanwhile. A checkpointer thread then brings sled up to date
+//! about once a second: it takes the dirty keys, applies them and the revision they reach as one
+//! atomic sled batch, flushes sled (its flush, then an `fdatasync` of its log file, since sled
+//! 0.34 ends a flush with `sync_file_range`, which does not survive a power cut), and deletes the
+//! log segments that the checkpoint covers. So sled holds the state as of its last checkpoint,
+//! the log holds every acknowledged write after it, and opening replays one onto the other.
+//!
+//! Sled layout: one tree, `kv`, holding both data and metadata, because a sled `Batch` is atomic
+//! only within one tree. The first byte of every sled key separates the two spaces, so user keys
+//! need no reserved range:
 //!
 //! ```text
 //! b'd' ++ key        → create_revision (u64 BE) ++ mod_revision (u64 BE) ++ value
-//! b"m/revision"      → store revision (u64 BE), rewritten by every write
+//! b"m/revision"      → the revision the checkpoint reached (u64 BE)
 //! ```
 //!
-//! Durability comes from the engine's group commit, which calls `Backend::flush`: sled's
-//! own flush, then `fdatasync` of sled's log file. On Linux sled 0.34 ends its flush with
-//! `sync_file_range`, which survives a killed process but neither flushes the drive's write cache
-//! nor the file's size, so by itself it does not survive a power cut. One `fdatasync` per group
-//! commit costs little: on the (busy, 2-core) dev VM a lone writer did 1.3k–3k durable puts/s and
-//! 16–64 writers 7k–11k, with or without it. Sled's periodic background flush only makes
-//! unacknowledged writes durable earlier.
+//! The whole data set lives in memory as well as on disk, as in etcd (whose bbolt file is
+//! memory-mapped): the desired state of a homelab is megabytes. Writing each object to sled on
+//! the write path cost more CPU than the whole rest of a create (on 2 cores, half of etcd's
+//! durable creates/s; see `BENCHMARKS.md`).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ::sled::{Batch, Db, IVec, Tree};
 
 use super::engine::{Backend, Engine, delegate_store};
+use super::index::Index;
+use super::wal::Wal;
 use super::{Error, KeyValue, Result, Revision, StoreOptions, key_text};
 
 const TREE: &[u8] = b"kv";
@@ -32,6 +44,8 @@ const REVISION_KEY: &[u8] = b"m/revision";
 const HEADER_LEN: usize = 16;
 /// Where sled 0.34 keeps its log, inside the database directory.
 const LOG_FILE: &str = "db";
+/// The write-ahead log's directory, inside the database directory (sled ignores it).
+const WAL_DIR: &str = "wal";
 
 /// The [`Store`](super::Store) backed by sled in a directory on disk.
 pub struct SledStore {
@@ -40,8 +54,8 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in directory `path` with default options. Blocks while sled
-    /// recovers, so call it at startup or from `spawn_blocking`. The revision continues from the
-    /// last write on disk; watch history starts empty.
+    /// recovers and the log replays, so call it at startup or from `spawn_blocking`. The revision
+    /// continues from the last write on disk; watch history starts empty.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, &StoreOptions::default())
     }
@@ -60,7 +74,71 @@ impl SledStore {
             path: log_path,
             source,
         })?;
-        let engine = Engine::new(SledBackend { db, tree, log }, options)?;
+        let checkpointed = stored_revision(&tree)?;
+        let index = Index::from_entries(scan(&tree, &[DATA])?);
+
+        // Replay the log's writes that the last checkpoint does not cover.
+        let wal_path = path.join(WAL_DIR);
+        let opened =
+            Wal::open(&wal_path, options.wal_segment_bytes).map_err(|source| Error::OpenLog {
+                path: wal_path.clone(),
+                source,
+            })?;
+        let mut dirty = Dirty {
+            changes: BTreeMap::new(),
+            rev: checkpointed,
+        };
+        let torn = opened.torn;
+        for record in opened.records {
+            if record.rev <= dirty.rev {
+                continue;
+            }
+            if record.rev != dirty.rev + 1 {
+                return Err(Error::LogGap {
+                    path: wal_path,
+                    expected: dirty.rev + 1,
+                    found: record.rev,
+                });
+            }
+            index.apply(&record.key, record.kv.as_ref());
+            dirty.changes.insert(record.key, record.kv);
+            dirty.rev = record.rev;
+        }
+        let revision = dirty.rev;
+        tracing::info!(
+            keys = index.len(),
+            checkpoint = checkpointed,
+            replayed = revision - checkpointed,
+            torn_segments = torn,
+            revision,
+            "Opened the store."
+        );
+        let shared = Arc::new(Checkpointed {
+            db,
+            tree,
+            log,
+            wal: opened.wal,
+            dirty: Mutex::new(dirty),
+            closing: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        // Segments that an earlier checkpoint covers entirely can go now.
+        remove_covered(&shared.wal, checkpointed);
+        let checkpointer = std::thread::Builder::new()
+            .name("hanul-store-checkpoint".to_owned())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                let interval = options.checkpoint_interval;
+                move || run_checkpointer(&shared, interval)
+            })
+            .map_err(|source| Error::SpawnFlusher { source })?;
+        let backend = SledBackend {
+            index,
+            revision,
+            shared,
+            checkpointer: Some(checkpointer),
+        };
+        let engine = Engine::new(backend, options)?;
         Ok(Self { engine })
     }
 }
@@ -68,77 +146,177 @@ impl SledStore {
 delegate_store!(SledStore);
 
 struct SledBackend {
+    index: Index,
+    /// The revision of the last write on disk when the store was opened.
+    revision: Revision,
+    shared: Arc<Checkpointed>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+/// What the checkpointer shares with the write path.
+struct Checkpointed {
     db: Db,
     tree: Tree,
     /// sled's log file, opened again only to `fdatasync` it (which acts on the file, whatever
     /// the descriptor).
     log: File,
+    wal: Wal,
+    dirty: Mutex<Dirty>,
+    closing: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The writes sled has not been given yet: each key's latest state (`None`: deleted), and the
+/// revision of the last one.
+struct Dirty {
+    changes: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    rev: Revision,
+}
+
+impl Checkpointed {
+    fn dirty(&self) -> MutexGuard<'_, Dirty> {
+        // Map operations leave the map consistent even if a caller panicked.
+        self.dirty.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Backend for SledBackend {
     fn revision(&self) -> Result<Revision> {
-        let stored = self
-            .tree
-            .get(REVISION_KEY)
-            .map_err(|source| Error::Backend {
-                op: "read the store revision",
-                source,
-            })?;
-        match stored {
-            None => Ok(0),
-            Some(bytes) => decode_u64(&bytes).ok_or_else(|| Error::Corrupt {
-                key: key_text(REVISION_KEY),
-                reason: "the store revision is not 8 bytes",
-            }),
-        }
+        Ok(self.revision)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let record = self
-            .tree
-            .get(data_key(key))
-            .map_err(|source| Error::Backend {
-                op: "read a key",
-                source,
-            })?;
-        record
-            .map(|record| decode(key.to_vec(), &record))
-            .transpose()
+        Ok(self.index.get(key))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
-        self.tree
-            .scan_prefix(data_key(prefix))
-            .map(|entry| {
-                let (key, record) = entry.map_err(|source| Error::Backend {
-                    op: "scan keys",
-                    source,
-                })?;
-                decode(key[1..].to_vec(), &record)
-            })
-            .collect()
+        Ok(self.index.scan_prefix(prefix))
     }
 
     fn apply(&self, key: &[u8], kv: Option<&KeyValue>, rev: Revision) -> Result<()> {
-        let mut batch = Batch::default();
+        self.shared.wal.append(rev, key, kv);
+        self.index.apply(key, kv);
+        let mut dirty = self.shared.dirty();
+        dirty.changes.insert(key.to_vec(), kv.cloned());
+        dirty.rev = rev;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), ::sled::Error> {
+        self.shared.wal.sync().map_err(::sled::Error::from)
+    }
+}
+
+impl Drop for SledBackend {
+    fn drop(&mut self) {
+        // No last checkpoint: the log has every acknowledged write, and the next opening
+        // replays it (which keeps that path exercised).
+        *self
+            .shared
+            .closing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.checkpointer.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("The store's checkpointer thread panicked.");
+        }
+    }
+}
+
+/// Every `interval`, gives sled the dirty keys in one batch and makes it durable, then deletes
+/// the log segments the checkpoint covers. A failed checkpoint is logged and retried: the log
+/// still holds every write, so nothing acknowledged depends on it.
+fn run_checkpointer(shared: &Checkpointed, interval: Duration) {
+    loop {
+        {
+            let closing = shared
+                .closing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (closing, _) = shared
+                .wake
+                .wait_timeout_while(closing, interval, |closing| !*closing)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *closing {
+                return;
+            }
+        }
+        let (changes, rev) = {
+            let mut dirty = shared.dirty();
+            (std::mem::take(&mut dirty.changes), dirty.rev)
+        };
+        if changes.is_empty() {
+            continue;
+        }
+        match checkpoint(shared, &changes, rev) {
+            Ok(()) => remove_covered(&shared.wal, rev),
+            Err(source) => {
+                tracing::error!(
+                    error = &source as &dyn std::error::Error,
+                    revision = rev,
+                    "Checkpointing the store into sled failed; the log keeps every write and \
+                     the checkpoint is retried."
+                );
+                // Give the changes back, behind any newer change to the same key.
+                let mut dirty = shared.dirty();
+                for (key, kv) in changes {
+                    dirty.changes.entry(key).or_insert(kv);
+                }
+            }
+        }
+    }
+}
+
+fn checkpoint(
+    shared: &Checkpointed,
+    changes: &BTreeMap<Vec<u8>, Option<KeyValue>>,
+    rev: Revision,
+) -> Result<(), ::sled::Error> {
+    let mut batch = Batch::default();
+    for (key, kv) in changes {
         match kv {
             Some(kv) => batch.insert(data_key(key), encode(kv)),
             None => batch.remove(data_key(key)),
         }
-        batch.insert(REVISION_KEY, &rev.to_be_bytes());
-        self.tree
-            .apply_batch(batch)
-            .map_err(|source| Error::Backend {
-                op: "apply a write",
-                source,
-            })
     }
+    batch.insert(REVISION_KEY, &rev.to_be_bytes());
+    shared.tree.apply_batch(batch)?;
+    shared.db.flush()?;
+    shared.log.sync_data().map_err(::sled::Error::from)
+}
 
-    fn flush(&self) -> Result<(), ::sled::Error> {
-        // Flushing the database flushes every tree: they share one log.
-        self.db.flush()?;
-        self.log.sync_data().map_err(::sled::Error::from)
+fn remove_covered(wal: &Wal, rev: Revision) {
+    if let Err(e) = wal.remove_through(rev) {
+        tracing::warn!(error = %e, revision = rev, "Cannot delete the store's old log segments.");
     }
+}
+
+fn stored_revision(tree: &Tree) -> Result<Revision> {
+    let stored = tree.get(REVISION_KEY).map_err(|source| Error::Backend {
+        op: "read the store revision",
+        source,
+    })?;
+    match stored {
+        None => Ok(0),
+        Some(bytes) => decode_u64(&bytes).ok_or_else(|| Error::Corrupt {
+            key: key_text(REVISION_KEY),
+            reason: "the store revision is not 8 bytes",
+        }),
+    }
+}
+
+fn scan(tree: &Tree, prefix: &[u8]) -> Result<Vec<KeyValue>> {
+    tree.scan_prefix(prefix)
+        .map(|entry| {
+            let (key, record) = entry.map_err(|source| Error::Backend {
+                op: "scan keys",
+                source,
+            })?;
+            decode(key[1..].to_vec(), &record)
+        })
+        .collect()
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -259,6 +437,100 @@ mod tests {
             ),
             "history does not survive a restart"
         );
+    }
+
+    fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir.join(WAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Options under which nothing is checkpointed during a test, and each write gets a segment.
+    fn log_only() -> StoreOptions {
+        StoreOptions {
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            wal_segment_bytes: 1,
+            ..StoreOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_only_in_the_log_replay_on_opening_and_a_missing_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open_with(dir.path(), &log_only()).unwrap();
+            for key in ["/a", "/b", "/c"] {
+                store
+                    .put(key.as_bytes(), b"v".to_vec(), Precondition::None)
+                    .await
+                    .unwrap();
+            }
+        }
+        {
+            let store = SledStore::open_with(dir.path(), &log_only()).unwrap();
+            let (kvs, rev) = store.list(b"/").await.unwrap();
+            assert_eq!((kvs.len(), rev), (3, 3), "the log alone had the writes");
+        }
+        // One segment per write (plus an empty one per opening): lose the one of revision 2.
+        let with_two = segments(dir.path())
+            .into_iter()
+            .find(|path| {
+                let bytes = std::fs::read(path).unwrap();
+                bytes.windows(2).any(|w| w == b"/b")
+            })
+            .unwrap();
+        std::fs::remove_file(with_two).unwrap();
+        let error = SledStore::open_with(dir.path(), &log_only())
+            .err()
+            .expect("a gap in the log must be refused");
+        assert!(
+            matches!(
+                error,
+                Error::LogGap {
+                    expected: 2,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_moves_the_writes_into_sled_and_deletes_the_segments_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            checkpoint_interval: std::time::Duration::from_millis(10),
+            wal_segment_bytes: 1,
+            ..StoreOptions::default()
+        };
+        let store = SledStore::open_with(dir.path(), &options).unwrap();
+        for i in 0..5 {
+            store
+                .put(
+                    format!("/k{i}").as_bytes(),
+                    b"v".to_vec(),
+                    Precondition::None,
+                )
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while segments(dir.path()).len() > 1 {
+            assert!(Instant::now() < deadline, "{:?}", segments(dir.path()));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(store);
+        // sled alone has them now: the remaining segment is empty.
+        for segment in segments(dir.path()) {
+            assert_eq!(std::fs::metadata(segment).unwrap().len(), 0);
+        }
+        let store = SledStore::open_with(dir.path(), &log_only()).unwrap();
+        let (kvs, rev) = store.list(b"/").await.unwrap();
+        assert_eq!((kvs.len(), rev), (5, 5));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
