@@ -229,6 +229,7 @@ impl Drop for SledBackend {
 /// the log segments the checkpoint covers. A failed checkpoint is logged and retried: the log
 /// still holds every write, so nothing acknowledged depends on it.
 fn run_checkpointer(shared: &Checkpointed, interval: Duration) {
+    lower_priority();
     loop {
         {
             let closing = shared
@@ -250,8 +251,17 @@ fn run_checkpointer(shared: &Checkpointed, interval: Duration) {
         if changes.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
         match checkpoint(shared, &changes, rev) {
-            Ok(()) => remove_covered(&shared.wal, rev),
+            Ok(()) => {
+                remove_covered(&shared.wal, rev);
+                tracing::debug!(
+                    keys = changes.len(),
+                    revision = rev,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "Checkpointed the store into sled."
+                );
+            }
             Err(source) => {
                 tracing::error!(
                     error = &source as &dyn std::error::Error,
@@ -266,6 +276,21 @@ fn run_checkpointer(shared: &Checkpointed, interval: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Checkpoints are background work: a second's writes take sled tens of milliseconds of CPU,
+/// which at full load would otherwise stall the requests sharing the cores. Nice 10 still gets
+/// the thread a tenth of a core when every core is busy, more than it needs.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: `setpriority` on this thread's own id changes only this thread's nice value.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "Cannot lower the store checkpointer's priority."
+        );
     }
 }
 
