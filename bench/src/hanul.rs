@@ -41,7 +41,11 @@ impl Hanul {
                 bin.display()
             );
         }
-        let dir = tempfile::Builder::new().prefix("hanul-bench-").tempdir()?;
+        // HANUL_BENCH_KEEP=1 keeps the server's directory (its log, the store) for a look after.
+        let dir = tempfile::Builder::new()
+            .prefix("hanul-bench-")
+            .disable_cleanup(std::env::var_os("HANUL_BENCH_KEEP").is_some())
+            .tempdir()?;
         let data = dir.path().join("data");
         let metrics: SocketAddr = format!("127.0.0.1:{}", process::free_port()?).parse()?;
         let mut cmd = Command::new(bin);
@@ -51,6 +55,11 @@ impl Hanul {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--metrics-listen")
             .arg(metrics.to_string());
+        // HANUL_BENCH_SERVER_ARGS: more `hanul server` flags, e.g. `--store memory` for the
+        // ceiling of the API path without durability.
+        if let Ok(extra) = std::env::var("HANUL_BENCH_SERVER_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         let mut child = ChildGuard::spawn("hanul server", cmd, &dir.path().join("server.log"))?;
         let endpoint = data.join("endpoint");
         let token_file = data.join("admin.token");
