@@ -310,21 +310,35 @@ pub const MIN_BACKUP_WINDOW_MINUTES: u32 = 30;
 /// A daily window `hh:mm-hh:mm` (UTC) as minutes of the day, start and end; the end may be
 /// past midnight (smaller than the start). Errors say what is wrong.
 pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
-    let minutes = |t: &str| -> Option<u32> {
-        let (h, m) = t.split_once(':')?;
-        if h.len() != 2 || m.len() != 2 {
-            return None;
-        }
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60).then_some(h * 60 + m)
-    };
     let bad = || format!("{s:?} is not a window; use hh:mm-hh:mm in UTC (like 03:00-03:30)");
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
-    let length = (end + 24 * 60 - start) % (24 * 60);
+    parse_span(s, 24 * 60, "a backup window", bad, hh_mm)
+}
+
+/// `hh:mm` as minutes of the day.
+fn hh_mm(t: &str) -> Option<u32> {
+    let (h, m) = t.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+/// `start-end`, each read by `minutes`, on a cycle of `cycle` minutes (the end may wrap), at
+/// least [`MIN_BACKUP_WINDOW_MINUTES`] long. `what` names the window in the error.
+fn parse_span(
+    s: &str,
+    cycle: u32,
+    what: &str,
+    bad: impl Fn() -> String,
+    minutes: impl Fn(&str) -> Option<u32>,
+) -> Result<(u32, u32), String> {
+    let (a, b) = s.split_once('-').ok_or_else(&bad)?;
+    let (start, end) = (minutes(a).ok_or_else(&bad)?, minutes(b).ok_or_else(&bad)?);
+    let length = (end + cycle - start) % cycle;
     if length < MIN_BACKUP_WINDOW_MINUTES {
         return Err(format!(
-            "{s:?} is {length} minutes long; a backup window is at least {MIN_BACKUP_WINDOW_MINUTES} minutes"
+            "{s:?} is {length} minutes long; {what} is at least {MIN_BACKUP_WINDOW_MINUTES} minutes"
         ));
     }
     Ok((start, end))
@@ -346,22 +360,9 @@ pub fn parse_weekly_window(s: &str) -> Result<(u32, u32), String> {
     let minutes = |t: &str| -> Option<u32> {
         let (day, hm) = t.split_once(':')?;
         let d = WEEKDAYS.iter().position(|w| day.eq_ignore_ascii_case(w))? as u32;
-        let (h, m) = hm.split_once(':')?;
-        if h.len() != 2 || m.len() != 2 {
-            return None;
-        }
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60).then_some(d * 24 * 60 + h * 60 + m)
+        Some(d * 24 * 60 + hh_mm(hm)?)
     };
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (start, end) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
-    let length = (end + WEEK_MINUTES - start) % WEEK_MINUTES;
-    if length < MIN_BACKUP_WINDOW_MINUTES {
-        return Err(format!(
-            "{s:?} is {length} minutes long; a maintenance window is at least {MIN_BACKUP_WINDOW_MINUTES} minutes"
-        ));
-    }
-    Ok((start, end))
+    parse_span(s, WEEK_MINUTES, "a maintenance window", bad, minutes)
 }
 
 /// The start (seconds since the epoch) of the most recent weekly window at or before `now`,
