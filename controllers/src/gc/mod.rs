@@ -6,9 +6,9 @@
 //! still exists with `deletedAt` set (finalizers pending) is not gone: its dependents stay until
 //! it really disappears. A dependent with several owners stays while any of them remains.
 //!
-//! The collector reconciles every object of every kind from one cache (one watch, so owners and
-//! dependents are seen in store order). An object is reconciled when it changes, at each resync,
-//! and when one of its owners is deleted (the cache indexes dependents by owner uid). Before
+//! The collector caches every object of every kind (one watch, so owners and dependents are seen
+//! in store order) and reconciles those with owner references: when one changes, at each
+//! resync, and when one of its owners is deleted (the cache indexes dependents by owner uid). Before
 //! deleting, the verdict of the cache is checked against the server with a live read of each
 //! owner, so a lagging cache never deletes a dependent whose owner exists. The delete carries
 //! the dependent's `resourceVersion`, so one re-adopted meanwhile is not deleted.
@@ -199,6 +199,10 @@ pub fn controller(
 ) -> (Controller, Arc<Context>) {
     let controller = Controller::all_kinds(client.clone())
         .named(CONTROLLER_NAME)
+        // Objects without owners are cached (they may be owners) but never judged: their
+        // verdict is always `NoOwners`, and every write of every kind would otherwise cost a
+        // reconcile.
+        .reconciles_only(|o| o.metadata().is_some_and(|m| !m.owner_references.is_empty()))
         .map_primary(dependents_of_deleted())
         .metrics(metrics)
         .shutdown_on(shutdown);

@@ -95,6 +95,9 @@ pub fn default_error_policy<Ctx, E: ReconcileError>(
 /// Maps a change in a watched cache to the keys of primary objects to reconcile.
 pub type KeyMapper = Arc<dyn Fn(&CacheEvent, &Cache) -> Vec<ObjectKey> + Send + Sync>;
 
+/// Which primary objects a controller reconciles at all (others are only cached).
+pub type ObjectFilter = Arc<dyn Fn(&Object) -> bool + Send + Sync>;
+
 /// How often every cached key is reconciled even when nothing changed, by default.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
 
@@ -104,6 +107,7 @@ pub struct Controller {
     kind: Option<Kind>,
     client: Option<Client>,
     primary: Cache,
+    primary_filter: Option<ObjectFilter>,
     primary_mappers: Vec<KeyMapper>,
     watches: Vec<(Cache, KeyMapper)>,
     triggers: Vec<mpsc::UnboundedReceiver<ObjectKey>>,
@@ -148,6 +152,7 @@ impl Controller {
             kind,
             client: None,
             primary: cache,
+            primary_filter: None,
             primary_mappers: Vec::new(),
             watches: Vec::new(),
             triggers: Vec::new(),
@@ -216,6 +221,18 @@ impl Controller {
         self
     }
 
+    /// Reconciles only the primary objects `filter` accepts, on their changes and at resync;
+    /// the others are cached (and seen by mappers) but never reconciled. The garbage collector
+    /// reconciles only objects that have owners this way: every other object changes often and
+    /// never needs collecting. Keys named by mappers and triggers are reconciled regardless.
+    pub fn reconciles_only(
+        mut self,
+        filter: impl Fn(&Object) -> bool + Send + Sync + 'static,
+    ) -> Controller {
+        self.primary_filter = Some(Arc::new(filter));
+        self
+    }
+
     /// How often every cached key is reconciled even when nothing changed.
     pub fn resync_every(mut self, period: Duration) -> Controller {
         self.resync = period;
@@ -275,6 +292,7 @@ impl Controller {
             name: self.name.clone(),
             kind: self.kind,
             primary: self.primary.clone(),
+            filter: self.primary_filter.clone(),
             queue,
             terminal: Mutex::new(HashMap::new()),
             metrics: self.metrics.clone(),
@@ -362,6 +380,7 @@ struct Run {
     name: String,
     kind: Option<Kind>,
     primary: Cache,
+    filter: Option<ObjectFilter>,
     queue: WorkQueue<ObjectKey>,
     /// Keys whose last reconcile failed terminally, with the resourceVersion that failed.
     terminal: Mutex<HashMap<ObjectKey, u64>>,
@@ -377,10 +396,18 @@ impl Run {
         self.kind.is_none_or(|k| k == key.kind)
     }
 
-    /// Enqueues every cached primary key (after a relist or a lagged subscription).
+    /// Whether a change of this primary object is reconciled.
+    fn reconciles(&self, object: &Object) -> bool {
+        self.filter.as_ref().is_none_or(|filter| filter(object))
+    }
+
+    /// Enqueues every cached primary key the filter accepts (after a relist or a lagged
+    /// subscription).
     fn enqueue_all(&self) {
-        for key in self.primary.keys() {
-            self.queue.add(key);
+        for object in self.primary.list() {
+            if let (true, Some(key)) = (self.reconciles(&object), ObjectKey::of(&object)) {
+                self.queue.add(key);
+            }
         }
     }
 
@@ -416,7 +443,8 @@ impl Run {
                         let unchanged = old
                             .as_ref()
                             .is_some_and(|o| o.resource_version() == new.resource_version());
-                        if let (false, Some(key)) = (unchanged, ObjectKey::of(new)) {
+                        let skip = unchanged || !self.reconciles(new);
+                        if let (false, Some(key)) = (skip, ObjectKey::of(new)) {
                             self.queue.add(key);
                         }
                     }
@@ -469,6 +497,9 @@ impl Run {
                 let Some(key) = ObjectKey::of(&object) else {
                     continue;
                 };
+                if !self.reconciles(&object) {
+                    continue;
+                }
                 if self.terminal().get(&key) == Some(&object.resource_version()) {
                     continue;
                 }
@@ -750,6 +781,27 @@ mod tests {
         let (trigger, task) = spawn(controller, ctx.clone(), 2);
         calls_reach(&ctx, "a", 1).await;
         calls_reach(&ctx, "b", 1).await;
+        trigger.trigger();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_filtered_out_object_is_cached_but_never_reconciled() {
+        let ctx = Ctx::new(|_, _| Outcome::Ok(Action::await_change()));
+        let (cache, controller) = images_controller(vec![image("kept", 1), image("skipped", 1)]);
+        let controller = controller
+            .reconciles_only(|o| o.name() != "skipped")
+            .resync_every(Duration::from_secs(10));
+        let (trigger, task) = spawn(controller, ctx.clone(), 2);
+        calls_reach(&ctx, "kept", 1).await;
+        cache.apply(event(EventType::Modified, image("skipped", 2)));
+        cache.apply(event(EventType::Modified, image("kept", 2)));
+        calls_reach(&ctx, "kept", 2).await;
+        // Past two resyncs.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        calls_reach(&ctx, "kept", 3).await;
+        assert!(cache.get(Kind::Image, "skipped").is_some());
+        assert!(ctx.calls_of("skipped").is_empty());
         trigger.trigger();
         task.await.unwrap();
     }
