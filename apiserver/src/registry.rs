@@ -53,13 +53,6 @@ fn decode(kv: &KeyValue) -> Result<Object> {
     Ok(obj)
 }
 
-/// Encodes for storage; the revision is kept by the store, not in the bytes.
-fn encode(obj: &Object) -> Vec<u8> {
-    let mut o = obj.clone();
-    o.metadata_mut().resource_version = 0;
-    o.encode_to_vec()
-}
-
 fn kind_of(obj: &Object) -> Result<Kind> {
     obj.kind()
         .ok_or_else(|| Error::invalid("kind", "required: the object envelope is empty"))
@@ -174,11 +167,14 @@ impl Registry {
     }
 
     /// Writes with a precondition, mapping store conflicts to API errors.
-    async fn put(&self, obj: &Object, pre: Precondition) -> Result<Object> {
-        let kind = kind_of(obj)?;
+    async fn put(&self, mut obj: Object, pre: Precondition) -> Result<Object> {
+        let kind = kind_of(&obj)?;
         let name = obj.name().to_string();
+        // The stored bytes carry no resourceVersion: the store's revision is the truth.
+        obj.metadata_mut().resource_version = 0;
+        let value = obj.encode_to_vec();
         let kv = self
-            .store_put(&key(kind, &name), encode(obj), pre)
+            .store_put(&key(kind, &name), value, pre)
             .await
             .map_err(|e| match e {
                 store::Error::Conflict { actual: None, .. } => not_found(kind, &name),
@@ -205,9 +201,8 @@ impl Registry {
                 },
                 other => other.into(),
             })?;
-        let mut out = obj.clone();
-        out.metadata_mut().resource_version = kv.mod_revision;
-        Ok(out)
+        obj.metadata_mut().resource_version = kv.mod_revision;
+        Ok(obj)
     }
 
     /// Creates a new object. A name may be generated from `metadata.generateName`.
@@ -237,8 +232,8 @@ impl Registry {
         if dry_run {
             return Ok(obj);
         }
-        let out = self.put(&obj, Precondition::MustNotExist).await?;
-        debug!(kind = %kind, name = obj.name(), rv = out.resource_version(), "Created object.");
+        let out = self.put(obj, Precondition::MustNotExist).await?;
+        debug!(kind = %kind, name = out.name(), rv = out.resource_version(), "Created object.");
         Ok(out)
     }
 
@@ -350,7 +345,7 @@ impl Registry {
                 .map_err(|e| self.map_conflict(e, kind, next.name(), pre))?;
             return Ok((next, true));
         }
-        Ok((self.put(&next, pre).await?, true))
+        Ok((self.put(next, pre).await?, true))
     }
 
     fn map_conflict(&self, e: store::Error, kind: Kind, name: &str, pre: Precondition) -> Error {
@@ -452,7 +447,7 @@ impl Registry {
                 return Ok(next);
             }
             match self
-                .put(&next, Precondition::ModRevision(live.resource_version()))
+                .put(next, Precondition::ModRevision(live.resource_version()))
                 .await
             {
                 Err(Error::Conflict { .. }) if sent == 0 => continue,
@@ -495,7 +490,7 @@ impl Registry {
                 }
                 let mut marked = live.clone();
                 marked.metadata_mut().deleted_at = Some(time::now());
-                match self.put(&marked, pre).await {
+                match self.put(marked, pre).await {
                     Ok(o) => return Ok((o, false)),
                     Err(Error::Conflict { .. }) if resource_version == 0 => continue,
                     Err(e) => return Err(e),

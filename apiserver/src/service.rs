@@ -44,7 +44,7 @@ impl ObjectApi {
     /// Runs one call, recording its latency and result code.
     async fn timed<T>(
         &self,
-        method: &str,
+        method: &'static str,
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
