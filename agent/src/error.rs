@@ -21,6 +21,25 @@ pub enum Error {
     },
     #[error("invalid agent configuration: {0}")]
     Config(String),
+    #[error("cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {output}")]
+    Command {
+        command: String,
+        /// How it ended: `exit code 1`, `signal 9`.
+        status: String,
+        /// What it printed (its stderr, else its stdout), trimmed.
+        output: String,
+    },
+    #[error("{command} did not finish within {timeout:?}")]
+    Timeout {
+        command: String,
+        timeout: std::time::Duration,
+    },
 }
 
 /// `Result` with the agent's [`Error`].

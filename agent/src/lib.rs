@@ -60,6 +60,9 @@ pub struct Config {
     /// How often a DB writer with new WAL closes its WAL file for the archive (the
     /// latest restorable time lags by about this much).
     pub db_archive_interval: Duration,
+    /// How the DB endpoints serve this host's own clients: the kernel path (nftables DNAT)
+    /// or the userspace proxy (which always serves remote clients).
+    pub db_endpoints: db::EndpointMode,
 }
 
 /// Runs the agent until `stop` turns true. The instances keep running when it returns (a new
@@ -75,6 +78,11 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         source,
     })?;
     let client = Client::connect_lazy(&config.server, &config.token).map_err(Error::Connect)?;
+    // First, so that `--db-endpoints kernel` fails before the node registers, and a previous
+    // run's rules are replaced at once.
+    let db_metrics = Arc::new(db::metrics::Metrics::default());
+    let db_kernel =
+        db::KernelPath::start(config.db_endpoints, &config.name, db_metrics.clone()).await?;
     let machine = system::capacity()?;
     let capacity = Capacity {
         cpu_millis: config.cpus.map(|c| c * 1000).unwrap_or(machine.cpu_millis),
@@ -162,7 +170,6 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
         hanul_lb::DataPlane::with_workers(config.lb_workers)
             .map_err(|e| Error::Config(format!("cannot start the load balancer's threads: {e}")))?
     };
-    let db_metrics = Arc::new(db::metrics::Metrics::default());
     // The DB members' instance classes count in the node's allocation like instances' types.
     let db_held = Arc::new(std::sync::Mutex::new(system::Capacity::default()));
     let metrics: endpoint::MetricsFn = {
@@ -190,6 +197,7 @@ pub async fn run(config: Config, stop: tokio::sync::watch::Receiver<bool>) -> Re
             metrics: db_metrics,
             held: db_held.clone(),
         },
+        db_kernel,
         shutdown.clone(),
     );
     let elb = elb::run(

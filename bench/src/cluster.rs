@@ -92,6 +92,8 @@ pub(crate) struct Agent {
 pub(crate) struct Cluster {
     pub(crate) client: Client,
     pub(crate) agents: Vec<Agent>,
+    /// More arguments for every `hanul agent` it starts (restarts included).
+    agent_args: Vec<String>,
     // Dropped after the agents (fields drop in declaration order, after `Drop::drop`).
     pub(crate) server: Hanul,
 }
@@ -106,6 +108,15 @@ impl Cluster {
         bin: &Path,
         nodes: &[(&'static str, &'static str, &'static str)],
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_nodes_with(bin, nodes, Vec::new()).await
+    }
+
+    /// [`Cluster::start_nodes`] with more arguments for every `hanul agent`.
+    pub(crate) async fn start_nodes_with(
+        bin: &Path,
+        nodes: &[(&'static str, &'static str, &'static str)],
+        agent_args: Vec<String>,
+    ) -> anyhow::Result<Cluster> {
         // The object size only matters to the store benchmark's payloads.
         let server = Hanul::start(bin, 0).await?;
         let join = server.data_dir().join("join.token");
@@ -113,6 +124,7 @@ impl Cluster {
         let mut cluster = Cluster {
             client,
             agents: Vec::new(),
+            agent_args,
             server,
         };
         for &(name, zone, ports) in nodes {
@@ -150,7 +162,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&data)
             .args(["--cpus", "400", "--memory-mib", "200000"])
-            .args(["--port-range", ports, "--heartbeat", "2s"]);
+            .args(["--port-range", ports, "--heartbeat", "2s"])
+            .args(&self.agent_args);
         // A restarted agent writes a new log beside the old one.
         let runs = std::fs::read_dir(dir.path())
             .map(|d| {
@@ -196,6 +209,33 @@ impl Cluster {
         let agent = self.start_agent(bin, &join, name, zone, ports, dir)?;
         self.agents.insert(i, agent);
         result
+    }
+
+    /// SIGKILLs every agent (their workloads keep running) and starts each again on its data
+    /// dir with `agent_args` instead of the previous ones (later restarts too). A killed
+    /// agent's DB endpoints' nftables table is removed first, so the next run starts clean
+    /// whatever its `--db-endpoints`.
+    pub(crate) async fn restart_agents_with(
+        &mut self,
+        bin: &Path,
+        agent_args: Vec<String>,
+    ) -> anyhow::Result<()> {
+        self.agent_args = agent_args;
+        let join = self.server.data_dir().join("join.token");
+        for i in 0..self.agents.len() {
+            let Agent {
+                name,
+                zone,
+                child,
+                ports,
+                dir,
+            } = self.agents.remove(i);
+            drop(child);
+            hanul_e2e::remove_db_endpoints_table(name);
+            let agent = self.start_agent(bin, &join, name, zone, ports, dir)?;
+            self.agents.insert(i, agent);
+        }
+        self.wait_nodes_ready().await
     }
 
     /// Waits until both Node objects carry `Ready=True`.
@@ -281,6 +321,9 @@ impl Drop for Cluster {
         // The agents first (their guards kill them), then what they leave behind.
         let nodes: Vec<String> = self.agents.iter().map(|a| a.name.to_string()).collect();
         self.agents.clear();
+        for node in &nodes {
+            hanul_e2e::remove_db_endpoints_table(node);
+        }
         let killed = kill_instance_processes(&nodes);
         if !killed.is_empty() {
             eprintln!(

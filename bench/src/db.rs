@@ -3,7 +3,12 @@
 //! A `multiAZCluster` (writer and two synchronous standbys, one per zone) on three agents
 //! (zones az-a, az-b, az-c), with the default lease. Then:
 //! - pgbench (TPC-B-like, `-c N -j 2 -T D`) through the writer endpoint and directly to the
-//!   writer's PostgreSQL, back to back: the endpoint's TPS as a fraction of direct;
+//!   writer's PostgreSQL, back to back: the endpoint's TPS as a fraction of direct. pgbench
+//!   runs on the endpoints' host, so with the agents' `--db-endpoints auto` (the default) or
+//!   `kernel` its connections take the kernel path (nftables DNAT), with `proxy` the userspace
+//!   proxy; `--db-endpoints proxy,kernel` measures one after the other (the agents are
+//!   restarted between), and the report says which path each run took (the endpoints agent's
+//!   `/metrics`);
 //! - a client that commits one row at a time through the writer endpoint, all along, and
 //!   records every commit PostgreSQL acknowledged (a commit answered with a warning does not
 //!   count);
@@ -71,11 +76,21 @@ pub struct DbArgs {
     /// The peer proxy for the endpoint's pgbench run (Debian's haproxy).
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     pub haproxy_bin: PathBuf,
+    /// The agents' `--db-endpoints` (auto, kernel or proxy); several, comma-separated, run the
+    /// endpoint's pgbench once per mode, restarting the agents in between (the failovers run
+    /// with the last).
+    #[arg(long, default_value = "auto", value_delimiter = ',', value_parser = ["auto", "kernel", "proxy"])]
+    pub db_endpoints: Vec<String>,
+}
+
+fn agent_args(mode: &str) -> Vec<String> {
+    vec!["--db-endpoints".into(), mode.into()]
 }
 
 pub async fn run(args: DbArgs) -> anyhow::Result<()> {
     println!("{}", Machine::read().describe());
-    let mut cluster = Cluster::start_nodes(&args.hanul_bin, &NODES).await?;
+    let first = args.db_endpoints.first().map_or("auto", String::as_str);
+    let mut cluster = Cluster::start_nodes_with(&args.hanul_bin, &NODES, agent_args(first)).await?;
     let result = measure(&args, &mut cluster).await;
     // Stop the members before the agents go, so no PostgreSQL outlives the run.
     let _ = cluster.client.delete(Kind::DbCluster, CLUSTER).await;
@@ -129,13 +144,29 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
 
-    // pgbench through the endpoint and direct.
-    let direct = member_address(&client, &status.writer).await?;
+    // pgbench through the endpoint (once per --db-endpoints mode) and direct.
     pgbench(args, &writer_ep, &["-i", "-s", "10", "-q"]).await?;
     let duration = args.pgbench_duration.as_secs().to_string();
     let clients = args.pgbench_clients.to_string();
     let run = ["-c", &clients, "-j", "2", "-T", &duration, "-n"];
-    let via = tps(&pgbench(args, &writer_ep, &run).await?)?;
+    let mut via_modes = Vec::new();
+    for (i, mode) in args.db_endpoints.iter().enumerate() {
+        if i > 0 {
+            cluster
+                .restart_agents_with(&args.hanul_bin, agent_args(mode))
+                .await?;
+            wait_healthy(&client, 0).await?;
+        }
+        // pgbench opens its connections once: the endpoint's path must be settled first.
+        let path = settled_path(&client, mode).await?;
+        execute(&info(&writer_ep), "SELECT 1", Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let t = tps(&pgbench(args, &writer_ep, &run).await?)?;
+        via_modes.push((mode.clone(), path, t));
+    }
+    let status = wait_healthy(&client, 0).await?;
+    let direct = member_address(&client, &status.writer).await?;
     // The natural peer: HAProxy as a TCP proxy to the same writer, with as many threads.
     let haproxy = match start_haproxy(args, &direct) {
         Ok((guard, dir, address)) => {
@@ -150,16 +181,25 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         }
     };
     let straight = tps(&pgbench(args, &direct, &run).await?)?;
-    println!(
-        "pgbench -c {clients} -j 2 -T {duration} (scale 10): writer endpoint {via:.0} TPS, direct {straight:.0} TPS, ratio {:.2}",
-        via / straight
-    );
+    println!("pgbench -c {clients} -j 2 -T {duration} (scale 10): direct {straight:.0} TPS");
+    for (mode, path, via) in &via_modes {
+        println!(
+            "  writer endpoint, agents --db-endpoints {mode} ({path}): {via:.0} TPS, ratio {:.2}{}",
+            via / straight,
+            haproxy.map_or(String::new(), |h| format!("; / HAProxy {:.2}", via / h))
+        );
+    }
     if let Some(h) = haproxy {
         println!(
-            "  HAProxy (TCP mode, nbthread {}) to the same writer: {h:.0} TPS, ratio {:.2}; hanul's endpoint / HAProxy {:.2}",
+            "  HAProxy (TCP mode, nbthread {}) to the same writer: {h:.0} TPS, ratio {:.2}",
             threads(),
             h / straight,
-            via / h
+        );
+    }
+    if args.db_endpoints.len() > 1 {
+        println!(
+            "failovers below with agents --db-endpoints {}",
+            args.db_endpoints.last().map_or("auto", String::as_str)
         );
     }
 
@@ -250,6 +290,48 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The path local clients of the writer endpoint take, from the endpoints agent's
+/// `/metrics`, once it is settled: in `kernel` and `auto` modes, until the kernel steers the
+/// endpoints (or, in `auto`, says it cannot); "kernel path" or "userspace proxy".
+async fn settled_path(client: &Client, mode: &str) -> anyhow::Result<&'static str> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        let status = cluster_status(client).await?;
+        let node = status.endpoints.map(|e| e.node).unwrap_or_default();
+        let endpoint = match client.get(Kind::Node, &node).await.map(|o| o.resource) {
+            Ok(Some(Resource::Node(n))) => n.spec.unwrap_or_default().agent_endpoint,
+            _ => String::new(),
+        };
+        let port: Option<u16> = endpoint.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+        if let Some(port) = port {
+            let body = tokio::task::spawn_blocking(move || {
+                hanul_e2e::request(port, "/metrics", &[]).map(|r| r.body)
+            })
+            .await?
+            .unwrap_or_default();
+            let value = |name: &str| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
+            let (path, steered) = (
+                value("hanul_db_endpoints_kernel_path"),
+                value("hanul_db_endpoints_kernel_steered"),
+            );
+            match (path, steered) {
+                (Some(p), Some(s)) if p == 1.0 && s >= 2.0 => return Ok("kernel path"),
+                (Some(p), _) if p == 0.0 && mode != "kernel" => return Ok("userspace proxy"),
+                _ => last = format!("{node}: kernel_path {path:?}, steered {steered:?}"),
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the writer endpoint's path did not settle within 30 s ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn cluster_status(client: &Client) -> anyhow::Result<DbClusterStatus> {

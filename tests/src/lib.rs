@@ -389,8 +389,21 @@ impl Drop for AgentProcess {
     }
 }
 
-/// Kills the process groups of the instances of `node` and removes their cgroups.
+/// Removes the nftables table of `node`'s DB endpoints (`hanul_db_<node>`, as
+/// `hanul_agent::db::kernel::table_name` names it): a SIGKILLed agent leaves it behind (its
+/// rules expire, its fence chains stay). Nothing happens without nft or the table.
+pub fn remove_db_endpoints_table(node: &str) {
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", &format!("hanul_db_{node}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Kills the process groups of the instances of `node`, removes their cgroups and the node's
+/// DB endpoints' nftables table.
 pub fn kill_node_leftovers(node: &str) {
+    remove_db_endpoints_table(node);
     for pid in processes_with_env(&[("HANUL_NODE", node)]) {
         // Each instance is its own session and process group, led by its main process.
         // A vanished pid is harmless.

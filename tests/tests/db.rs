@@ -176,6 +176,30 @@ impl Lab {
         }
     }
 
+    /// Whether the agent serving `cluster`'s endpoints gives local clients the kernel path
+    /// (its `/metrics`), once it says.
+    fn kernel_path(&self, cluster: &str) -> bool {
+        let node = self.cluster(cluster)["status"]["endpoints"]["node"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let n = self.server.get_json(&format!("node/{node}")).unwrap();
+        let endpoint = n["spec"]["agentEndpoint"].as_str().unwrap_or_default();
+        let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        poll(
+            Duration::from_secs(20),
+            "the endpoints' path metric",
+            || {
+                let body = hanul_e2e::request(port, "/metrics", &[])?.body;
+                Ok(body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("hanul_db_endpoints_kernel_path "))
+                    .map(|v| v.trim() == "1"))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     fn logs(&self) -> String {
         let mut out = format!("--- server\n{}", tail(&self.server.log_text(), 40));
         for (zone, a) in &self.agents {
@@ -197,6 +221,18 @@ impl Lab {
     }
 }
 
+impl Drop for Lab {
+    /// A killed agent that was not started again leaves its DB endpoints' nftables table (the
+    /// others' go with them).
+    fn drop(&mut self) {
+        for (zone, agent) in &self.agents {
+            if agent.is_none() {
+                hanul_e2e::remove_db_endpoints_table(&self.node(zone));
+            }
+        }
+    }
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s
         .lines()
@@ -211,6 +247,17 @@ fn epoch_of(c: &Value) -> u64 {
         .and_then(|s| s.parse().ok())
         .or_else(|| c["status"]["epoch"].as_u64())
         .unwrap_or(0)
+}
+
+/// Whether nftables can be used here (root and nft): then agents in `auto` mode take the
+/// kernel path.
+fn nft_usable() -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Two free consecutive ports for a cluster's endpoints.
@@ -275,6 +322,14 @@ fn a_multi_az_cluster_serves_its_endpoints_and_fails_over_without_losing_a_commi
     assert_eq!(
         lab.query(&reader_ep, "SELECT pg_is_in_recovery()").unwrap(),
         "t"
+    );
+    // The agents' default (`--db-endpoints auto`): the test's connections are local, so they
+    // took the kernel path wherever nft can be used (root and nftables, as in CI).
+    assert_eq!(
+        lab.kernel_path("orders"),
+        nft_usable(),
+        "the endpoints' path\n{}",
+        lab.logs()
     );
     poll(WAIT, "the row through the reader endpoint", || {
         Ok(lab
@@ -425,12 +480,19 @@ fn a_multi_az_cluster_serves_its_endpoints_and_fails_over_without_losing_a_commi
 
 #[test]
 fn a_single_az_writer_that_crashes_or_reboots_is_restarted_in_place_with_its_data() {
-    let mut lab = Lab::start("saz", &["az-a"]);
+    // The userspace proxy alone, so that it too carries real connections through restarts
+    // (the other tests' local clients take the kernel path where nft can be used).
+    let mut lab = Lab::start_with(
+        "saz",
+        &["az-a"],
+        vec!["--db-endpoints".into(), "proxy".into()],
+    );
     let port = free_port_pair();
     lab.apply("db.yaml", &manifest("solo", "singleAZ", 0, port, &["az-a"]));
     let status = lab.wait_available("solo", 1, 1, 0);
     let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
     lab.sql_eventually(&ep, "CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2)");
+    assert!(!lab.kernel_path("solo"), "{}", lab.logs());
     let pid = lab.member("solo-1")["status"]["pid"]
         .as_str()
         .map(str::to_owned)

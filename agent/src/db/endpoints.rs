@@ -1,7 +1,9 @@
 //! The DB clusters' endpoints run by this node: for every cluster whose
 //! `status.endpoints.node` is this node, a writer listener on `spec.port` and a reader
 //! listener on `spec.port + 1`, TCP proxies of the load balancer's data plane. Pure: the
-//! configuration from the store's objects, tested without a server.
+//! configuration from the store's objects, tested without a server. The kernel path for this
+//! host's own clients ([`super::kernel`]) is rendered from the same configuration, so the
+//! targets are decided here only.
 //!
 //! The writer group has at most one target, and only the one the protocol allows: the member
 //! named `status.writer`, reporting the role writer at `status.epoch`, while no failover is
@@ -16,7 +18,7 @@ use std::time::Duration;
 use hanul_lb::config::{
     Algorithm, Config, GroupConfig, HealthCheckConfig, ListenerConfig, Protocol, TargetConfig,
 };
-use hanul_proto::db::{DEFAULT_PORT, ROLE_WRITER, STATE_AVAILABLE};
+use hanul_proto::db::{DEFAULT_LEASE_SECONDS, DEFAULT_PORT, ROLE_WRITER, STATE_AVAILABLE};
 use hanul_proto::v1::{DbCluster, DbInstance};
 
 /// The data plane's name of a cluster's endpoints (listeners' "load balancer").
@@ -111,6 +113,24 @@ fn group(name: String, targets: Vec<(String, String)>) -> GroupConfig {
         health_check_enabled: false,
         connection_termination: true,
     }
+}
+
+/// The writer's lease of each cluster, by the name of its endpoints' load balancer (the
+/// listeners' `load_balancer` in [`resolve`]'s configuration).
+pub fn leases(world: &World<'_>) -> HashMap<String, Duration> {
+    world
+        .clusters
+        .iter()
+        .map(|(name, c)| {
+            let seconds = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.failover.as_ref())
+                .and_then(|f| f.lease_seconds)
+                .unwrap_or(DEFAULT_LEASE_SECONDS);
+            (endpoint_name(name), Duration::from_secs(seconds.into()))
+        })
+        .collect()
 }
 
 /// This node's endpoints. `bind`: the address they listen on.

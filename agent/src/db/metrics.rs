@@ -1,9 +1,11 @@
 //! The DB members' metrics on the agent's `/metrics` (RDS's CloudWatch metrics, in the
 //! Prometheus text format): connections, transactions, replication lag and storage, per
-//! member, from each member's latest observation.
+//! member, from each member's latest observation; and which path the node's DB endpoints
+//! give local clients (the kernel's or the proxy's).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use hanul_db::Observation;
@@ -41,6 +43,11 @@ impl Sample {
 #[derive(Debug, Default)]
 pub struct Metrics {
     members: Mutex<BTreeMap<String, Sample>>,
+    /// 0: not known yet, 1: the proxy alone, 2: the kernel path for local clients.
+    kernel_path: AtomicU8,
+    /// Endpoints whose local clients the kernel steers now.
+    kernel_steered: AtomicU64,
+    nft_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -53,12 +60,47 @@ impl Metrics {
         self.lock().remove(member);
     }
 
+    /// Whether the DB endpoints' local clients take the kernel path now.
+    pub fn set_kernel_path(&self, on: bool) {
+        self.kernel_path
+            .store(if on { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// How many endpoints the kernel's rules in place steer.
+    pub fn set_kernel_steered(&self, endpoints: usize) {
+        self.kernel_steered
+            .store(endpoints as u64, Ordering::Relaxed);
+    }
+
+    /// An nft script of the kernel path failed.
+    pub fn nft_failed(&self) {
+        self.nft_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Sample>> {
         self.members.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends the metrics in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        let kernel_path = self.kernel_path.load(Ordering::Relaxed);
+        if kernel_path != 0 {
+            let _ = writeln!(
+                out,
+                "# HELP hanul_db_endpoints_kernel_path 1 when local clients of this node's DB endpoints take the kernel path (nftables DNAT), 0 when the userspace proxy serves every client.\n# TYPE hanul_db_endpoints_kernel_path gauge\nhanul_db_endpoints_kernel_path {}",
+                u8::from(kernel_path == 2)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hanul_db_endpoints_kernel_steered DB endpoints whose local clients the kernel's rules in place steer (the others' go through the proxy).\n# TYPE hanul_db_endpoints_kernel_steered gauge\nhanul_db_endpoints_kernel_steered {}",
+                self.kernel_steered.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hanul_db_endpoints_nft_failures_total nft scripts of the DB endpoints' kernel path that failed.\n# TYPE hanul_db_endpoints_nft_failures_total counter\nhanul_db_endpoints_nft_failures_total {}",
+                self.nft_failures.load(Ordering::Relaxed)
+            );
+        }
         let members = self.lock();
         if members.is_empty() {
             return;
@@ -153,5 +195,30 @@ mod tests {
         let mut out = String::new();
         m.render(&mut out);
         assert_eq!(out, "");
+    }
+
+    #[test]
+    fn the_endpoints_path_renders_once_known() {
+        let m = Metrics::default();
+        m.set_kernel_path(true);
+        m.set_kernel_steered(2);
+        m.nft_failed();
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("\nhanul_db_endpoints_kernel_path 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nhanul_db_endpoints_nft_failures_total 1\n"),
+            "{out}"
+        );
+        m.set_kernel_path(false);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("\nhanul_db_endpoints_kernel_path 0\n"),
+            "{out}"
+        );
     }
 }

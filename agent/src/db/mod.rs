@@ -6,7 +6,10 @@
 //!  watch DBInstance, DBCluster ──▶ one task per member on this node ──▶ plan::decide ──▶ step
 //!        │                          (woken by changes, its postgres exiting, a tick)   │
 //!        │                                      DBInstance.status (role, epoch, WAL, lease, vote) ◀┘
-//!        └──▶ endpoints::resolve ──▶ a DataPlane of its own (writer :port, reader :port+1)
+//!        └──▶ endpoints::resolve ──▶ a DataPlane of its own (writer :port, reader :port+1):
+//!                   │                 the proxy, for remote clients (and all, without nft)
+//!                   └──▶ kernel::endpoints ──▶ nft::KernelPath: nftables DNAT for this
+//!                                              host's own clients, fenced, self-expiring
 //! ```
 //!
 //! Members run on a [`ProcessDriver`] of their own (state in `data_dir/db/driver`, cgroups
@@ -15,6 +18,12 @@
 //! the node remembers of it: its port, the epoch and role it last acted on). After an agent
 //! restart the driver re-adopts the running postgres processes; the member's task queries
 //! them and carries on without restarting them.
+//!
+//! The endpoints have two paths, as kube-proxy's iptables and userspace modes: the proxy
+//! always listens; with `--db-endpoints auto` (nft usable) or `kernel`, connections this host
+//! opens to an endpoint are DNATed by the kernel straight to the target ([`kernel`], [`nft`]),
+//! which spares them the userspace hop. Both follow the same resolved targets, and both cut
+//! a former writer's connections.
 //!
 //! Each member also applies its cluster's `DBParameterGroup` (watched too): the parameters go
 //! to `hanul-params.conf`, what PostgreSQL refuses is left out, and the member's status says
@@ -25,10 +34,14 @@
 
 pub mod endpoints;
 pub mod exec;
+pub mod kernel;
 pub mod member;
 pub mod metrics;
+pub mod nft;
 pub mod plan;
 pub mod snapshots;
+
+pub use nft::{EndpointMode, KernelPath};
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -230,8 +243,14 @@ impl Context {
 }
 
 /// Runs the DB members and endpoints of this node until `shutdown`. The members keep running
-/// when it returns (a new agent adopts them).
-pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
+/// when it returns (a new agent adopts them). `kernel`: the endpoints' kernel path, if used
+/// ([`KernelPath::start`]); it is stopped (its rules removed) before this returns.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    kernel: Option<KernelPath>,
+    shutdown: Shutdown,
+) {
     let dir = settings.data_dir.join("db");
     let driver = match ProcessDriver::new(
         dir.join(DRIVER_DIR),
@@ -240,6 +259,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "Cannot start the DB members' process driver: no DB members run on this node.");
+            if let Some(k) = kernel {
+                k.stop().await;
+            }
             return;
         }
     };
@@ -352,6 +374,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
             }
         }
         let config = endpoints::resolve(&world, &ctx.node, bind);
+        if let Some(k) = &kernel {
+            k.set(kernel::endpoints(&config, &endpoints::leases(&world)));
+        }
         if plane.is_none() && !config.listeners.is_empty() {
             // One traffic thread per core, as the load balancers' plane: PostgreSQL's many
             // small messages make the relay's per-message cost count.
@@ -382,10 +407,15 @@ pub async fn run(client: Client, settings: Settings, shutdown: Shutdown) {
         tokio::select! {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(RESYNC) => {}
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait() => break,
         }
         // Changes arriving together are looked at once.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The kernel's rules go before the proxy (dropped on return): local clients are reset
+    // rather than left on rules nobody renews.
+    if let Some(k) = kernel {
+        k.stop().await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! controller by writing `DBCluster.status` as the protocol says. Needs root (members run as
 //! `postgres`, in cgroups) and PostgreSQL 15.
 
+use super::nft::Tools;
 use super::*;
 use hanul_controllers::runtime::ShutdownTrigger;
 use hanul_proto::db::{
@@ -24,6 +25,8 @@ struct Harness {
     node: &'static str,
     ports: PortRange,
     running: Option<(ShutdownTrigger, tokio::task::JoinHandle<()>)>,
+    /// The loop's metrics (the endpoints' path among them).
+    metrics: Arc<metrics::Metrics>,
 }
 
 fn free_port() -> u16 {
@@ -63,6 +66,7 @@ impl Harness {
             node,
             ports: PortRange::parse(ports).unwrap(),
             running: None,
+            metrics: Default::default(),
         };
         h.start_loop();
         h
@@ -70,20 +74,26 @@ impl Harness {
 
     fn start_loop(&mut self) {
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(run(
-            self.client.clone(),
-            Settings {
-                node: self.node.into(),
-                address: "127.0.0.1".into(),
-                data_dir: self.dir.path().join("agent"),
-                ports: self.ports,
-                backup_dir: self.dir.path().join("backups"),
-                archive_interval: Duration::from_secs(1),
-                metrics: Default::default(),
-                held: Default::default(),
-            },
-            shutdown,
-        ));
+        let settings = Settings {
+            node: self.node.into(),
+            address: "127.0.0.1".into(),
+            data_dir: self.dir.path().join("agent"),
+            ports: self.ports,
+            backup_dir: self.dir.path().join("backups"),
+            archive_interval: Duration::from_secs(1),
+            metrics: self.metrics.clone(),
+            held: Default::default(),
+        };
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            // As the agent does by default: the kernel path where nft works (the endpoints'
+            // checks below then go through it: the test runs on the endpoints' host).
+            let kernel =
+                KernelPath::start(EndpointMode::Auto, &settings.node, settings.metrics.clone())
+                    .await
+                    .unwrap();
+            run(client, settings, kernel, shutdown).await
+        });
         self.running = Some((trigger, task));
     }
 
@@ -102,6 +112,23 @@ impl Harness {
                 _ => None,
             },
             Err(_) => None,
+        }
+    }
+
+    /// Waits (at most 20 s) until the loop's metrics have `line`.
+    async fn until_metric(&self, line: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut out = String::new();
+            self.metrics.render(&mut out);
+            if out.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{line:?} not in the metrics within 20 s:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -261,6 +288,11 @@ async fn a_cluster_boots_switches_over_and_is_deleted_as_root() {
     );
     // Through the writer endpoint (synchronous: the commit waits for db-2).
     until_sql(port, "select 1", "1").await;
+    // This host's clients (the test's) take the kernel path where nft can be used; both
+    // endpoints are steered.
+    if Tools::locate().is_some() {
+        h.until_metric("hanul_db_endpoints_kernel_steered 2").await;
+    }
     psql(port, "create table t (v int); insert into t values (1)")
         .await
         .unwrap();

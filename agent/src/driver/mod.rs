@@ -43,6 +43,7 @@ pub use error::{Error, Result};
 pub use fake::{FakeCall, FakeDriver};
 pub use logs::{CONSOLE_LOG, console_log, log_dir, rotate_log_file};
 pub use process::ProcessDriver;
+pub(crate) use reaper::ChildExit;
 
 /// What to run for one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +139,17 @@ pub const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 #[allow(clippy::disallowed_methods)]
 fn wall_now() -> SystemTime {
     SystemTime::now()
+}
+
+/// Spawns a short helper command of the agent (`nft`, `ss`) as a child the agent's reaper
+/// watches, for async callers (which may time it out and kill it by its pid): its pid and its
+/// exit, to await. The caller gives `cmd` its stdio (pipes, not `Stdio::piped`: the `Child`
+/// is not kept).
+pub(crate) fn spawn_tool(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<(u32, tokio::sync::oneshot::Receiver<ChildExit>)> {
+    let reaper = reaper::global().map_err(std::io::Error::from)?;
+    reaper.spawn_watched(cmd)
 }
 
 /// Runs a short helper command of the agent (`tar`) as a child the agent's reaper watches, and

@@ -3,6 +3,9 @@
 use anyhow::Context as _;
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
+/// How long `hanul agent` waits for the agent's loops after SIGTERM or Ctrl-C.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// Runs a node agent.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
@@ -59,6 +62,12 @@ pub struct Args {
     /// restore reaches up to about this long ago.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub db_archive_interval: Duration,
+    /// How this host's own clients reach the DB endpoints placed here: `kernel` (nftables
+    /// DNAT straight to the member, no userspace hop; the agent does not start without nft),
+    /// `proxy` (the userspace proxy, as remote clients always do), or `auto` (kernel when nft
+    /// can be used, else proxy).
+    #[arg(long, default_value = "auto", value_name = "auto|kernel|proxy")]
+    pub db_endpoints: hanul_agent::db::EndpointMode,
 }
 
 /// This machine's host name: the default node name.
@@ -100,6 +109,7 @@ impl Args {
             lb_workers: self.lb_workers,
             backup_dir: self.backup_dir.clone(),
             db_archive_interval: self.db_archive_interval,
+            db_endpoints: self.db_endpoints,
         })
     }
 }
@@ -107,10 +117,17 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(hanul_agent::run(config, rx));
+    let mut agent = tokio::spawn(hanul_agent::run(config, rx));
     tokio::select! {
-        r = agent => r.context("agent task panicked")??,
-        _ = super::server::shutdown_signal() => { let _ = tx.send(true); }
+        r = &mut agent => r.context("agent task panicked")??,
+        _ = super::server::shutdown_signal() => {
+            let _ = tx.send(true);
+            // Its loops finish what a stop must do (the DB endpoints' nftables rules go);
+            // the workloads keep running either way.
+            if tokio::time::timeout(STOP_GRACE, agent).await.is_err() {
+                tracing::warn!("The agent did not stop within {STOP_GRACE:?}; exiting anyway.");
+            }
+        }
     }
     Ok(())
 }

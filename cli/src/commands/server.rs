@@ -112,6 +112,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             lb_workers: 0,
             backup_dir: None,
             db_archive_interval: Duration::from_secs(300),
+            db_endpoints: hanul_agent::db::EndpointMode::Auto,
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
