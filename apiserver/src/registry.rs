@@ -45,7 +45,7 @@ fn key(kind: Kind, name: &str) -> Vec<u8> {
 }
 
 fn decode(kv: &KeyValue) -> Result<Object> {
-    let mut obj = Object::decode(kv.value.as_slice()).map_err(|source| Error::Corrupt {
+    let mut obj = Object::decode(&kv.value[..]).map_err(|source| Error::Corrupt {
         key: String::from_utf8_lossy(&kv.key).into_owned(),
         source,
     })?;

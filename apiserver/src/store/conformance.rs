@@ -113,7 +113,7 @@ fn revisions(events: &[WatchEvent]) -> Vec<Revision> {
 }
 
 fn keys(kvs: &[KeyValue]) -> Vec<&[u8]> {
-    kvs.iter().map(|kv| kv.key.as_slice()).collect()
+    kvs.iter().map(|kv| &kv.key[..]).collect()
 }
 
 async fn put_then_get_returns_the_value_with_its_revisions<H: Harness>() {
@@ -121,8 +121,8 @@ async fn put_then_get_returns_the_value_with_its_revisions<H: Harness>() {
     assert_eq!(store.get(b"/a").await.unwrap(), None);
     let written = put(&store, "/a", "one").await;
     let expected = KeyValue {
-        key: b"/a".to_vec(),
-        value: b"one".to_vec(),
+        key: b"/a".to_vec().into(),
+        value: b"one".to_vec().into(),
         create_revision: 1,
         mod_revision: 1,
     };
@@ -228,7 +228,7 @@ async fn must_exist_conflicts_on_an_absent_key_and_updates_a_present_one<H: Harn
         .put(b"/a", b"2".to_vec(), Precondition::MustExist)
         .await
         .unwrap();
-    assert_eq!(updated.value, b"2");
+    assert_eq!(updated.value, &b"2"[..]);
 }
 
 async fn mod_revision_updates_only_at_exactly_that_revision<H: Harness>() {
@@ -345,7 +345,10 @@ async fn watch_from_zero_sees_only_writes_after_it_started<H: Harness>() {
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind, WatchEventKind::Put);
     assert_eq!(event.kv, after);
-    assert_eq!(event.prev.map(|prev| prev.value), Some(b"before".to_vec()));
+    assert_eq!(
+        event.prev.map(|prev| prev.value),
+        Some(bytes::Bytes::from_static(b"before"))
+    );
     assert!(ready_events(&mut stream).is_empty());
 }
 
@@ -418,7 +421,7 @@ async fn watch_delivers_only_keys_with_its_prefix<H: Harness>() {
     let mut replayed = store.watch(b"/registry/A/", 1).unwrap();
     for stream in [&mut live, &mut replayed] {
         let events = ready_events(stream);
-        let keys: Vec<&[u8]> = events.iter().map(|event| event.kv.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = events.iter().map(|event| &event.kv.key[..]).collect();
         assert_eq!(keys, [&b"/registry/A/1"[..], b"/registry/A/old"]);
         assert_eq!(revisions(&events), [3, 5]);
     }
@@ -643,8 +646,8 @@ impl Model {
         let (kind, kv) = match op {
             Op::Put { value, .. } => {
                 let kv = KeyValue {
-                    key: key.clone(),
-                    value: vec![*value],
+                    key: key.clone().into(),
+                    value: vec![*value].into(),
                     create_revision: current
                         .as_ref()
                         .map_or(self.revision, |kv| kv.create_revision),

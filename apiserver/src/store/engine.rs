@@ -154,8 +154,8 @@ impl<B: Backend> Engine<B> {
             check(key, pre, current.as_ref())?;
             let rev = state.applied + 1;
             let kv = KeyValue {
-                key: key.to_vec(),
-                value,
+                key: bytes::Bytes::copy_from_slice(key),
+                value: value.into(),
                 create_revision: current.as_ref().map_or(rev, |kv| kv.create_revision),
                 mod_revision: rev,
             };

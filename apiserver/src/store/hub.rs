@@ -238,8 +238,8 @@ mod tests {
         WatchEvent {
             kind: WatchEventKind::Put,
             kv: KeyValue {
-                key: key.as_bytes().to_vec(),
-                value: Vec::new(),
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: bytes::Bytes::new(),
                 create_revision: rev,
                 mod_revision: rev,
             },

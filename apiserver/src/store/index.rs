@@ -4,14 +4,17 @@
 //! and checkpoints it into sled, so that neither reads nor writes touch sled on their path.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
 
 use super::KeyValue;
 
 /// Every live key with its latest key-value, sorted by key.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    data: Mutex<BTreeMap<Vec<u8>, KeyValue>>,
+    data: Mutex<BTreeMap<Bytes, KeyValue>>,
 }
 
 impl Index {
@@ -23,7 +26,7 @@ impl Index {
         }
     }
 
-    fn data(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, KeyValue>> {
+    fn data(&self) -> MutexGuard<'_, BTreeMap<Bytes, KeyValue>> {
         // Map operations leave the map consistent even if a caller panicked.
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -35,17 +38,18 @@ impl Index {
     /// Every key-value whose key starts with `prefix`, sorted by key.
     pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Vec<KeyValue> {
         self.data()
-            .range(prefix.to_vec()..)
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(_, kv)| kv.clone())
             .collect()
     }
 
-    /// Stores `kv` under `key`, or removes `key` when `kv` is `None`.
+    /// Stores `kv` under `key` (its own key), or removes `key` when `kv` is `None`. Cheap: a
+    /// key-value's bytes are shared, not copied.
     pub(super) fn apply(&self, key: &[u8], kv: Option<&KeyValue>) {
         let mut data = self.data();
         match kv {
-            Some(kv) => data.insert(key.to_vec(), kv.clone()),
+            Some(kv) => data.insert(kv.key.clone(), kv.clone()),
             None => data.remove(key),
         };
     }
@@ -61,8 +65,8 @@ mod tests {
 
     fn kv(key: &str, rev: u64) -> KeyValue {
         KeyValue {
-            key: key.as_bytes().to_vec(),
-            value: rev.to_string().into_bytes(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: rev.to_string().into(),
             create_revision: rev,
             mod_revision: rev,
         }
@@ -76,7 +80,7 @@ mod tests {
             .into_iter()
             .map(|kv| kv.key)
             .collect();
-        assert_eq!(keys, [b"/a/1".to_vec(), b"/a/2".to_vec()]);
+        assert_eq!(keys, [&b"/a/1"[..], &b"/a/2"[..]]);
         index.apply(b"/a/1", None);
         index.apply(b"/c", Some(&kv("/c", 4)));
         assert_eq!(index.len(), 3);

@@ -57,9 +57,9 @@ pub type Revision = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
     /// The key.
-    pub key: Vec<u8>,
+    pub key: bytes::Bytes,
     /// The value as the object layer encoded it.
-    pub value: Vec<u8>,
+    pub value: bytes::Bytes,
     /// The revision of the put that created the key (kept across updates).
     pub create_revision: Revision,
     /// The revision of the latest write to the key.

@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ::sled::{Batch, Db, IVec, Tree};
+use bytes::Bytes;
 
 use super::engine::{Backend, Engine, delegate_store};
 use super::index::Index;
@@ -169,7 +170,7 @@ struct Checkpointed {
 /// The writes sled has not been given yet: each key's latest state (`None`: deleted), and the
 /// revision of the last one.
 struct Dirty {
-    changes: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    changes: BTreeMap<Bytes, Option<KeyValue>>,
     rev: Revision,
 }
 
@@ -197,7 +198,8 @@ impl Backend for SledBackend {
         self.shared.wal.append(rev, key, kv);
         self.index.apply(key, kv);
         let mut dirty = self.shared.dirty();
-        dirty.changes.insert(key.to_vec(), kv.cloned());
+        let key = kv.map_or_else(|| Bytes::copy_from_slice(key), |kv| kv.key.clone());
+        dirty.changes.insert(key, kv.cloned());
         dirty.rev = rev;
         Ok(())
     }
@@ -280,12 +282,13 @@ fn run_checkpointer(shared: &Checkpointed, interval: Duration) {
 }
 
 /// Checkpoints are background work: a second's writes take sled tens of milliseconds of CPU,
-/// which at full load would otherwise stall the requests sharing the cores. Nice 10 still gets
-/// the thread a tenth of a core when every core is busy, more than it needs.
+/// which at full load would otherwise stall the requests sharing the cores. At nice 19 the
+/// thread yields to them during a burst and catches up after it; it never starves (the
+/// scheduler still gives it a share), so the log and the dirty keys stay bounded.
 #[allow(unsafe_code)]
 fn lower_priority() {
     // SAFETY: `setpriority` on this thread's own id changes only this thread's nice value.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
     if result != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
@@ -296,7 +299,7 @@ fn lower_priority() {
 
 fn checkpoint(
     shared: &Checkpointed,
-    changes: &BTreeMap<Vec<u8>, Option<KeyValue>>,
+    changes: &BTreeMap<Bytes, Option<KeyValue>>,
     rev: Revision,
 ) -> Result<(), ::sled::Error> {
     let mut batch = Batch::default();
@@ -339,7 +342,7 @@ fn scan(tree: &Tree, prefix: &[u8]) -> Result<Vec<KeyValue>> {
                 op: "scan keys",
                 source,
             })?;
-            decode(key[1..].to_vec(), &record)
+            decode(Bytes::copy_from_slice(&key[1..]), &record)
         })
         .collect()
 }
@@ -359,7 +362,7 @@ fn encode(kv: &KeyValue) -> Vec<u8> {
     record
 }
 
-fn decode(key: Vec<u8>, record: &IVec) -> Result<KeyValue> {
+fn decode(key: Bytes, record: &IVec) -> Result<KeyValue> {
     let (Some(create_revision), Some(mod_revision)) = (
         record.get(..8).and_then(decode_u64),
         record.get(8..16).and_then(decode_u64),
@@ -370,7 +373,7 @@ fn decode(key: Vec<u8>, record: &IVec) -> Result<KeyValue> {
         });
     };
     Ok(KeyValue {
-        value: record[HEADER_LEN..].to_vec(),
+        value: Bytes::copy_from_slice(&record[HEADER_LEN..]),
         key,
         create_revision,
         mod_revision,
@@ -392,8 +395,8 @@ mod tests {
     #[test]
     fn a_record_round_trips_through_its_encoding() {
         let kv = KeyValue {
-            key: b"/registry/Instance/web-1".to_vec(),
-            value: b"spec".to_vec(),
+            key: Bytes::from_static(b"/registry/Instance/web-1"),
+            value: Bytes::from_static(b"spec"),
             create_revision: 3,
             mod_revision: 1 << 40,
         };
@@ -405,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_short_record_is_reported_as_corrupt() {
-        let error = decode(b"/k".to_vec(), &IVec::from(&b"short"[..])).unwrap_err();
+        let error = decode(Bytes::from_static(b"/k"), &IVec::from(&b"short"[..])).unwrap_err();
         assert!(matches!(error, Error::Corrupt { .. }), "{error:?}");
     }
 
@@ -438,8 +441,8 @@ mod tests {
         assert_eq!(
             kvs,
             vec![KeyValue {
-                key: b"/a".to_vec(),
-                value: b"2".to_vec(),
+                key: Bytes::from_static(b"/a"),
+                value: Bytes::from_static(b"2"),
                 create_revision: created.create_revision,
                 mod_revision: 2,
             }]

@@ -22,6 +22,8 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
+
 use super::{KeyValue, Revision};
 
 const HEADER_LEN: usize = 8;
@@ -33,7 +35,7 @@ const SUFFIX: &str = ".log";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Record {
     pub(super) rev: Revision,
-    pub(super) key: Vec<u8>,
+    pub(super) key: Bytes,
     /// The key-value the put stored; `None` for a delete.
     pub(super) kv: Option<KeyValue>,
 }
@@ -250,14 +252,14 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
     let rev = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
     let op = *body.get(8)?;
     let key_len = u32::from_le_bytes(body.get(9..13)?.try_into().ok()?) as usize;
-    let key = body.get(13..13 + key_len)?.to_vec();
+    let key = Bytes::copy_from_slice(body.get(13..13 + key_len)?);
     let rest = &body[13 + key_len..];
     let kv = match op {
         OP_PUT => Some(KeyValue {
             key: key.clone(),
             create_revision: u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
             mod_revision: rev,
-            value: rest[8..].to_vec(),
+            value: Bytes::copy_from_slice(&rest[8..]),
         }),
         OP_DELETE if rest.is_empty() => None,
         _ => return None,
@@ -271,8 +273,8 @@ mod tests {
 
     fn put(key: &str, rev: Revision, value: &str) -> KeyValue {
         KeyValue {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
             create_revision: 1,
             mod_revision: rev,
         }
@@ -302,17 +304,17 @@ mod tests {
             [
                 Record {
                     rev: 1,
-                    key: b"/a".to_vec(),
+                    key: Bytes::from_static(b"/a"),
                     kv: Some(a)
                 },
                 Record {
                     rev: 2,
-                    key: b"/b".to_vec(),
+                    key: Bytes::from_static(b"/b"),
                     kv: None
                 },
                 Record {
                     rev: 3,
-                    key: b"/a".to_vec(),
+                    key: Bytes::from_static(b"/a"),
                     kv: Some(a2)
                 },
             ]
