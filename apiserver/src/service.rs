@@ -215,6 +215,10 @@ impl ObjectService for ObjectApi {
             tick.reset();
             loop {
                 tokio::select! {
+                    // Events first: a bookmark names the store's revision, so it must not pass
+                    // an event that is already waiting (a client resuming from the bookmark
+                    // would never see that event).
+                    biased;
                     ev = events.next() => {
                         let Some(ev) = ev else { break };
                         let item = ev.map_err(Status::from);
