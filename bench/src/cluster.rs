@@ -87,6 +87,14 @@ pub(crate) struct Agent {
     dir: tempfile::TempDir,
 }
 
+/// A SIGKILLed agent: what it takes to start it again.
+struct Killed {
+    name: &'static str,
+    zone: &'static str,
+    ports: &'static str,
+    dir: tempfile::TempDir,
+}
+
 /// The server and its two agents. Dropping it kills the agents, then whatever instance processes
 /// are left (see the module doc), then the server, which removes its data dir.
 pub(crate) struct Cluster {
@@ -196,6 +204,14 @@ impl Cluster {
             .iter()
             .position(|a| a.name == name)
             .with_context(|| format!("no agent named {name}"))?;
+        let killed = self.kill_agent_at(i);
+        let result = down(self).await;
+        self.start_again(bin, i, killed)?;
+        result
+    }
+
+    /// SIGKILLs agent `i` (its workloads keep running); what starts it again.
+    fn kill_agent_at(&mut self, i: usize) -> Killed {
         let Agent {
             name,
             zone,
@@ -204,11 +220,26 @@ impl Cluster {
             dir,
         } = self.agents.remove(i);
         drop(child);
-        let result = down(self).await;
+        Killed {
+            name,
+            zone,
+            ports,
+            dir,
+        }
+    }
+
+    /// Starts a killed agent again, at its place `i`, on its data dir.
+    fn start_again(&mut self, bin: &Path, i: usize, killed: Killed) -> anyhow::Result<()> {
         let join = self.server.data_dir().join("join.token");
+        let Killed {
+            name,
+            zone,
+            ports,
+            dir,
+        } = killed;
         let agent = self.start_agent(bin, &join, name, zone, ports, dir)?;
         self.agents.insert(i, agent);
-        result
+        Ok(())
     }
 
     /// SIGKILLs every agent (their workloads keep running) and starts each again on its data
@@ -221,19 +252,10 @@ impl Cluster {
         agent_args: Vec<String>,
     ) -> anyhow::Result<()> {
         self.agent_args = agent_args;
-        let join = self.server.data_dir().join("join.token");
         for i in 0..self.agents.len() {
-            let Agent {
-                name,
-                zone,
-                child,
-                ports,
-                dir,
-            } = self.agents.remove(i);
-            drop(child);
-            hanul_e2e::remove_db_endpoints_table(name);
-            let agent = self.start_agent(bin, &join, name, zone, ports, dir)?;
-            self.agents.insert(i, agent);
+            let killed = self.kill_agent_at(i);
+            hanul_e2e::remove_db_endpoints_table(killed.name);
+            self.start_again(bin, i, killed)?;
         }
         self.wait_nodes_ready().await
     }

@@ -181,14 +181,15 @@ pub fn resolve(world: &World<'_>, node: &str, bind: IpAddr) -> Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hanul_proto::v1::{
         DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover, DbInstanceSpec, DbInstanceStatus,
     };
     use std::net::Ipv4Addr;
 
-    fn cluster(writer: &str, epoch: u64) -> DbCluster {
+    /// A cluster `db` on port 6432 whose endpoints are on node `n1`.
+    pub(crate) fn cluster(writer: &str, epoch: u64) -> DbCluster {
         DbCluster {
             spec: Some(DbClusterSpec {
                 port: Some(6432),
@@ -207,7 +208,8 @@ mod tests {
         }
     }
 
-    fn member(role: &str, epoch: u64, port: u32, streaming: bool) -> DbInstance {
+    /// An available, readable member of `db` at 10.0.0.1:`port`.
+    pub(crate) fn member(role: &str, epoch: u64, port: u32, streaming: bool) -> DbInstance {
         DbInstance {
             spec: Some(DbInstanceSpec {
                 cluster: "db".into(),

@@ -372,56 +372,33 @@ pub fn render_delete(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::endpoints::{World, leases, resolve};
-    use hanul_proto::db::{ROLE_WRITER, STATE_AVAILABLE};
-    use hanul_proto::v1::{
-        DbCluster, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover, DbInstance,
-        DbInstanceSpec, DbInstanceStatus, FailoverSettings,
-    };
+    use crate::db::endpoints::{World, leases, resolve, tests as fixtures};
+    use hanul_proto::db::ROLE_WRITER;
+    use hanul_proto::v1::{DbCluster, DbFailover, DbInstance, FailoverSettings};
     use std::net::Ipv4Addr;
 
     const BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+    /// The endpoints' test cluster, with a lease of `lease` seconds if given.
     fn cluster(writer: &str, epoch: u64, lease: Option<u32>) -> DbCluster {
-        DbCluster {
-            spec: Some(DbClusterSpec {
-                port: Some(6432),
-                failover: lease.map(|s| FailoverSettings {
-                    automatic: Some(true),
-                    lease_seconds: Some(s),
-                }),
-                ..Default::default()
-            }),
-            status: Some(DbClusterStatus {
-                epoch,
-                writer: writer.into(),
-                endpoints: Some(DbEndpoints {
-                    node: "n1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let mut c = fixtures::cluster(writer, epoch);
+        if let Some(spec) = c.spec.as_mut() {
+            spec.failover = lease.map(|s| FailoverSettings {
+                automatic: Some(true),
+                lease_seconds: Some(s),
+            });
         }
+        c
     }
 
+    /// The endpoints' test member, at 127.0.0.1 (reachable from a loopback endpoint),
+    /// streaming unless it is the writer.
     fn member(role: &str, epoch: u64, port: u32) -> DbInstance {
-        DbInstance {
-            spec: Some(DbInstanceSpec {
-                cluster: "db".into(),
-                readable: true,
-                ..Default::default()
-            }),
-            status: Some(DbInstanceStatus {
-                state: STATE_AVAILABLE.into(),
-                role: role.into(),
-                epoch,
-                address: format!("127.0.0.1:{port}"),
-                streaming: role != ROLE_WRITER,
-                ..Default::default()
-            }),
-            ..Default::default()
+        let mut m = fixtures::member(role, epoch, port, role != ROLE_WRITER);
+        if let Some(s) = m.status.as_mut() {
+            s.address = format!("127.0.0.1:{port}");
         }
+        m
     }
 
     fn endpoints_of(c: &DbCluster, members: &[(&str, &DbInstance)]) -> Vec<Endpoint> {
