@@ -68,7 +68,13 @@ impl SledStore {
             path: path.to_owned(),
             source,
         };
-        let db = ::sled::open(path).map_err(open_error)?;
+        // No periodic flush of sled's own: a checkpoint flushes it when it has written, and
+        // nothing else writes to sled.
+        let db = ::sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_error)?;
         let tree = db.open_tree(TREE).map_err(open_error)?;
         let log_path = path.join(LOG_FILE);
         let log = File::open(&log_path).map_err(|source| Error::OpenLog {
