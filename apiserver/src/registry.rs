@@ -13,13 +13,13 @@ use crate::{
 };
 use futures::{Stream, StreamExt};
 use hanul_proto::{
-    Kind, Selector,
+    Fields, Kind, Selector,
     v1::{ApplyResult, EventType, Object, WatchEvent, object::Resource},
 };
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use rand::Rng;
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 use tracing::debug;
 
 /// How often an optimistic write without a caller precondition retries after a conflict.
@@ -395,12 +395,14 @@ impl Registry {
         &self,
         kind: Option<Kind>,
         selector: &Selector,
+        fields: Fields,
     ) -> Result<(Vec<Object>, u64)> {
         let (kvs, revision) = self.store.list(&prefix(kind)).await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in &kvs {
-            let o = decode(kv)?;
-            if selector.matches(&o.metadata().map(|m| m.labels.clone()).unwrap_or_default()) {
+            let mut o = decode(kv)?;
+            if selector.matches(labels(&o)) {
+                keep(&mut o, fields);
                 out.push(o);
             }
         }
@@ -527,12 +529,13 @@ impl Registry {
         kind: Option<Kind>,
         selector: Selector,
         since: u64,
+        fields: Fields,
     ) -> Result<impl Stream<Item = Result<WatchEvent>> + Send + 'static> {
         let stream = self.store.watch(&prefix(kind), since)?;
         Ok(stream.filter_map(move |ev| {
             let out = match ev {
                 Err(e) => Some(Err(Error::from(e))),
-                Ok(ev) => translate(&selector, ev).transpose(),
+                Ok(ev) => translate(&selector, fields, ev).transpose(),
             };
             futures::future::ready(out)
         }))
@@ -561,29 +564,32 @@ impl Registry {
 }
 
 /// Turns a store event into an API watch event, applying the label selector.
-fn translate(selector: &Selector, ev: store::WatchEvent) -> Result<Option<WatchEvent>> {
+fn translate(
+    selector: &Selector,
+    fields: Fields,
+    ev: store::WatchEvent,
+) -> Result<Option<WatchEvent>> {
     let revision = ev.kv.mod_revision;
-    let labels = |o: &Object| o.metadata().map(|m| m.labels.clone()).unwrap_or_default();
-    let prev = match &ev.prev {
-        Some(p) => Some(decode(p)?),
-        None => None,
-    };
-    let prev_matched = prev.as_ref().is_some_and(|p| selector.matches(&labels(p)));
-    let (ty, object) = match ev.kind {
+    let (ty, mut object) = match ev.kind {
         WatchEventKind::Delete => {
-            let mut o = match prev {
-                Some(p) => p,
-                None => decode(&ev.kv)?,
-            };
-            if !selector.matches(&labels(&o)) {
+            // The last state before the delete.
+            let mut o = decode(ev.prev.as_ref().unwrap_or(&ev.kv))?;
+            if !selector.matches(labels(&o)) {
                 return Ok(None);
             }
             o.metadata_mut().resource_version = revision;
             (EventType::Deleted, o)
         }
         WatchEventKind::Put => {
+            // The previous state matters only to a selector (whether the object enters or
+            // leaves it): without one, it is not decoded.
+            let prev_matched = match &ev.prev {
+                None => false,
+                Some(_) if selector.is_empty() => true,
+                Some(p) => selector.matches(labels(&decode(p)?)),
+            };
             let o = decode(&ev.kv)?;
-            match (prev_matched, selector.matches(&labels(&o))) {
+            match (prev_matched, selector.matches(labels(&o))) {
                 (false, true) => (EventType::Added, o),
                 (true, true) => (EventType::Modified, o),
                 (true, false) => (EventType::Deleted, o),
@@ -591,11 +597,26 @@ fn translate(selector: &Selector, ev: store::WatchEvent) -> Result<Option<WatchE
             }
         }
     };
+    keep(&mut object, fields);
     Ok(Some(WatchEvent {
         r#type: ty as i32,
         object: Some(object),
         revision,
     }))
+}
+
+/// An object's labels (none when it has no metadata).
+fn labels(o: &Object) -> &HashMap<String, String> {
+    static NONE: std::sync::LazyLock<HashMap<String, String>> =
+        std::sync::LazyLock::new(HashMap::new);
+    o.metadata().map_or(&NONE, |m| &m.labels)
+}
+
+/// Leaves only the asked fields of an object that goes out.
+fn keep(o: &mut Object, fields: Fields) {
+    if fields == Fields::MetadataOnly {
+        o.keep_only_metadata();
+    }
 }
 
 #[cfg(test)]
@@ -850,6 +871,7 @@ mod tests {
                 Some(Kind::Image),
                 Selector::parse("app=web").unwrap(),
                 since,
+                Fields::All,
             )
             .unwrap();
         let first = w.next().await.unwrap().unwrap();
@@ -860,11 +882,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_metadata_only_list_and_watch_leave_out_spec_and_status() {
+        let r = registry().await;
+        let since = r.store().revision();
+        let a = r.create(image("a", "one"), false).await.unwrap();
+        r.update_status(with_status(a, "Ready"), false)
+            .await
+            .unwrap();
+        r.delete(Kind::Image, "a", 0, false).await.unwrap();
+        let (full, _) = r
+            .list(Some(Kind::InstanceType), &Selector::default(), Fields::All)
+            .await
+            .unwrap();
+        let (bare, _) = r
+            .list(
+                Some(Kind::InstanceType),
+                &Selector::default(),
+                Fields::MetadataOnly,
+            )
+            .await
+            .unwrap();
+        assert_eq!(bare.len(), full.len());
+        for (f, b) in full.iter().zip(&bare) {
+            assert!(!f.spec_bytes().is_empty());
+            assert!(b.spec_bytes().is_empty() && b.status_bytes().is_empty());
+            assert_eq!(f.metadata(), b.metadata());
+        }
+        let mut w = r
+            .watch(
+                Some(Kind::Image),
+                Selector::default(),
+                since,
+                Fields::MetadataOnly,
+            )
+            .unwrap();
+        let mut types = Vec::new();
+        for _ in 0..3 {
+            let ev = w.next().await.unwrap().unwrap();
+            let o = ev.object.as_ref().unwrap();
+            assert_eq!(o.kind(), Some(Kind::Image));
+            assert_eq!(o.name(), "a");
+            assert_eq!(o.resource_version(), ev.revision);
+            assert!(o.spec_bytes().is_empty() && o.status_bytes().is_empty());
+            types.push(ev.r#type());
+        }
+        assert_eq!(
+            types,
+            [EventType::Added, EventType::Modified, EventType::Deleted]
+        );
+    }
+
+    #[tokio::test]
     async fn the_builtin_catalog_is_seeded_once() {
         let r = registry().await;
         assert_eq!(r.seed_builtin_catalog().await.unwrap(), 0);
         let (types, _) = r
-            .list(Some(Kind::InstanceType), &Selector::default())
+            .list(Some(Kind::InstanceType), &Selector::default(), Fields::All)
             .await
             .unwrap();
         assert!(types.iter().any(|t| t.name() == "t3.micro"));

@@ -5,7 +5,7 @@
 use crate::{error::Error, logs::AgentLogs, metrics::Metrics, registry::Registry};
 use futures::StreamExt;
 use hanul_proto::{
-    Kind, Selector,
+    Fields, Kind, Selector,
     v1::{
         ApplyRequest, ApplyResponse, CreateRequest, DeleteRequest, DeleteResponse, EventType,
         GetRequest, ListRequest, ListResponse, LogsRequest, Object, UpdateRequest, WatchEvent,
@@ -141,6 +141,7 @@ impl ObjectService for ObjectApi {
                 .list(
                     parse_optional_kind(&r.kind)?,
                     &parse_selector(&r.label_selector)?,
+                    fields(r.metadata_only),
                 )
                 .await?;
             Ok(ListResponse { items, revision })
@@ -195,7 +196,8 @@ impl ObjectService for ObjectApi {
         let opened = (|| {
             let kind = parse_optional_kind(&r.kind)?;
             let selector = parse_selector(&r.label_selector)?;
-            self.registry.watch(kind, selector, r.since_revision)
+            self.registry
+                .watch(kind, selector, r.since_revision, fields(r.metadata_only))
         })()
         .map_err(Status::from);
         let code = opened
@@ -249,5 +251,14 @@ impl ObjectService for ObjectApi {
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         // Like Watch, the call is measured until the stream opens.
         self.timed("Logs", self.logs.open(req.into_inner())).await
+    }
+}
+
+/// What of each object a list or watch asked for.
+fn fields(metadata_only: bool) -> Fields {
+    if metadata_only {
+        Fields::MetadataOnly
+    } else {
+        Fields::All
     }
 }

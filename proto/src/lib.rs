@@ -24,6 +24,6 @@ pub mod resource;
 pub mod selector;
 pub mod time;
 
-pub use client::Client;
+pub use client::{Client, Fields};
 pub use resource::Kind;
 pub use selector::Selector;

@@ -84,6 +84,19 @@ macro_rules! kinds {
                 }
             }
 
+            /// Leaves only the kind and the metadata: spec and status are cleared (what a
+            /// metadata-only list or watch sends).
+            pub fn keep_only_metadata(&mut self) {
+                match &mut self.resource {
+                    $(Some(Resource::$variant(o)) => {
+                        let metadata = o.metadata.take();
+                        *o = Default::default();
+                        o.metadata = metadata;
+                    })*
+                    None => {}
+                }
+            }
+
             /// Clears the status (what a user's create or apply may not set).
             pub fn clear_status(&mut self) {
                 match &mut self.resource {
@@ -323,5 +336,44 @@ mod tests {
         a.set_status_from(&b);
         assert!(a.status_bytes().is_empty());
         assert_eq!(a.name(), "a");
+    }
+
+    #[test]
+    fn keeping_only_metadata_clears_spec_and_status_and_keeps_the_kind() {
+        let mut a: Object = Instance {
+            metadata: Some(ObjectMeta {
+                name: "a".into(),
+                uid: "u1".into(),
+                ..Default::default()
+            }),
+            spec: Some(InstanceSpec {
+                image: "one".into(),
+                ..Default::default()
+            }),
+            status: Some(InstanceStatus {
+                state: "running".into(),
+                ..Default::default()
+            }),
+        }
+        .into();
+        a.keep_only_metadata();
+        assert_eq!(a.kind(), Some(Kind::Instance));
+        assert_eq!(a.name(), "a");
+        assert_eq!(a.metadata().map(|m| m.uid.as_str()), Some("u1"));
+        assert!(a.spec_bytes().is_empty());
+        assert!(a.status_bytes().is_empty());
+        // Kinds without spec and status (Event) keep their metadata too.
+        let mut e: Object = crate::v1::Event {
+            metadata: Some(ObjectMeta {
+                name: "e".into(),
+                ..Default::default()
+            }),
+            reason: "Started".into(),
+            ..Default::default()
+        }
+        .into();
+        e.keep_only_metadata();
+        assert_eq!(e.name(), "e");
+        assert!(e.spec_bytes().is_empty());
     }
 }

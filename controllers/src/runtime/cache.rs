@@ -8,7 +8,7 @@
 
 use futures::StreamExt;
 use hanul_proto::{
-    Client, Kind,
+    Client, Fields, Kind,
     client::WatchUpdate,
     v1::{EventType, Object},
 };
@@ -76,6 +76,7 @@ pub struct Cache {
 struct Inner {
     kind: Option<Kind>,
     selector: String,
+    fields: Fields,
     state: RwLock<State>,
     synced: watch::Sender<bool>,
     events: broadcast::Sender<CacheEvent>,
@@ -144,10 +145,22 @@ impl Cache {
 
     /// Like [`Cache::new`], only for objects matching a label selector.
     pub fn with_selector(kind: Option<Kind>, selector: &str) -> Cache {
+        Cache::build(kind, selector, Fields::All)
+    }
+
+    /// Like [`Cache::new`], holding each object's kind and metadata only (spec and status are
+    /// never sent): for collectors that judge objects by their metadata, as Kubernetes'
+    /// metadata informers do.
+    pub fn metadata_only(kind: Option<Kind>) -> Cache {
+        Cache::build(kind, "", Fields::MetadataOnly)
+    }
+
+    fn build(kind: Option<Kind>, selector: &str, fields: Fields) -> Cache {
         Cache {
             inner: Arc::new(Inner {
                 kind,
                 selector: selector.to_string(),
+                fields,
                 state: RwLock::new(State::default()),
                 synced: watch::channel(false).0,
                 events: broadcast::channel(EVENT_BUFFER).0,
@@ -162,7 +175,8 @@ impl Cache {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let stream = client.list_watch(self.inner.kind, &self.inner.selector);
+        let stream =
+            client.list_watch_fields(self.inner.kind, &self.inner.selector, self.inner.fields);
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let kind = self.inner.kind;
         tokio::spawn(async move {

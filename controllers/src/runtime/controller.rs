@@ -137,9 +137,11 @@ impl Controller {
         c
     }
 
-    /// A controller of objects of every kind (the garbage collector), fed from `client`.
+    /// A controller of objects of every kind (the garbage collector), fed from `client` with
+    /// each object's kind and metadata only ([`Cache::metadata_only`]): every write of every
+    /// kind reaches it, and the spec and status it never reads would be most of the bytes.
     pub fn all_kinds(client: Client) -> Controller {
-        let mut c = Controller::from_cache(Cache::new(None), None);
+        let mut c = Controller::from_cache(Cache::metadata_only(None), None);
         c.client = Some(client);
         c
     }
