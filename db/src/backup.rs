@@ -48,6 +48,10 @@ const SCRIPT: &str = r#"#!/bin/sh
 # standby archives again what the old writer archived); holding other bytes, a failure: an
 # archived file is never overwritten. A fetch of a missing file fails silently (PostgreSQL
 # probes for files that do not exist all the time).
+# A .partial file (the last, unfinished segment of a timeline that a promotion left) is kept
+# for inspection only, never fetched: when one of that name holds other bytes (two restores
+# in one archive, each branching off the same segment of a timeline) the first one stays
+# and the push succeeds, so that the archiver does not stall on it.
 set -u
 PATH=/usr/bin:/bin
 export PATH
@@ -59,12 +63,19 @@ same() {
     gzip -dc -- "$1" 2>/dev/null | cmp -s - "$2"
 }
 
-# published GZ SRC DIR: GZ exists; success if it holds SRC's bytes, else say so and fail.
+# published GZ SRC DIR: GZ exists; success if it holds SRC's bytes (or is a .partial),
+# else say so and fail.
 published() {
     if same "$1" "$2"; then
         sync -- "$3" || exit 1
         exit 0
     fi
+    case $1 in
+    *.partial.gz)
+        echo "$me: $1 exists with other bytes; keeping it (a .partial is never restored)" >&2
+        exit 0
+        ;;
+    esac
     echo "$me: $1 exists and differs from $2 (or cannot be read); it is not overwritten" >&2
     exit 1
 }
@@ -119,10 +130,14 @@ pub enum RestoreTarget {
     /// The snapshot as it is: recovery ends as soon as the backup is consistent.
     Immediate,
     /// A point in time: the snapshot, then the WAL archived in `wal_dir` up to the last commit
-    /// at or before `time_unix_micros`. The archive must hold a commit after it.
+    /// at or before `time_unix_micros`. The archive must hold a commit after it. `timeline`
+    /// is the history to follow (`recovery_target_timeline`): a named one stays on it even
+    /// when newer timelines branched off it (a backtracked cluster's archive holds both);
+    /// None follows the newest.
     Time {
         wal_dir: PathBuf,
         time_unix_micros: i64,
+        timeline: Option<u32>,
     },
 }
 
@@ -382,6 +397,7 @@ impl Member {
             Some(RestoreTarget::Time {
                 wal_dir,
                 time_unix_micros,
+                timeline,
             }) => {
                 let command = format!(
                     "{} fetch {}/%f %p",
@@ -392,10 +408,11 @@ impl Member {
                     "restore_command = {}\n\
                      recovery_target_time = '{}'\n\
                      recovery_target_inclusive = on\n\
-                     recovery_target_timeline = 'latest'\n\
+                     recovery_target_timeline = '{}'\n\
                      recovery_target_action = 'promote'\n",
                     conf_quote(&command),
-                    timestamptz_literal(*time_unix_micros)
+                    timestamptz_literal(*time_unix_micros),
+                    timeline.map_or("latest".to_string(), |t| t.to_string())
                 ));
             }
         }
@@ -799,6 +816,23 @@ mod tests {
         let (ok, stderr) = script(&sh, &[Path::new("fetch"), &dst, &back]);
         assert!(ok, "{stderr}");
         assert!(std::fs::read(&back).unwrap() == bytes);
+        // A .partial of another restore's branch under a taken name: the first stays, the push
+        // succeeds (the archiver must not stall on a file that is never restored).
+        let partial = archive.join("000000010000000000000001.partial");
+        std::fs::write(&seg, b"first").unwrap();
+        assert!(script(&sh, &[Path::new("push"), &seg, &partial]).0);
+        std::fs::write(&other, b"second").unwrap();
+        let (ok, stderr) = script(&sh, &[Path::new("push"), &other, &partial]);
+        assert!(ok, "{stderr}");
+        assert!(stderr.contains("keeping it"), "{stderr}");
+        let kept = archive.join("000000010000000000000001.partial.gz");
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(&kept)
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"first");
+        std::fs::remove_file(&kept).unwrap();
         let missing = archive.join("000000010000000000000002");
         let (ok, stderr) = script(&sh, &[Path::new("fetch"), &missing, &back]);
         assert_eq!((ok, stderr.as_str()), (false, ""));
@@ -888,6 +922,7 @@ mod tests {
             RestoreTarget::Time {
                 wal_dir: archive.clone(),
                 time_unix_micros: target.at_unix_micros,
+                timeline: None,
             },
         )
         .await
@@ -919,6 +954,127 @@ mod tests {
         assert_eq!(rows(&m1).await, "200|200");
         stop(r).await;
         stop(w).await;
+    }
+
+    /// Two restores into the cluster's own archive, as two backtracks do: m1 (timeline 1)
+    /// commits rows 1..=100, a heartbeat h1, rows 101..=200, a heartbeat h2, and stops. m2 is
+    /// restored to h1 (100 rows), promotes onto timeline 2 and writes its own rows into the same
+    /// archive. A restore to h2 that names timeline 1 has exactly rows 1..=200 and none of m2's
+    /// where 'latest' (m4) follows timeline 2, which left timeline 1 at h1, and stops at 100
+    /// rows. Each promotes onto a timeline of its own (3, 4), found from the history files
+    /// in the archive, and archives into it without a failure.
+    #[tokio::test]
+    async fn a_restore_naming_an_old_timeline_goes_forward_again_past_a_newer_branch() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = dir.path().join("backups/wal/c1-0123abcd");
+        let mut m1 =
+            Member::new(bin.clone(), &dir.path().join("m1"), free_port(), "master").unwrap();
+        m1.prepare_archive_dir(&archive).unwrap();
+        m1.archive_dir = Some(archive.clone());
+        m1.init("pw").await.unwrap();
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
+        m1.query("postgres", "create table t (v int)")
+            .await
+            .unwrap();
+        let snapshot = dir.path().join("backups/snapshots/s1");
+        m1.base_backup(&snapshot).await.unwrap();
+        m1.query("postgres", "insert into t select generate_series(1, 100)")
+            .await
+            .unwrap();
+        let h1 = m1.heartbeat().await.unwrap();
+        m1.query("postgres", "insert into t select generate_series(101, 200)")
+            .await
+            .unwrap();
+        let h2 = m1.heartbeat().await.unwrap();
+        let last = m1.heartbeat().await.unwrap();
+        m1.switch_wal().await.unwrap();
+        poll("m1's last heartbeat is archived", async || {
+            let a = m1.archiver().await.unwrap();
+            let end = a.last_archived_wal.as_deref().and_then(segment_end_lsn)?;
+            (end >= last.lsn).then_some(())
+        })
+        .await;
+        stop(w).await;
+
+        // Restores into `name`, archiving into the same archive; returns the running member.
+        let restore = async |name: &str, to: &Heartbeat, timeline: Option<u32>| {
+            let mut m =
+                Member::new(bin.clone(), &dir.path().join(name), free_port(), "master").unwrap();
+            m.archive_dir = Some(archive.clone());
+            m.restore_from(
+                &snapshot,
+                RestoreTarget::Time {
+                    wal_dir: archive.clone(),
+                    time_unix_micros: to.at_unix_micros,
+                    timeline,
+                },
+            )
+            .await
+            .unwrap();
+            let conf = std::fs::read_to_string(m.data_dir.join("hanul.conf")).unwrap();
+            let named = timeline.map_or("latest".to_string(), |t| t.to_string());
+            assert!(
+                conf.contains(&format!("recovery_target_timeline = '{named}'")),
+                "{conf}"
+            );
+            let child = start(&m);
+            assert!(m.wait_ready(Duration::from_secs(30)).await, "{}", log(&m));
+            assert!(
+                m.wait_promoted(Duration::from_secs(30)).await.unwrap(),
+                "{}",
+                log(&m)
+            );
+            m.finish_restore().unwrap();
+            m.reload().await.unwrap();
+            (m, child)
+        };
+        // Archives a heartbeat of `m` and checks that its archiver never failed.
+        let archived = async |m: &Member| {
+            m.query("postgres", "select 1").await.unwrap();
+            let beat = m.heartbeat().await.unwrap();
+            m.switch_wal().await.unwrap();
+            poll("the heartbeat is archived", async || {
+                let a = m.archiver().await.unwrap();
+                assert_eq!(a.last_failed_wal, None, "{}", log(m));
+                let end = a.last_archived_wal.as_deref().and_then(segment_end_lsn)?;
+                (end >= beat.lsn).then_some(())
+            })
+            .await;
+        };
+
+        let (m2, c2) = restore("m2", &h1, Some(1)).await;
+        assert_eq!(rows(&m2).await, "100|100");
+        assert_eq!(m2.observe().await.unwrap().timeline, 2);
+        m2.query("postgres", "insert into t values (1000)")
+            .await
+            .unwrap();
+        archived(&m2).await;
+        assert!(archive.join("00000002.history.gz").exists());
+        stop(c2).await;
+
+        // 'latest' follows timeline 2: it left timeline 1 at h1, and its own commits are
+        // later than h2, so the rows of 101..=200 are not there.
+        let (m4, c4) = restore("m4", &h2, None).await;
+        assert_eq!(rows(&m4).await, "100|100");
+        assert_eq!(m4.observe().await.unwrap().timeline, 3);
+        archived(&m4).await;
+        stop(c4).await;
+
+        let (m3, c3) = restore("m3", &h2, Some(1)).await;
+        assert_eq!(rows(&m3).await, "200|200");
+        m3.query("postgres", "insert into t values (2000)")
+            .await
+            .unwrap();
+        assert_eq!(m3.observe().await.unwrap().timeline, 4);
+        archived(&m3).await;
+        assert!(archive.join("00000004.history.gz").exists());
+        stop(c3).await;
     }
 
     /// A snapshot of a standby, restored: a base backup of a running standby (a leftover of

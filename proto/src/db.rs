@@ -47,6 +47,31 @@
 //! waits for the old writer's agent to shut its PostgreSQL down cleanly (`fast`: its WAL reaches
 //! the standbys first), so no commit is lost and the target has everything.
 //!
+//! # Backtrack
+//! `hanul db backtrack` (Aurora's BacktrackDBCluster) writes the annotation
+//! [`BACKTRACK_ANNOTATION`] = `<RFC 3339 time>@<request id>`. The controller acts on each
+//! request id once (`status.backtrackHandled`): a target outside the window (before
+//! `earliestBacktrackTime`, after `latestRestorableTime`, in the future) or a cluster that is
+//! not available is refused with a Warning event and `status.backtrackRefused`. Otherwise it
+//! picks the base (an automated snapshot whose data is a prefix of the history live at the
+//! target) and the timeline to follow, and writes `status.backtrack = {epoch: E + 1, ...}`,
+//! `epoch = E + 1` (same writer), phase `backtracking`. From here the endpoints route no
+//! writes: the writer does not report the new epoch yet.
+//! 1. The writer's agent stops PostgreSQL (`fast`), moves its data directory aside, restores
+//!    the snapshot with recovery to the target time on that timeline
+//!    (`recovery_target_timeline` named explicitly), lets it promote itself (a new timeline),
+//!    and reports `role = writer, epoch = E + 1`. The old directory is removed only then; a
+//!    failed attempt removes what it restored and tries again, never starting the old data
+//!    or a half-restored one as the writer.
+//! 2. Every other member that acted in an epoch before the backtrack's is rebuilt from the new
+//!    writer (its history is the old one).
+//! 3. The controller notes the new timeline in `status.timelines` (since the backtrack's
+//!    start, with the time it rewound to), clears `backtrack`, and the cluster is available.
+//!
+//! The WAL archive keeps every timeline's files, so a later backtrack may go forward again
+//! to a time between the target and the backtrack's start: the data as of wall time T is the
+//! history of the timeline live at T.
+//!
 //! # Endpoints
 //! The agent of `status.endpoints.node` runs them with the load balancer's TCP proxy. The
 //! writer endpoint routes to the member named `status.writer` only when that member reports
@@ -95,6 +120,8 @@ pub const STATE_REJOINING: &str = "rejoining";
 pub const STATE_REBUILDING: &str = "rebuilding";
 /// Stopped by its own agent, which could not renew the writer's lease.
 pub const STATE_FENCED: &str = "fenced";
+/// The writer, restoring its data in place for the cluster's backtrack.
+pub const STATE_BACKTRACKING: &str = "backtracking";
 
 /// `DBCluster.status.phase`.
 pub const PHASE_CREATING: &str = "creating";
@@ -103,6 +130,8 @@ pub const PHASE_FAILING_OVER: &str = "failing-over";
 pub const PHASE_REBOOTING: &str = "rebooting";
 pub const PHASE_MODIFYING: &str = "modifying";
 pub const PHASE_DELETING: &str = "deleting";
+/// Rewinding in place to an earlier time (`hanul db backtrack`).
+pub const PHASE_BACKTRACKING: &str = "backtracking";
 /// Available, while a snapshot of it is being taken.
 pub const PHASE_BACKING_UP: &str = "backing-up";
 /// No writer can be started (its node is gone and there is no standby).
@@ -127,6 +156,32 @@ pub const SWITCHOVER_ANNOTATION: &str = "db.hanul.dev/switchover-requested";
 /// Annotation the CLI writes to ask for a reboot (`hanul db reboot`): a request id, with
 /// `force-failover:` in front for `--force-failover`.
 pub const REBOOT_ANNOTATION: &str = "db.hanul.dev/reboot-requested";
+
+/// Annotation the CLI writes to ask for a backtrack (`hanul db backtrack`): the time to
+/// rewind to (RFC 3339), `@`, a request id.
+pub const BACKTRACK_ANNOTATION: &str = "db.hanul.dev/backtrack-requested";
+/// `spec.backtrackWindow`: Aurora's limit, 72 hours in seconds.
+pub const MAX_BACKTRACK_WINDOW_SECONDS: u32 = 72 * 60 * 60;
+
+/// The backtrack annotation's value: `<RFC 3339 time>@<request id>`.
+pub fn backtrack_request(to: &pbjson_types::Timestamp, id: &str) -> String {
+    format!("{}@{id}", crate::time::rfc3339(to))
+}
+
+/// Reads a backtrack annotation's value: the time to rewind to and the request id. Errors
+/// say what is wrong.
+pub fn parse_backtrack_request(value: &str) -> Result<(pbjson_types::Timestamp, &str), String> {
+    let (time, id) = value.rsplit_once('@').ok_or_else(|| {
+        format!("{value:?} is not a backtrack request; it is <RFC 3339 time>@<request id>")
+    })?;
+    if id.is_empty() {
+        return Err(format!("{value:?} has no request id after '@'"));
+    }
+    let to: pbjson_types::Timestamp =
+        serde_json::from_value(serde_json::Value::String(time.to_string()))
+            .map_err(|_| format!("{time:?} is not an RFC 3339 time (like 2026-11-27T10:00:00Z)"))?;
+    Ok((to, id))
+}
 
 /// `DBParameterGroup.spec.family`: the only one, and the default.
 pub const PARAMETER_GROUP_FAMILY: &str = "postgres15";
@@ -429,6 +484,37 @@ mod tests {
         assert_eq!(
             weekly_window_at("sun:05:00-sun:05:30", sunday_0510 - 86_400),
             (sunday_0510 - 600 - 7 * 86_400, false)
+        );
+    }
+
+    #[test]
+    fn backtrack_requests_carry_a_time_and_a_request_id() {
+        let t = pbjson_types::Timestamp {
+            seconds: 1_795_773_600,
+            nanos: 250_000_000,
+        };
+        let value = backtrack_request(&t, "20261127T100000-ab12");
+        assert_eq!(
+            parse_backtrack_request(&value),
+            Ok((t, "20261127T100000-ab12"))
+        );
+        // An offset is read as the instant it names.
+        let (at, id) = parse_backtrack_request("2026-11-27T19:00:00+09:00@x").unwrap();
+        assert_eq!((at.seconds, id), (1_795_773_600, "x"));
+        assert!(
+            parse_backtrack_request("2026-11-27T10:00:00Z")
+                .unwrap_err()
+                .contains("<RFC 3339 time>@<request id>")
+        );
+        assert!(
+            parse_backtrack_request("yesterday@x")
+                .unwrap_err()
+                .contains("not an RFC 3339 time")
+        );
+        assert!(
+            parse_backtrack_request("2026-11-27T10:00:00Z@")
+                .unwrap_err()
+                .contains("no request id")
         );
     }
 

@@ -908,6 +908,155 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     assert_eq!(lab.rows_of_t(&ep), "100/100", "{}", lab.logs());
 }
 
+/// Backtrack end to end (Aurora's): a multiAZInstance cluster with a backtrack window; rows
+/// 1..=50 before T1, 51..=100 before T2, 101..=150 after. Backtracked to T1 through the CLI,
+/// the writer endpoint shows exactly rows 1..=50; rows 1001..=1010 are written. Backtracked
+/// again to T2 (after T1 on the original history, before the first backtrack), it shows
+/// exactly rows 1..=100 and none written after the first backtrack. Each time the cluster
+/// keeps its name and endpoints and the standby is rebuilt and back in the synchronous set;
+/// a time outside the window is refused before anything is asked.
+#[test]
+fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with("btk", &["az-a", "az-b"], args);
+    let port = free_port_pair();
+    let yaml = manifest("bt", "multiAZInstance", 0, port, &["az-a", "az-b"])
+        .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
+    lab.apply("bt.yaml", &yaml);
+    let status = lab.wait_available("bt", 1, 2, 1);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
+    poll(WAIT, "the first automated snapshot", || {
+        let s = &lab.cluster("bt")["status"];
+        Ok(s["earliestBacktrackTime"].as_str().map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t1 = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t2 = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(101, 150)")
+        .unwrap();
+    poll(
+        WAIT,
+        "the latest restorable time past the third batch",
+        || {
+            let s = &lab.cluster("bt")["status"];
+            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+            if latest > t2 + 1.0 {
+                Ok(Some(()))
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // Outside the window: refused up front.
+    let out = lab
+        .server
+        .cli(&["db", "backtrack", "bt", "--to", "2001-01-01T00:00:00Z"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("before its earliest backtrack time"),
+        "{}",
+        out.stderr
+    );
+
+    let backtrack = |to: f64| {
+        let out = lab.server.cli(&[
+            "db",
+            "backtrack",
+            "bt",
+            "--to",
+            &rfc3339(to),
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+        assert_eq!(
+            out.code,
+            0,
+            "{}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            lab.logs()
+        );
+    };
+    let epoch_before = epoch_of(&lab.cluster("bt"));
+    backtrack(t1);
+    let status = lab.wait_available("bt", epoch_before + 1, 2, 1);
+    assert_eq!(status["endpoints"]["writer"], writer.as_str());
+    assert_eq!(lab.rows_of_t(&writer), "50/50", "{}", lab.logs());
+    let to = seconds_of(&status["backtrackedTo"]).unwrap();
+    assert!((to - t1).abs() < 1e-3, "{status}");
+    assert_eq!(
+        status["timelines"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(1001, 1010)")
+        .unwrap();
+    assert_eq!(lab.rows_of_t(&writer), "60/1010");
+
+    // Forward again, to a time between T1 and the first backtrack on the old history.
+    let epoch_before = epoch_of(&lab.cluster("bt"));
+    backtrack(t2);
+    let status = lab.wait_available("bt", epoch_before + 1, 2, 1);
+    assert_eq!(lab.rows_of_t(&writer), "100/100", "{}", lab.logs());
+    assert_eq!(
+        lab.query(&writer, "SELECT count(*) FROM t WHERE n > 100")
+            .unwrap(),
+        "0"
+    );
+    assert_eq!(
+        status["timelines"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    let timelines: Vec<u64> = status["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(timelines.windows(2).all(|w| w[0] < w[1]), "{status}");
+    // The standby follows the new history: a write waits for it (dataDurability: required)
+    // and it replays it, on the writer's timeline.
+    lab.sql(&writer, "INSERT INTO t VALUES (2000)").unwrap();
+    let newest = *timelines.last().unwrap();
+    poll(
+        Duration::from_secs(30),
+        "the standby on the new timeline, caught up",
+        || {
+            let s = lab.cluster("bt")["status"].clone();
+            let members = s["members"].as_array().cloned().unwrap_or_default();
+            let ok = members.iter().any(|m| {
+                m["role"] == "syncStandby"
+                    && m["state"] == "available"
+                    && m["timeline"].as_u64() == Some(newest)
+            });
+            if ok { Ok(Some(())) } else { Err(s.to_string()) }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let events = lab.server.cli(&["events"]);
+    assert!(events.stdout.contains("Backtrack to"), "{}", events.stdout);
+}
+
 /// The master password from a Secret: the members and the endpoint use it, and no `get`,
 /// `describe` or `diff` prints it.
 #[test]

@@ -14,9 +14,9 @@ use hanul_proto::Kind;
 use hanul_proto::db::{
     DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, DURABILITY_PREFERRED, PARAMS_APPLYING,
     PARAMS_IN_SYNC, PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER,
-    STATE_AVAILABLE, STATE_CREATING, STATE_FAILED, STATE_FENCED, STATE_REBUILDING, STATE_REJOINING,
-    STATE_STOPPED, instance_class, is_managed_parameter, lease_renew_interval, self_fence_after,
-    wal_archive_path,
+    STATE_AVAILABLE, STATE_BACKTRACKING, STATE_CREATING, STATE_FAILED, STATE_FENCED,
+    STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED, instance_class, is_managed_parameter,
+    lease_renew_interval, self_fence_after, wal_archive_path,
 };
 use hanul_proto::events::{NORMAL, WARNING};
 use hanul_proto::time::now;
@@ -49,6 +49,9 @@ const OBSERVE_EVERY: Duration = Duration::from_millis(900);
 const RETRY: Duration = Duration::from_secs(2);
 /// The member's file of what the node remembers.
 const LOCAL_FILE: &str = "member.json";
+/// Where a backtracking writer's data directory waits (`<this>-<epoch>` in the member's root)
+/// until the restored one runs as the writer.
+const BEFORE_BACKTRACK: &str = "pgdata.before-backtrack";
 
 /// How one pass ended.
 enum Next {
@@ -770,6 +773,76 @@ impl MemberLoop {
                 .await?;
                 Ok(Next::Now)
             }
+            Step::Backtrack { epoch } => {
+                let Some(b) = cs.backtrack.clone().filter(|b| b.epoch == epoch) else {
+                    return Ok(Next::Later);
+                };
+                let to = b
+                    .target_time
+                    .as_ref()
+                    .map(hanul_proto::time::rfc3339)
+                    .unwrap_or_default();
+                // Stopped before the report: from here the member shows no role until the
+                // restored PostgreSQL answers (no stale role or timeline with the new epoch).
+                self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                    .await;
+                self.set_state(
+                    c,
+                    STATE_BACKTRACKING,
+                    &format!(
+                        "backtracking to {to}: restoring snapshot {} and the WAL of timeline {}",
+                        b.snapshot, b.timeline
+                    ),
+                )
+                .await?;
+                if let Err(e) = self.backtrack(c, &mut member, &b).await {
+                    // Whatever the attempt left runs as nothing: the next one removes it.
+                    self.stop(&member, StopMode::Immediate, Duration::from_secs(10))
+                        .await;
+                    // The whole chain: the status is where the user reads why.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why = format!("{why}: {s}");
+                        source = s.source();
+                    }
+                    let message = format!("backtracking to {to} failed ({why}); trying again");
+                    let _ = self.set_state(c, STATE_BACKTRACKING, &message).await;
+                    self.emit(
+                        c,
+                        WARNING,
+                        "DBInstanceBacktrackFailed",
+                        format!("DB instance {}: {message}", self.name),
+                    );
+                    return Err(e);
+                }
+                let mut local = self.local_ref().clone();
+                local.epoch = epoch;
+                local.role = ROLE_WRITER.into();
+                local.upstream.clear();
+                local.upstream_address.clear();
+                local.detached = false;
+                self.save(local)?;
+                // Only now does the old history's directory go.
+                let aside = self.root.join(format!("{BEFORE_BACKTRACK}-{epoch}"));
+                if let Err(e) = remove(&aside).await {
+                    warn!(member = %self.name, error = %e, dir = %aside.display(), "Could not remove the data directory from before the backtrack.");
+                }
+                self.became_writer();
+                // The WAL positions start again from the point the history was rewound to.
+                *self.archive.lock().unwrap_or_else(PoisonError::into_inner) = Archive::default();
+                self.observed = None;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceBacktracked",
+                    format!(
+                        "DB instance {} backtracked to {to} from snapshot {} (epoch {epoch})",
+                        self.name, b.snapshot
+                    ),
+                );
+                Ok(Next::Now)
+            }
             Step::Rejoin { from, epoch } => {
                 self.set_state(
                     c,
@@ -874,6 +947,7 @@ impl MemberLoop {
             Some(t) if !restore.wal_path.is_empty() => RestoreTarget::Time {
                 wal_dir: self.ctx.backup_dir.join(&restore.wal_path),
                 time_unix_micros: t.seconds * 1_000_000 + i64::from(t.nanos / 1000),
+                timeline: (restore.timeline > 0).then_some(restore.timeline),
             },
             _ => RestoreTarget::Immediate,
         };
@@ -917,14 +991,7 @@ impl MemberLoop {
             self.start(c, member).await?;
             member.promote().await?;
         }
-        if !member.wait_promoted(RESTORE_TIMEOUT).await? {
-            return Err(Error::Other(format!(
-                "the restored member did not finish recovery within {RESTORE_TIMEOUT:?} (see {})",
-                crate::driver::console_log(&self.root).display()
-            )));
-        }
-        member.finish_restore()?;
-        member.reload().await?;
+        self.finish_recovery(member, "the restored member").await?;
         let spec = c.cluster.spec.clone().unwrap_or_default();
         let password = self.ctx.master_password(&spec)?.replace('\'', "''");
         member
@@ -936,6 +1003,76 @@ impl MemberLoop {
                 ),
             )
             .await?;
+        Ok(())
+    }
+
+    /// The writer's data rewound in place (see [`Step::Backtrack`]): PostgreSQL stopped, its
+    /// data directory moved aside (an earlier attempt's restore, found in its place, is
+    /// removed instead), the snapshot restored with recovery to the target on the named
+    /// timeline, started, promoted onto a new timeline. On an error the caller stops what
+    /// runs; the directory from before stays aside until an attempt succeeds.
+    async fn backtrack(
+        &mut self,
+        c: &StepCtx<'_>,
+        member: &mut Member,
+        b: &hanul_proto::v1::DbBacktrack,
+    ) -> Result<()> {
+        self.stop(member, StopMode::Fast, Duration::from_secs(70))
+            .await;
+        let aside = self.root.join(format!("{BEFORE_BACKTRACK}-{}", b.epoch));
+        // Left by an earlier backtrack that completed: its history is gone already.
+        for entry in std::fs::read_dir(&self.root)
+            .map_err(|e| Error::Other(format!("reading {}: {e}", self.root.display())))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(BEFORE_BACKTRACK) && entry.path() != aside {
+                remove(&entry.path())
+                    .await
+                    .map_err(|e| Error::Other(format!("removing {name}: {e}")))?;
+            }
+        }
+        if aside.exists() {
+            remove(&member.data_dir)
+                .await
+                .map_err(|e| Error::Other(format!("removing an earlier attempt's restore: {e}")))?;
+        } else if member.data_dir.exists() {
+            std::fs::rename(&member.data_dir, &aside)
+                .and_then(|()| std::fs::File::open(&self.root)?.sync_all())
+                .map_err(|e| {
+                    Error::Other(format!("moving {} aside: {e}", member.data_dir.display()))
+                })?;
+        }
+        let t = b
+            .target_time
+            .ok_or_else(|| Error::Other("the backtrack has no target time".into()))?;
+        let target = RestoreTarget::Time {
+            wal_dir: self.ctx.backup_dir.join(&b.wal_path),
+            time_unix_micros: t.seconds * 1_000_000 + i64::from(t.nanos / 1000),
+            timeline: Some(b.timeline),
+        };
+        // Alone until its standbys are rebuilt from it (the cluster's set is empty now).
+        member.synchronous_standby_names.clear();
+        member
+            .restore_from(&self.ctx.backup_dir.join(&b.snapshot_path), target)
+            .await?;
+        self.start(c, member).await?;
+        self.finish_recovery(member, "the restore").await?;
+        member.query("postgres", "checkpoint").await?;
+        Ok(())
+    }
+
+    /// Waits for a restored member's recovery to end in its promotion, then takes its
+    /// recovery settings out of its configuration.
+    async fn finish_recovery(&self, member: &mut Member, what: &str) -> Result<()> {
+        if !member.wait_promoted(RESTORE_TIMEOUT).await? {
+            return Err(Error::Other(format!(
+                "{what} did not finish recovery within {RESTORE_TIMEOUT:?} (see {})",
+                crate::driver::console_log(&self.root).display()
+            )));
+        }
+        member.finish_restore()?;
+        member.reload().await?;
         Ok(())
     }
 

@@ -17,6 +17,8 @@
 //!  standby(E) ──same writer rebooted at E', static parameters pending──▶ RestartStandby ─▶ standby(E')
 //!  standby(E) ──another writer at E', not voted──▶ StopToRejoin ─▶ Rejoin ─▶ standby(E')
 //!  standby(E) ──PostgreSQL exited──▶ StartStandby
+//!  writer(E)  ──backtrack named at E' > E──▶ Backtrack (stop, data aside, restore, promote) ─▶ writer(E')
+//!  any(E)     ──a backtrack at E' > E, another writer──▶ StopToRejoin ─▶ Clone (rebuild) ─▶ standby(E'')
 //! ```
 //!
 //! Safety rules (tested below): PostgreSQL starts or is promoted as a writer only when the
@@ -152,6 +154,22 @@ pub enum Step {
     StopToRejoin { epoch: u64 },
     /// Rewind the stopped member from the writer of `epoch` and start it as its standby.
     Rejoin { from: Source, epoch: u64 },
+    /// Backtrack the writer in place to the cluster's `status.backtrack` of `epoch`: stop,
+    /// move the data directory aside, restore the snapshot to the target on its timeline,
+    /// promote, and only then remove the old directory.
+    Backtrack { epoch: u64 },
+}
+
+/// The epoch of the cluster's last backtrack (under way or done), 0 if none: a member that
+/// acted in an older epoch holds the history it rewound, and is rebuilt.
+pub fn backtrack_epoch(cs: &DbClusterStatus) -> u64 {
+    cs.timelines
+        .iter()
+        .filter(|t| t.backtracked_to.is_some())
+        .map(|t| t.epoch)
+        .chain(cs.backtrack.as_ref().map(|b| b.epoch))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The cluster's writer lease.
@@ -236,6 +254,41 @@ pub fn decide(v: &View<'_>, f: &Facts) -> Step {
     let epoch = cs.epoch;
     let named = cs.writer == v.name && epoch > 0;
     let newer = epoch > local.epoch;
+
+    // A backtrack of this writer: before anything else, as its data directory may be aside
+    // (an attempt cut short), which must never read as "no data here".
+    if let Some(b) = &cs.backtrack
+        && named
+        && b.epoch == epoch
+        && newer
+        && local.role == ROLE_WRITER
+    {
+        return Step::Backtrack { epoch };
+    }
+    // Any other member that acted before the cluster was backtracked holds the old history:
+    // rebuilt from the rewound writer (a rewind would do, but a base backup is sure).
+    if !named
+        && !local.role.is_empty()
+        && f.initialized
+        && !local.unfit
+        && local.epoch < backtrack_epoch(cs)
+    {
+        if f.running {
+            return Step::StopToRejoin { epoch };
+        }
+        return match ready_writer(v) {
+            Some(from) => Step::Clone {
+                from,
+                epoch,
+                rebuild: true,
+            },
+            None => Step::Wait(format!(
+                "the cluster was backtracked; waiting for the writer {:?} to be available in \
+                 epoch {epoch} to rebuild from it",
+                cs.writer
+            )),
+        };
+    }
 
     if !f.initialized || local.role.is_empty() || local.unfit {
         return first_boot(v, f);
@@ -949,6 +1002,72 @@ mod tests {
             Step::Repoint {
                 to: source("db-1"),
                 epoch: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_backtrack_restores_the_writer_in_place_and_rebuilds_the_others() {
+        use hanul_proto::v1::{DbBacktrack, DbTimeline};
+        // db-1 was writer of epoch 1; the cluster backtracks it in epoch 2.
+        let mut w = world("db-1", 2);
+        w.cs.backtrack = Some(DbBacktrack {
+            epoch: 2,
+            ..Default::default()
+        });
+        w.peers.push(("db-1".into(), writer_status(1)));
+        assert_eq!(
+            decide_as("db-1", &w, &running_writer(1)),
+            Step::Backtrack { epoch: 2 }
+        );
+        // Cut short with its data aside (nothing initialized, nothing running): again, never
+        // a wait for data nor a bootstrap.
+        let mut aside = running_writer(1);
+        aside.initialized = false;
+        aside.running = false;
+        aside.observed = None;
+        assert_eq!(decide_as("db-1", &w, &aside), Step::Backtrack { epoch: 2 });
+        // Done: it is the writer of epoch 2 (renewing, idle).
+        assert_eq!(decide_as("db-1", &w, &running_writer(2)), Step::Idle);
+        // The standby stops at once, even one that voted for a writer of epoch 2 earlier.
+        let mut standby = running_standby(1);
+        standby.local.voted = 2;
+        assert_eq!(
+            decide_as("db-2", &w, &standby),
+            Step::StopToRejoin { epoch: 2 }
+        );
+        let mut stopped = running_standby(1);
+        stopped.running = false;
+        stopped.observed = None;
+        assert!(matches!(decide_as("db-2", &w, &stopped), Step::Wait(_)));
+        // Once the rewound writer reports epoch 2 (the backtrack noted in the timelines and
+        // done), the standby is rebuilt from it, not repointed.
+        w.cs.backtrack = None;
+        w.cs.timelines = vec![DbTimeline {
+            timeline: 3,
+            epoch: 2,
+            backtracked_to: Some(Default::default()),
+            ..Default::default()
+        }];
+        w.peers[0].1 = writer_status(2);
+        assert_eq!(
+            decide_as("db-2", &w, &stopped),
+            Step::Clone {
+                from: source("db-1"),
+                epoch: 2,
+                rebuild: true
+            }
+        );
+        // Rebuilt, it follows as usual; a later reboot (epoch 3) is no backtrack.
+        assert_eq!(decide_as("db-2", &w, &running_standby(2)), Step::Idle);
+        let mut w3 = w;
+        w3.cs.epoch = 3;
+        w3.peers[0].1 = writer_status(3);
+        assert_eq!(
+            decide_as("db-2", &w3, &running_standby(2)),
+            Step::Repoint {
+                to: source("db-1"),
+                epoch: 3
             }
         );
     }

@@ -475,6 +475,128 @@ async fn a_crashed_writer_waits_for_a_new_epoch_and_a_cut_off_one_fences_itself_
     h.stop_loop().await;
 }
 
+/// A backtrack for real, in the member's loop: a restore that fails (its snapshot is missing)
+/// leaves the old data directory aside and the member with no role, never serving as a
+/// half-restored writer, and is tried again; pointed at a real snapshot, the writer comes back
+/// in the new epoch with exactly the rows committed before the target time, on a new
+/// timeline, and the old directory is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backtrack_restores_the_writer_in_place_and_a_failed_one_never_serves_as_root() {
+    if !nix::unistd::Uid::effective().is_root() || Binaries::locate().is_err() {
+        eprintln!("SKIPPED: needs root and PostgreSQL 15");
+        return;
+    }
+    let mut h = Harness::start("db-test-c", "47200-47249").await;
+    let port = free_port();
+    create_cluster(&h, hanul_proto::db::SINGLE_AZ, port).await;
+    h.set_cluster_status(|s| {
+        s.epoch = 1;
+        s.writer = "db-1".into();
+        s.endpoints = Some(DbEndpoints {
+            node: h.node.into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    h.client
+        .create(instance(h.node, "db-1", ROLE_WRITER, true).into())
+        .await
+        .unwrap();
+    h.until("db-1", "writer of epoch 1", |s| {
+        s.role == ROLE_WRITER && s.epoch == 1 && s.state == STATE_AVAILABLE
+    })
+    .await;
+    until_sql(port, "select 1", "1").await;
+    psql(port, "create table t (v int)").await.unwrap();
+
+    // A base backup of the writer, as an automated snapshot is taken.
+    let root = h.dir.path().join("agent/db/db-1");
+    let address = h.member("db-1").await.unwrap().status.unwrap().address;
+    let local_port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let m = hanul_db::Member::new(Binaries::locate().unwrap(), &root, local_port, "master")
+        .unwrap()
+        .with_exec(Arc::new(exec::ReapedExec));
+    let snapshot = "snapshots/s1-test";
+    m.base_backup(&h.dir.path().join("backups").join(snapshot))
+        .await
+        .unwrap();
+    psql(port, "insert into t select generate_series(1, 10)")
+        .await
+        .unwrap();
+    let target = m.heartbeat().await.unwrap();
+    psql(port, "insert into t select generate_series(11, 20)")
+        .await
+        .unwrap();
+    h.until("db-1", "its WAL archived past the target", |s| {
+        s.latest_restorable_time.as_ref().is_some_and(|t| {
+            t.seconds * 1_000_000 + i64::from(t.nanos / 1000) > target.at_unix_micros
+        })
+    })
+    .await;
+
+    let uid = h
+        .client
+        .get(Kind::DbCluster, "db")
+        .await
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .uid
+        .clone();
+    let backtrack = |path: &str| hanul_proto::v1::DbBacktrack {
+        epoch: 2,
+        target_time: Some(pbjson_types::Timestamp {
+            seconds: target.at_unix_micros.div_euclid(1_000_000),
+            nanos: (target.at_unix_micros.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        snapshot: "s1".into(),
+        snapshot_path: path.into(),
+        wal_path: hanul_proto::db::wal_archive_path("db", &uid),
+        timeline: 1,
+        request: "test".into(),
+        ..Default::default()
+    };
+    h.set_cluster_status(|s| {
+        s.epoch = 2;
+        s.backtrack = Some(backtrack("snapshots/missing"));
+    })
+    .await;
+    h.until("db-1", "a failed attempt", |s| {
+        s.state == hanul_proto::db::STATE_BACKTRACKING && s.message.contains("failed")
+    })
+    .await;
+    let s = h.member("db-1").await.unwrap().status.unwrap();
+    assert!(s.message.contains("snapshots/missing"), "{}", s.message);
+    let aside = root.join("pgdata.before-backtrack-2");
+    for _ in 0..3 {
+        let s = h.member("db-1").await.unwrap().status.unwrap();
+        assert_eq!((s.role.as_str(), s.epoch, s.pid), ("", 1, 0), "{s:?}");
+        assert!(aside.join("PG_VERSION").is_file());
+        assert!(psql(port, "select 1").await.is_err());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    h.set_cluster_status(|s| s.backtrack = Some(backtrack(snapshot)))
+        .await;
+    h.until("db-1", "writer of epoch 2", |s| {
+        s.role == ROLE_WRITER && s.epoch == 2 && s.state == STATE_AVAILABLE
+    })
+    .await;
+    until_sql(port, "select count(*) || '/' || max(v) from t", "10/10").await;
+    let s = h.member("db-1").await.unwrap().status.unwrap();
+    assert_eq!(s.timeline, 2, "{s:?}");
+    assert!(!aside.exists());
+    psql(port, "insert into t values (100)").await.unwrap();
+
+    h.client.delete(Kind::DbInstance, "db-1").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.member("db-1").await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "member not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop_loop().await;
+}
+
 #[test]
 fn members_hold_their_instance_class_on_their_node_for_the_heartbeat() {
     use hanul_proto::v1::{DbInstance, DbInstanceSpec, Object, ObjectMeta};

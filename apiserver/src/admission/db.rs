@@ -19,9 +19,9 @@ use hanul_proto::{
         DEFAULT_BACKUP_WINDOW, DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS,
         DEFAULT_MAINTENANCE_WINDOW, DEFAULT_MASTER_USERNAME, DEFAULT_PORT, DEFAULT_RETENTION_DAYS,
         DEFAULT_STORAGE_GIB, DEPLOYMENTS, DURABILITY_PREFERRED, DURABILITY_REQUIRED, ENGINE,
-        ENGINE_VERSION, MAX_READ_REPLICAS, MAX_RETENTION_DAYS, ROLE_REPLICA, ROLE_STANDBY,
-        ROLE_WRITER, SINGLE_AZ, instance_class, instance_class_names, members_of,
-        parse_weekly_window, parse_window,
+        ENGINE_VERSION, MAX_BACKTRACK_WINDOW_SECONDS, MAX_READ_REPLICAS, MAX_RETENTION_DAYS,
+        ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ, instance_class, instance_class_names,
+        members_of, parse_weekly_window, parse_window,
     },
     v1::{DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbInstanceSpec},
 };
@@ -227,6 +227,7 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
         check_backup(b, errs);
     }
     check_maintenance(spec, errs);
+    check_backtrack(spec, errs);
     let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     if let Some(s) = source(spec) {
         check_source(name, s, errs);
@@ -283,6 +284,36 @@ fn check_backup(b: &hanul_proto::v1::BackupSettings, errs: &mut Errors) {
     }
     if let Err(why) = parse_window(&b.preferred_window) {
         errs.add("spec.backup.preferredWindow", why);
+    }
+}
+
+/// Aurora's BacktrackWindow: up to 72 hours, and only with automated backups (a backtrack
+/// restores one and replays the WAL archive).
+fn check_backtrack(spec: &DbClusterSpec, errs: &mut Errors) {
+    let window = spec.backtrack_window;
+    if window == 0 {
+        return;
+    }
+    if window > MAX_BACKTRACK_WINDOW_SECONDS {
+        errs.add(
+            "spec.backtrackWindow",
+            format!(
+                "{window} is outside 0..{MAX_BACKTRACK_WINDOW_SECONDS} (seconds, at most 72 hours; 0 turns backtracking off)"
+            ),
+        );
+    }
+    let retention = spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.retention_days)
+        .unwrap_or(DEFAULT_RETENTION_DAYS);
+    if retention == 0 {
+        errs.add(
+            "spec.backtrackWindow",
+            format!(
+                "{window} needs automated backups, and spec.backup.retentionDays is 0 (set it to 1..{MAX_RETENTION_DAYS}, or the window to 0)"
+            ),
+        );
     }
 }
 

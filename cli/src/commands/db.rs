@@ -3,7 +3,8 @@
 //! `--force-failover`), `snapshot` (CreateDBClusterSnapshot), `snapshots`
 //! (DescribeDBClusterSnapshots, with the cluster's restorable window), `restore`
 //! (RestoreDBClusterFromSnapshot and RestoreDBClusterToPointInTime: a new cluster with
-//! `spec.source`) and `clone` (Aurora's clone, RDS's restore type copy-on-write: a new cluster
+//! `spec.source`), `backtrack` (Aurora's BacktrackDBCluster: the cluster rewound in place to a
+//! time in its window, which a later backtrack may move forward again) and `clone` (Aurora's clone, RDS's restore type copy-on-write: a new cluster
 //! with a copy of another's data as it is now), and two conveniences: `endpoints` prints where
 //! to connect and `psql` connects.
 //!
@@ -13,7 +14,7 @@
 //! with no available member to clone from, no password to give the master user) are all made
 //! there, before anything is written.
 //!
-//! The cluster's controller owns every decision; `failover` and `reboot` only ask, through
+//! The cluster's controller owns every decision; `failover`, `reboot` and `backtrack` only ask, through
 //! annotations on the DBCluster it reads (`hanul_proto::db`): the value carries a request id
 //! that is new on every call, so that the same request twice is two requests. The checks made
 //! here (does the cluster exist, is the target one of its members and able to take over, is a
@@ -30,9 +31,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use hanul_proto::{
     Client, Kind,
     db::{
-        DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_WRITER, MULTI_AZ_CLUSTER, PHASE_AVAILABLE,
-        REBOOT_ANNOTATION, ROLE_REPLICA, SINGLE_AZ, SNAPSHOT_AVAILABLE, SNAPSHOT_FAILED,
-        SNAPSHOT_MANUAL, STATE_AVAILABLE, SWITCHOVER_ANNOTATION,
+        BACKTRACK_ANNOTATION, DEFAULT_PORT, MAX_BACKTRACK_WINDOW_SECONDS, MEMBER_READ_REPLICA,
+        MEMBER_WRITER, MULTI_AZ_CLUSTER, PHASE_AVAILABLE, REBOOT_ANNOTATION, ROLE_REPLICA,
+        SINGLE_AZ, SNAPSHOT_AVAILABLE, SNAPSHOT_FAILED, SNAPSHOT_MANUAL, STATE_AVAILABLE,
+        SWITCHOVER_ANNOTATION,
     },
     v1::{
         DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbSnapshot, DbSnapshotSpec, Object,
@@ -82,6 +84,27 @@ pub enum Command {
     /// Create a new cluster with a copy of another cluster's data as it is now (Aurora's
     /// clone), copied from one of its running members.
     Clone(CloneArgs),
+    /// Rewind a cluster in place to a time within its backtrack window (Aurora's backtrack);
+    /// a later backtrack may go forward again to any time in the window.
+    Backtrack(BacktrackArgs),
+}
+
+/// Arguments of `hanul db backtrack`.
+#[derive(Debug, clap::Args)]
+pub struct BacktrackArgs {
+    /// The DBCluster (`orders` or `dbcluster/orders`).
+    #[arg(value_name = "CLUSTER")]
+    pub cluster: String,
+    /// The time to rewind to, in RFC 3339 (2024-05-01T10:00:00Z): between the cluster's
+    /// earliestBacktrackTime and its latestRestorableTime.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub to: Timestamp,
+    /// Wait until the backtrack has completed (an error if the cluster refuses it).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Arguments of `hanul db failover`.
@@ -248,6 +271,7 @@ pub async fn run(global: &crate::GlobalArgs, args: Args) -> Result<ExitCode> {
         Command::Snapshots(a) => snapshots(global, a).await,
         Command::Restore(a) => restore(global, a).await,
         Command::Clone(a) => clone(global, a).await,
+        Command::Backtrack(a) => backtrack(global, a).await,
     }
 }
 
@@ -421,6 +445,122 @@ async fn reboot(global: &crate::GlobalArgs, args: RebootArgs) -> Result<ExitCode
         ""
     };
     emit(&format!("{} reboot{how} requested\n", key(name)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seconds_of(t: &Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) / 1e9
+}
+
+/// Whether a backtrack of `cluster` to `to` may be asked now (`now` in seconds): backtracking
+/// is on, nothing else is under way, and `to` is in the window as far as the status tells.
+/// The controller checks again (against the snapshots too) and refuses in an event.
+pub fn check_backtrack(cluster: &DbCluster, to: &Timestamp, now: f64) -> Result<()> {
+    let name = cluster
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or("");
+    let spec = cluster.spec.clone().unwrap_or_default();
+    let status = cluster.status.clone().unwrap_or_default();
+    let show = hanul_proto::time::rfc3339;
+    let window = spec.backtrack_window;
+    if window == 0 {
+        bail!(
+            "{}: backtracking is off: spec.backtrackWindow is 0 (set it in the cluster's \
+             manifest, in seconds, up to {MAX_BACKTRACK_WINDOW_SECONDS})",
+            key(name)
+        );
+    }
+    if let Some(b) = &status.backtrack {
+        bail!(
+            "{}: a backtrack is already under way (to {})",
+            key(name),
+            b.target_time.as_ref().map(show).unwrap_or_default()
+        );
+    }
+    if let Some(f) = &status.failover {
+        bail!(
+            "{}: a failover is under way (to epoch {}); try again once it is available",
+            key(name),
+            f.epoch
+        );
+    }
+    let t = seconds_of(to);
+    if t > now {
+        bail!("{}: {} is in the future", key(name), show(to));
+    }
+    let Some(earliest) = status.earliest_restorable_time.as_ref() else {
+        bail!(
+            "{}: it has no automated backup yet to backtrack from",
+            key(name)
+        );
+    };
+    let from = (now - f64::from(window)).max(seconds_of(earliest));
+    if t < from {
+        bail!(
+            "{}: {} is before its earliest backtrack time ({}: the later of now - \
+             spec.backtrackWindow ({window} s) and its earliest restorable time {})",
+            key(name),
+            show(to),
+            show(&Timestamp {
+                seconds: from.ceil() as i64,
+                nanos: 0
+            }),
+            show(earliest)
+        );
+    }
+    match &status.latest_restorable_time {
+        None => bail!("{}: it has no archived WAL yet", key(name)),
+        Some(latest) if t > seconds_of(latest) => bail!(
+            "{}: {} is after its latest restorable time ({}); its WAL is archived up to then",
+            key(name),
+            show(to),
+            show(latest)
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether the backtrack asked with annotation value `request` is done: true once the
+/// controller acted on it and the cluster is available again; an error when it refused it.
+pub fn backtrack_done(o: &Object, request: &str) -> Result<bool> {
+    let status = cluster_of(o)?.status.clone().unwrap_or_default();
+    if status.backtrack_handled != request {
+        return Ok(false);
+    }
+    if !status.backtrack_refused.is_empty() {
+        bail!(
+            "{}: the backtrack was refused: {}",
+            key(o.name()),
+            status.backtrack_refused
+        );
+    }
+    Ok(status.backtrack.is_none() && status.phase == PHASE_AVAILABLE)
+}
+
+async fn backtrack(global: &crate::GlobalArgs, args: BacktrackArgs) -> Result<ExitCode> {
+    let name = name_of_kind(&args.cluster, Kind::DbCluster)?;
+    let client = global.connect().await?;
+    let value = hanul_proto::db::backtrack_request(&args.to, &request_stamp());
+    let now = now_secs() as f64;
+    update_retrying(&client, Kind::DbCluster, name, |o| {
+        check_backtrack(cluster_of(o)?, &args.to, now)?;
+        o.metadata_mut()
+            .annotations
+            .insert(BACKTRACK_ANNOTATION.to_string(), value.clone());
+        Ok(())
+    })
+    .await?;
+    let to = hanul_proto::time::rfc3339(&args.to);
+    emit(&format!("{} backtrack to {to} requested\n", key(name)))?;
+    if args.wait {
+        wait_until(&client, Kind::DbCluster, name, args.timeout, |o| {
+            backtrack_done(o, &value)
+        })
+        .await?;
+        emit(&format!("{} backtracked to {to}\n", key(name)))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1286,6 +1426,76 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn backtrack_parses_its_time_and_is_checked_against_the_window() {
+        let Command::Backtrack(a) = parse(&[
+            "hanul",
+            "db",
+            "backtrack",
+            "orders",
+            "--to",
+            "2026-11-27T10:00:00Z",
+            "--wait",
+        ])
+        .unwrap() else {
+            panic!("not backtrack");
+        };
+        assert_eq!((a.to.seconds, a.wait), (1_795_773_600, true));
+        let err = parse(&["hanul", "db", "backtrack", "orders", "--to", "an hour ago"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an RFC 3339 time"), "{err}");
+        assert!(parse(&["hanul", "db", "backtrack", "orders"]).is_err());
+
+        let now = 1_795_773_600.0;
+        let at = |t: f64| Timestamp {
+            seconds: t as i64,
+            nanos: 0,
+        };
+        let mut c = orders();
+        let check = |c: &DbCluster, t: f64| {
+            check_backtrack(c, &at(t), now)
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(check(&c, now - 60.0).contains("spec.backtrackWindow is 0"));
+        c.spec.as_mut().unwrap().backtrack_window = 3600;
+        assert!(check(&c, now - 60.0).contains("no automated backup yet"));
+        let st = c.status.as_mut().unwrap();
+        st.earliest_restorable_time = Some(at(now - 7200.0));
+        st.latest_restorable_time = Some(at(now - 5.0));
+        assert_eq!(check(&c, now - 60.0), "");
+        assert!(check(&c, now + 60.0).contains("is in the future"));
+        let early = check(&c, now - 3700.0);
+        assert!(
+            early.contains("before its earliest backtrack time (2026-11-27T09:00:00Z"),
+            "{early}"
+        );
+        assert!(check(&c, now - 2.0).contains("after its latest restorable time"));
+        c.status.as_mut().unwrap().backtrack = Some(Default::default());
+        assert!(check(&c, now - 60.0).contains("already under way"));
+    }
+
+    #[test]
+    fn a_backtrack_waited_on_is_done_once_handled_and_available_or_fails_when_refused() {
+        let mut c = orders();
+        let o = |c: &DbCluster| Object::from(c.clone());
+        assert!(!backtrack_done(&o(&c), "t@1").unwrap());
+        let st = c.status.as_mut().unwrap();
+        st.backtrack_handled = "t@1".into();
+        st.backtrack = Some(Default::default());
+        st.phase = db::PHASE_BACKTRACKING.into();
+        assert!(!backtrack_done(&o(&c), "t@1").unwrap());
+        let st = c.status.as_mut().unwrap();
+        st.backtrack = None;
+        st.phase = PHASE_AVAILABLE.into();
+        assert!(backtrack_done(&o(&c), "t@1").unwrap());
+        c.status.as_mut().unwrap().backtrack_refused = "backtrack time ... is in the future".into();
+        let err = backtrack_done(&o(&c), "t@1").unwrap_err().to_string();
+        assert!(err.contains("refused: backtrack time"), "{err}");
     }
 
     fn instance(name: &str, cluster: &str, role: &str) -> Object {

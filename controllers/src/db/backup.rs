@@ -9,6 +9,8 @@
 //!  members (state, WAL) ───┘           status: earliest / latest restorable, last backup
 //! ```
 //!
+//! A backtrack's timeline gets an automated snapshot as soon as the backtrack completes.
+//!
 //! Snapshots are taken from a standby when one streams (the writer keeps its I/O for clients),
 //! else from the writer. The agents archive WAL continuously (every member, `archive_mode =
 //! always`), so a point in time between the oldest automated snapshot and the writer's newest
@@ -198,11 +200,19 @@ pub fn plan(input: &Input<'_>) -> Plan {
         let (opens, open) = window_at(window, input.now);
         let usable = automated.iter().any(|s| s.phase != SNAPSHOT_FAILED);
         let newest = automated.iter().map(|s| s.created).max();
-        let due = match newest {
-            None => true,
-            Some(_) if !usable => newest.is_some_and(|t| input.now - t >= RETRY_FAILED),
-            Some(t) => open && t < opens,
-        };
+        // After a backtrack, at once too: until then a restore to a time after it starts
+        // from a snapshot of before its target, and replays all the WAL since.
+        let backtracked = input
+            .status
+            .last_backtrack_time
+            .as_ref()
+            .is_some_and(|b| newest.is_none_or(|t| t < b.seconds));
+        let due = backtracked
+            || match newest {
+                None => true,
+                Some(_) if !usable => newest.is_some_and(|t| input.now - t >= RETRY_FAILED),
+                Some(t) => open && t < opens,
+            };
         let name = automated_name(input.cluster, input.now);
         if due && !input.snapshots.iter().any(|s| s.name == name) {
             effects.push(Effect::Create { name });
@@ -379,30 +389,17 @@ pub fn resolve_restore(
             show(latest)
         ));
     }
-    // The newest automated snapshot complete by then.
-    let base = c
-        .snapshots
-        .iter()
-        .filter(|s| {
-            s.automated
-                && !s.deleting
-                && s.phase == SNAPSHOT_AVAILABLE
-                && s.cluster_uid == c.uid
-                && s.complete.is_some_and(|t| (t as f64) <= seconds(&target))
-        })
-        .max_by_key(|s| s.complete);
-    match base {
-        None => failed(format!(
-            "no automated snapshot of DB cluster {} was complete by {}",
-            c.name,
-            show(&target)
-        )),
-        Some(s) => DbRestore {
+    // The newest automated snapshot complete by then whose data leads to it, and the timeline
+    // live then (the source may have been backtracked: see [`super::backtrack`]).
+    match super::backtrack::restore_point(c.name, c.uid, c.status, c.snapshots, seconds(&target)) {
+        Err(error) => failed(error),
+        Ok((s, timeline)) => DbRestore {
             snapshot: s.name.clone(),
             snapshot_path: s.path.clone(),
             wal_path: wal_archive_path(c.name, c.uid),
             target_time: Some(target),
             source_cluster: c.name.to_string(),
+            timeline: timeline.unwrap_or(0),
             ..Default::default()
         },
     }

@@ -14,6 +14,7 @@
 //! long each member has been silent. A controller that restarts counts silence from its start,
 //! so a restart never shortens a lease. The protocol is in `hanul_proto::db`.
 
+pub mod backtrack;
 pub mod backup;
 pub mod maintenance;
 pub mod plan;
@@ -29,9 +30,10 @@ use crate::{
 use hanul_proto::{
     Client, Kind,
     db::{
-        ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, MEMBER_FINALIZER, PHASE_AVAILABLE,
-        PHASE_BACKING_UP, REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE,
-        SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_MANUAL, SWITCHOVER_ANNOTATION,
+        BACKTRACK_ANNOTATION, ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, MEMBER_FINALIZER,
+        PHASE_AVAILABLE, PHASE_BACKING_UP, REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED,
+        SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_MANUAL,
+        SWITCHOVER_ANNOTATION,
     },
     events::{NORMAL, Recorder, WARNING},
     v1::{
@@ -192,6 +194,26 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         .filter_map(|o| member_of(o, &ctx))
         .collect();
     let nodes = nodes(&ctx.nodes);
+    let now = ctx.clock.now();
+    let now_secs = backtrack::secs(&hanul_proto::time::timestamp(now));
+    // A backtrack request not acted on yet, checked against the window and given its base.
+    let snapshots = snapshots_of(&ctx, &meta.name);
+    let backtrack = meta
+        .annotations
+        .get(BACKTRACK_ANNOTATION)
+        .filter(|r| **r != old.backtrack_handled)
+        .map(|request| {
+            let resolved = backtrack::resolve(&backtrack::Input {
+                cluster: &meta.name,
+                uid: &meta.uid,
+                spec: &spec,
+                status: &old,
+                snapshots: &snapshots,
+                request,
+                now: now_secs,
+            });
+            (request.as_str(), resolved)
+        });
     let input = Input {
         cluster: &meta.name,
         generation: meta.generation,
@@ -204,10 +226,13 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             .get(SWITCHOVER_ANNOTATION)
             .map(String::as_str),
         reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
-        now: ctx.clock.now(),
+        backtrack,
+        now,
     };
     let mut plan = plan::plan(&input);
     let backups = plan_backups(&ctx, meta, &spec, &mut plan.status, &members, &old);
+    plan.status.earliest_backtrack_time =
+        backtrack::earliest_backtrack_status(&spec, &plan.status, now_secs);
 
     if plan.status != old {
         let mut updated = cluster.clone();

@@ -12,21 +12,28 @@
 //!   `S`), so at least one voter had each acknowledged commit. `S` only grows within an epoch
 //!   (a member joins it once it streams from the writer), so the writer's own list is always a
 //!   subset of what the votes are counted against;
-//! - endpoints follow epochs (the agents apply the rule in `hanul_proto::db`).
+//! - endpoints follow epochs (the agents apply the rule in `hanul_proto::db`);
+//! - a backtrack is a new epoch of the same writer, started only while that writer is up
+//!   and no failover is under way; no failover starts while it runs, the synchronous set
+//!   starts empty (the standbys are rebuilt from the rewound writer before they count), and
+//!   it ends once the writer reports the new epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use hanul_proto::db::{
     DEFAULT_LEASE_SECONDS, DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_STANDBY, MEMBER_SYNC_STANDBY,
-    MEMBER_WRITER, MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE, PHASE_AVAILABLE, PHASE_CREATING,
-    PHASE_FAILING_OVER, PHASE_INACCESSIBLE, PHASE_REBOOTING, REASON_SWITCHOVER,
+    MEMBER_WRITER, MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE, PHASE_AVAILABLE, PHASE_BACKTRACKING,
+    PHASE_CREATING, PHASE_FAILING_OVER, PHASE_INACCESSIBLE, PHASE_REBOOTING, REASON_SWITCHOVER,
     REASON_WRITER_FAILED, REASON_WRITER_LOST, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER,
     STATE_AVAILABLE, STATE_FAILED, STATE_FENCED, STATE_STOPPED, member_name, members_of,
     sum_parameter_apply_status,
 };
 use hanul_proto::time::timestamp;
-use hanul_proto::v1::{DbClusterMember, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover};
+use hanul_proto::v1::{
+    DbBacktrack, DbClusterMember, DbClusterSpec, DbClusterStatus, DbEndpoints, DbFailover,
+    DbTimeline,
+};
 
 /// A member as the planner sees it: its DBInstance's spec and status, and how long the
 /// controller has seen no renewal of its lease.
@@ -91,6 +98,10 @@ pub struct Input<'a> {
     pub switchover: Option<&'a str>,
     /// The reboot annotation's value, if any: `ID` or `force-failover:ID`.
     pub reboot: Option<&'a str>,
+    /// The backtrack annotation's value when it is a request not handled yet, with what
+    /// [`super::backtrack::resolve`] made of it: the backtrack to start (epoch and start time
+    /// unset) or why it cannot be.
+    pub backtrack: Option<(&'a str, Result<DbBacktrack, String>)>,
     pub now: SystemTime,
 }
 
@@ -353,10 +364,12 @@ pub fn plan(input: &Input) -> Plan {
                 }
             }
         }
-        match st.failover.clone() {
-            Some(f) => failing_over(input, &mut st, f, lease, &mut events, &mut wake),
-            None => watch_writer(input, &mut st, lease, &mut events, &mut wake),
+        match (st.backtrack.clone(), st.failover.clone()) {
+            (Some(b), _) => backtracking(input, &mut st, b, &mut events),
+            (None, Some(f)) => failing_over(input, &mut st, f, lease, &mut events, &mut wake),
+            (None, None) => watch_writer(input, &mut st, lease, &mut events, &mut wake),
         }
+        note_timeline(input, &mut st);
     }
 
     st.observed_generation = input.generation;
@@ -465,6 +478,33 @@ fn watch_writer(
         }
     }
 
+    // A backtrack the user asked for (checked against the window by the caller).
+    if let Some((request, resolved)) = &input.backtrack
+        && *request != st.backtrack_handled
+    {
+        st.backtrack_handled = (*request).to_owned();
+        let refused = match resolved {
+            Err(why) => Some(why.clone()),
+            Ok(_) if !up => Some("the writer is not available".to_string()),
+            Ok(_) => None,
+        };
+        match (refused, resolved) {
+            (Some(why), _) => {
+                st.backtrack_refused = why.clone();
+                events.push(Event {
+                    warning: true,
+                    reason: "BacktrackRefused",
+                    message: format!("The backtrack was not started: {why}."),
+                });
+            }
+            (None, Ok(b)) => {
+                start_backtrack(input, st, b.clone(), events);
+                return;
+            }
+            (None, Err(_)) => {}
+        }
+    }
+
     if let Some(reason) = writer_down(writer, st.epoch, lease) {
         // Before the writer first came up in this epoch a missing report is not a failure,
         // nor is a member not yet in the cache (a deleted writer shows as deleting first).
@@ -512,6 +552,123 @@ fn watch_writer(
         }
     } else if st.phase != PHASE_REBOOTING {
         st.phase = PHASE_CREATING.into();
+    }
+}
+
+/// Starts a backtrack: the same writer in a new epoch, which its agent reaches by restoring
+/// its data in place; the old history's end is noted on the timeline live until now.
+fn start_backtrack(
+    input: &Input,
+    st: &mut DbClusterStatus,
+    mut b: DbBacktrack,
+    events: &mut Vec<Event>,
+) {
+    st.epoch += 1;
+    b.epoch = st.epoch;
+    b.started_at = Some(timestamp(input.now));
+    if let Some(last) = st.timelines.last_mut() {
+        last.archived_until = st.latest_restorable_time;
+    }
+    let to = b
+        .target_time
+        .as_ref()
+        .map(hanul_proto::time::rfc3339)
+        .unwrap_or_default();
+    events.push(Event {
+        warning: false,
+        reason: "BacktrackStarted",
+        message: format!(
+            "Backtrack to {to} started: {} restores automated snapshot {} and the WAL of \
+             timeline {} up to then (epoch {}); the cluster takes no writes until it completes.",
+            st.writer, b.snapshot, b.timeline, st.epoch
+        ),
+    });
+    st.backtrack = Some(b);
+    st.backtrack_refused.clear();
+    st.sync_standbys.clear();
+    st.phase = PHASE_BACKTRACKING.into();
+}
+
+/// A backtrack under way: done once the writer reports the new epoch (its data restored,
+/// promoted onto a new timeline). Nothing else starts meanwhile: a writer down during its
+/// restore is the restore's business, not a failover's.
+fn backtracking(input: &Input, st: &mut DbClusterStatus, b: DbBacktrack, events: &mut Vec<Event>) {
+    st.phase = PHASE_BACKTRACKING.into();
+    let Some(w) = input.members.get(&st.writer) else {
+        return;
+    };
+    // Restored: it reports the new epoch as writer, or it acted on the new epoch and has
+    // stopped since (then the backtrack is over and its failure is handled as any writer's;
+    // its new timeline is noted once it reports it).
+    let writer = w.role == ROLE_WRITER;
+    if w.epoch != b.epoch || !(writer || w.reported_down()) {
+        return;
+    }
+    st.timelines.push(DbTimeline {
+        timeline: if writer { w.timeline } else { 0 },
+        since: b.started_at,
+        backtracked_to: b.target_time,
+        epoch: b.epoch,
+        archived_until: None,
+    });
+    st.backtracked_to = b.target_time;
+    st.last_backtrack_time = Some(timestamp(input.now));
+    st.backtrack = None;
+    st.phase = PHASE_AVAILABLE.into();
+    let took = input
+        .now
+        .duration_since(
+            b.started_at
+                .as_ref()
+                .map_or(input.now, hanul_proto::time::system_time),
+        )
+        .unwrap_or_default();
+    events.push(Event {
+        warning: false,
+        reason: "BacktrackCompleted",
+        message: format!(
+            "Backtrack to {} completed: the data is as it was then, on a new timeline ({}) \
+             (epoch {}, {} ms).",
+            b.target_time
+                .as_ref()
+                .map(hanul_proto::time::rfc3339)
+                .unwrap_or_default(),
+            if writer {
+                w.timeline.to_string()
+            } else {
+                "its writer stopped since".into()
+            },
+            b.epoch,
+            took.as_millis()
+        ),
+    });
+}
+
+/// Notes a new timeline of the writer (its first, or a failover's promotion) in
+/// `status.timelines`; a backtrack's is noted when it completes.
+fn note_timeline(input: &Input, st: &mut DbClusterStatus) {
+    if st.backtrack.is_some() {
+        return;
+    }
+    let Some(w) = input.members.get(&st.writer) else {
+        return;
+    };
+    let up = w.role == ROLE_WRITER && w.epoch == st.epoch && w.timeline > 0;
+    if let Some(last) = st.timelines.last_mut()
+        && up
+        && last.timeline == 0
+    {
+        // A backtrack's timeline, whose writer stopped before it reported it.
+        last.timeline = w.timeline;
+        return;
+    }
+    if up && st.timelines.last().is_none_or(|t| t.timeline != w.timeline) {
+        st.timelines.push(DbTimeline {
+            timeline: w.timeline,
+            since: Some(timestamp(input.now)),
+            epoch: st.epoch,
+            ..Default::default()
+        });
     }
 }
 

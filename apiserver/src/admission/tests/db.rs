@@ -471,6 +471,38 @@ fn backups_default_to_seven_days_in_rds_default_window() {
 }
 
 #[test]
+fn the_backtrack_window_is_at_most_72_hours_and_needs_backups() {
+    let o = admitted_cluster("  masterPassword: s3cret-pass\n  backtrackWindow: 259200\n");
+    assert_eq!(
+        cluster_of(&o).spec.clone().unwrap().backtrack_window,
+        259_200
+    );
+    let v = hanul_proto::manifest::to_value(&o);
+    assert_eq!(v["spec"]["backtrackWindow"], 259_200);
+    // Off by default.
+    let o = admitted_cluster("  masterPassword: s3cret-pass\n");
+    assert_eq!(cluster_of(&o).spec.clone().unwrap().backtrack_window, 0);
+    let m = refused("  masterPassword: s3cret-pass\n  backtrackWindow: 259201\n");
+    assert!(
+        m.contains("spec.backtrackWindow: 259201 is outside 0..259200 (seconds, at most 72 hours"),
+        "{m}"
+    );
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  backtrackWindow: 3600\n  backup: {retentionDays: 0}\n",
+    );
+    assert!(
+        m.contains(
+            "spec.backtrackWindow: 3600 needs automated backups, and spec.backup.retentionDays is 0"
+        ),
+        "{m}"
+    );
+    // Off needs nothing.
+    admitted_cluster(
+        "  masterPassword: s3cret-pass\n  backtrackWindow: 0\n  backup: {retentionDays: 0}\n",
+    );
+}
+
+#[test]
 fn backup_retention_and_window_are_checked_naming_the_field() {
     let m = refused(
         "  masterPassword: s3cret-pass\n  backup: {retentionDays: 36, preferredWindow: '03:00-03:10'}\n",

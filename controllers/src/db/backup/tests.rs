@@ -396,6 +396,82 @@ fn a_point_in_time_restore_starts_from_the_newest_snapshot_before_the_time() {
     );
 }
 
+/// A source that was backtracked: a time between the rewind target and the backtrack is
+/// restored on the old timeline, named, from a snapshot of before the target; a time after it
+/// on the new one.
+#[test]
+fn a_point_in_time_restore_after_a_backtrack_follows_the_timeline_live_then() {
+    use hanul_proto::v1::DbTimeline;
+    // db-a before the target (MIDNIGHT + 1h), db-b after it on the old history, db-c after
+    // the backtrack (MIDNIGHT + DAY).
+    let snaps = [
+        auto("db-a", MIDNIGHT, SNAPSHOT_AVAILABLE),
+        auto("db-b", MIDNIGHT + 2 * H, SNAPSHOT_AVAILABLE),
+        auto("db-c", MIDNIGHT + DAY + H, SNAPSHOT_AVAILABLE),
+    ];
+    let status = DbClusterStatus {
+        earliest_restorable_time: Some(ts(MIDNIGHT + 60)),
+        latest_restorable_time: Some(ts(MIDNIGHT + 2 * DAY)),
+        timelines: vec![
+            DbTimeline {
+                timeline: 1,
+                since: Some(ts(MIDNIGHT - H)),
+                archived_until: Some(ts(MIDNIGHT + DAY - 10)),
+                ..Default::default()
+            },
+            DbTimeline {
+                timeline: 2,
+                since: Some(ts(MIDNIGHT + DAY)),
+                backtracked_to: Some(ts(MIDNIGHT + H)),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let source = SourceCluster {
+        name: "db",
+        uid: "uid-1",
+        status: &status,
+        snapshots: &snaps,
+        master_username: "",
+    };
+    let at = |t: i64| {
+        resolve_restore(
+            &source_spec(DbClusterSource {
+                cluster: "db".into(),
+                restore_time: Some(ts(t)),
+                ..Default::default()
+            }),
+            None,
+            Some(&source),
+        )
+    };
+    let r = at(MIDNIGHT + 3 * H);
+    assert_eq!(
+        (r.snapshot.as_str(), r.timeline),
+        ("db-b", 1),
+        "{}",
+        r.error
+    );
+    let r = at(MIDNIGHT + DAY + 30 * 60);
+    assert_eq!(
+        (r.snapshot.as_str(), r.timeline),
+        ("db-a", 2),
+        "{}",
+        r.error
+    );
+    let r = at(MIDNIGHT + DAY + 2 * H);
+    assert_eq!(
+        (r.snapshot.as_str(), r.timeline),
+        ("db-c", 2),
+        "{}",
+        r.error
+    );
+    // The old history's WAL reaches only as far as it was archived.
+    let r = at(MIDNIGHT + DAY - 5);
+    assert!(r.error.contains("archived only up to"), "{}", r.error);
+}
+
 #[test]
 fn a_clone_copies_an_available_standby_else_the_writer() {
     use hanul_proto::db::{MEMBER_SYNC_STANDBY, MEMBER_WRITER};
@@ -441,4 +517,33 @@ fn a_clone_copies_an_available_standby_else_the_writer() {
     assert_eq!(resolve(&status).clone_member, "db-1");
     status.members[0].state = "failed".into();
     assert!(resolve(&status).error.contains("no available member"));
+}
+
+#[test]
+fn a_completed_backtrack_gets_an_automated_snapshot_at_once() {
+    let (spec, mut status, members) = cluster();
+    let snaps = [auto("db-a", MIDNIGHT + 3 * H, SNAPSHOT_AVAILABLE)];
+    // Outside the window, a day's snapshot taken: nothing due.
+    let now = MIDNIGHT + 10 * H;
+    assert!(
+        run(&spec, &status, &members, &snaps, now)
+            .effects
+            .is_empty()
+    );
+    status.last_backtrack_time = Some(ts(now - 60));
+    let p = run(&spec, &status, &members, &snaps, now);
+    assert_eq!(
+        p.effects,
+        [Effect::Create {
+            name: automated_name("db", now)
+        }]
+    );
+    // Once one is taken after it, no more.
+    let after = [snaps[0].clone(), auto("db-b", now - 30, SNAPSHOT_CREATING)];
+    let p = run(&spec, &status, &members, &after, now);
+    assert!(
+        !p.effects.iter().any(|e| matches!(e, Effect::Create { .. })),
+        "{:?}",
+        p.effects
+    );
 }

@@ -1,16 +1,19 @@
 //! A simulation of a DB cluster with the real planner as its controller. PostgreSQL members and
 //! their agents follow the protocol of `hanul_proto::db`, driven by random steps (commits,
-//! replication, crashes, agents that die and come back, time, switchovers, controller restarts),
+//! replication, crashes, agents that die and come back, time, switchovers, backtracks,
+//! controller restarts),
 //! and after every step the promises of the planner are checked:
 //!
-//! 1. no acknowledged commit is lost: a member that becomes writer holds every commit any writer
-//!    acknowledged so far, and so does the writer of the current epoch at every step; and the
+//! 1. no acknowledged commit is lost (but those a backtrack rewinds past, as the user asked):
+//!    a member that becomes writer holds every commit any writer acknowledged so far, and so does the writer of the current epoch at every step; and the
 //!    planner's own argument for it holds: while the synchronous set `S` is not empty, every
 //!    acknowledged commit is on `k` of its members, so any `|S| - k + 1` voters include one;
 //! 2. one writer: at most one member can acknowledge commits, and the endpoint rule selects at
 //!    most that one, never a member whose agent stopped its PostgreSQL;
 //! 3. a new epoch is never written while the old writer's agent lives, its PostgreSQL runs as
-//!    writer and its lease is fresh, unless it reported itself down;
+//!    writer and its lease is fresh, unless it reported itself down, or the new epoch is a
+//!    backtrack of that same writer (which its agent stops before it restores), started only
+//!    while the writer is up;
 //! 4. liveness: once the faults stop, every agent runs and the steps are fair, the cluster is
 //!    `available` within a bound, with every other member in the synchronous set, and a new
 //!    commit is acknowledged.
@@ -52,7 +55,8 @@
 //! a member joins only once it holds all the writer reported), the end of a failover whose
 //! candidate stopped right after its promotion, the lease of a member first seen after a
 //! controller restart, and the old writer's agent stopping PostgreSQL when it sees itself
-//! replaced all come from sequences this test shrank.
+//! replaced all come from sequences this test shrank; so does the end of a backtrack whose
+//! writer stopped right after its restore, before the controller saw it as writer.
 
 use super::*;
 use hanul_proto::db::{MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE, STATE_CREATING};
@@ -132,6 +136,8 @@ enum Step {
     Controller,
     ControllerRestart,
     Switchover(Option<usize>),
+    /// The user asks for a backtrack to the first n records of the writer's WAL.
+    Backtrack(usize),
 }
 
 struct World {
@@ -141,6 +147,10 @@ struct World {
     servers: Vec<Server>,
     annotation: Option<String>,
     switchovers: u32,
+    /// The backtrack annotation, and how many of its WAL records the writer keeps.
+    backtrack: Option<String>,
+    backtracks: u32,
+    backtrack_keep: usize,
     now: u64,
     seq: u64,
     /// Every acknowledged commit: its position and record.
@@ -179,6 +189,9 @@ impl World {
             servers: Vec::new(),
             annotation: None,
             switchovers: 0,
+            backtrack: None,
+            backtracks: 0,
+            backtrack_keep: 0,
             now: 0,
             seq: 0,
             acked: Vec::new(),
@@ -354,6 +367,11 @@ impl World {
                 };
                 self.annotation = Some(format!("{target}@{}", self.switchovers));
             }
+            Step::Backtrack(keep) => {
+                self.backtracks += 1;
+                self.backtrack = Some(format!("t@{}", self.backtracks));
+                self.backtrack_keep = keep;
+            }
             _ => {}
         }
         self.acknowledge();
@@ -437,6 +455,45 @@ impl World {
             s.upstream = None;
             s.vote = Some((f.epoch, s.wal.len() as u64, timeline(&s.wal)));
             return format!("votes {:?}", s.vote.unwrap());
+        }
+
+        // The writer of a backtrack: stopped, its data restored to a prefix of its history
+        // (at least the first record), promoted onto a new timeline. The commits after the
+        // prefix are gone, acknowledged or not: the user asked for that.
+        if let Some(b) = &st.backtrack
+            && b.epoch == st.epoch
+            && st.writer == name
+            && st.epoch > self.servers[i].epoch
+        {
+            if pg.is_some() {
+                self.stop(i, STATE_STOPPED, true);
+            }
+            let keep = self
+                .backtrack_keep
+                .clamp(1, self.servers[i].wal.len().max(1));
+            let newest = self
+                .servers
+                .iter()
+                .flat_map(|s| s.wal.iter().map(|r| r.timeline))
+                .max()
+                .unwrap_or(1);
+            let rec = Rec {
+                epoch: st.epoch,
+                seq: self.next_seq(),
+                timeline: newest + 1,
+            };
+            let s = &mut self.servers[i];
+            s.wal.truncate(keep);
+            s.wal.push(rec);
+            s.pg = Some(Pg::Writer);
+            s.down = "";
+            s.stopped = false;
+            s.epoch = st.epoch;
+            s.applied = (st.sync_standbys.clone(), st.sync_count);
+            s.waiting.clear();
+            let wal = s.wal.clone();
+            self.acked.retain(|(p, r)| wal.get(*p) == Some(r));
+            return format!("backtracks to {keep} records in epoch {}", st.epoch);
         }
 
         // Named writer in an epoch newer than the one it acted on: promote or start.
@@ -579,6 +636,17 @@ impl World {
             members.insert(name, m);
         }
         let old = self.status.clone();
+        let backtrack = self
+            .backtrack
+            .as_deref()
+            .filter(|r| *r != old.backtrack_handled)
+            .map(|r| {
+                let b = hanul_proto::v1::DbBacktrack {
+                    timeline: 1,
+                    ..Default::default()
+                };
+                (r, Ok(b))
+            });
         let p = plan(&Input {
             cluster: "db",
             generation: 1,
@@ -588,6 +656,7 @@ impl World {
             nodes: &self.nodes,
             switchover: self.annotation.as_deref(),
             reboot: None,
+            backtrack,
             now: at(self.now),
         });
         let new = p.status;
@@ -600,8 +669,23 @@ impl World {
                 old.writer, new.writer, old.epoch
             ));
         }
+        // A backtrack is a new epoch of the same writer, which its own agent stops first; it
+        // starts only while that writer is up.
+        let backtrack_started = old.backtrack.is_none() && new.backtrack.is_some();
+        if backtrack_started
+            && (new.writer != old.writer
+                || members
+                    .get(&old.writer)
+                    .is_none_or(|m| m.role != ROLE_WRITER || m.epoch != old.epoch))
+        {
+            self.violate(format!(
+                "a backtrack started in epoch {} while the writer {} was not up",
+                new.epoch, old.writer
+            ));
+        }
         if old.epoch > 0
             && new.epoch > old.epoch
+            && !backtrack_started
             && let Some(w) = self.idx(&old.writer)
         {
             let s = &self.servers[w];
@@ -811,7 +895,8 @@ impl World {
         self.check()
     }
 
-    /// Whether the cluster is available with everyone in the synchronous set, applied.
+    /// Whether the cluster is available with everyone in the synchronous set, applied, and
+    /// the last backtrack asked for done.
     fn settled(&self) -> bool {
         let st = &self.status;
         let Some(w) = self.idx(&st.writer) else {
@@ -829,6 +914,11 @@ impl World {
         sync.sort();
         st.phase == PHASE_AVAILABLE
             && st.failover.is_none()
+            && st.backtrack.is_none()
+            && self
+                .backtrack
+                .as_ref()
+                .is_none_or(|r| *r == st.backtrack_handled)
             && s.pg == Some(Pg::Writer)
             && s.epoch == st.epoch
             && self.endpoint() == Some(w)
@@ -898,6 +988,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => Just(Step::Controller),
         1 => Just(Step::ControllerRestart),
         1 => proptest::option::of(0usize..3).prop_map(Step::Switchover),
+        1 => (0usize..8).prop_map(Step::Backtrack),
     ]
 }
 

@@ -62,6 +62,28 @@ fn run_rebooting(
         nodes: &nodes,
         switchover,
         reboot,
+        backtrack: None,
+        now: at(),
+    })
+}
+
+fn run_backtracking(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    backtrack: Option<(&str, Result<DbBacktrack, String>)>,
+) -> Plan {
+    let nodes = nodes();
+    plan(&Input {
+        cluster: "db",
+        generation: 1,
+        spec,
+        status,
+        members,
+        nodes: &nodes,
+        switchover: None,
+        reboot: None,
+        backtrack,
         now: at(),
     })
 }
@@ -514,6 +536,7 @@ fn a_member_whose_node_is_gone_is_replaced_but_not_the_writer_nor_during_an_elec
             nodes,
             switchover: None,
             reboot: None,
+            backtrack: None,
             now: at(),
         })
     };
@@ -578,4 +601,204 @@ fn endpoints_avoid_the_node_of_a_writer_whose_lease_ran_out() {
     members.get_mut("db-1").unwrap().lease_silence = Duration::ZERO;
     let e = endpoints(&spec, &status, &members, &nodes(), LEASE);
     assert_eq!(e.node, "node-a");
+}
+
+fn wanted_backtrack() -> DbBacktrack {
+    DbBacktrack {
+        target_time: Some(pbjson_types::Timestamp {
+            seconds: 1_704_067_000,
+            nanos: 0,
+        }),
+        snapshot: "db-20240101-0000".into(),
+        snapshot_path: "snapshots/db-20240101-0000-x".into(),
+        wal_path: "wal/db-x".into(),
+        timeline: 1,
+        request: "2024-01-01T00:00:00Z@r1".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_backtrack_is_a_new_epoch_of_the_same_writer_that_ends_when_it_reports_it() {
+    let (spec, mut status, mut members) = running();
+    status.latest_restorable_time = Some(pbjson_types::Timestamp {
+        seconds: 1_704_067_100,
+        nanos: 0,
+    });
+    // The writer's timeline is noted first.
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.timelines.len(), 1);
+    assert_eq!(
+        (p.status.timelines[0].timeline, p.status.timelines[0].epoch),
+        (1, 1)
+    );
+    let status = p.status;
+    let request = "2024-01-01T00:00:00Z@r1";
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some((request, Ok(wanted_backtrack()))),
+    );
+    let st = &p.status;
+    assert_eq!(
+        (st.epoch, st.writer.as_str(), st.phase.as_str()),
+        (2, "db-1", PHASE_BACKTRACKING)
+    );
+    let b = st.backtrack.clone().unwrap();
+    assert_eq!((b.epoch, b.started_at), (2, Some(timestamp(at()))));
+    assert!(st.sync_standbys.is_empty(), "{:?}", st.sync_standbys);
+    assert_eq!(st.backtrack_handled, request);
+    assert!(st.failover.is_none());
+    // The history it leaves is archived as far as the cluster says.
+    assert_eq!(
+        st.timelines[0].archived_until,
+        status.latest_restorable_time
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.reason == "BacktrackStarted" && !e.warning)
+    );
+
+    // Its PostgreSQL is stopped for the restore, its standbys stop too: no failover, no
+    // restart, whatever the lease says; the request is not redone.
+    let mut during = members.clone();
+    fail_writer(&mut during);
+    for s in ["db-2", "db-3"] {
+        let m = during.get_mut(s).unwrap();
+        m.role.clear();
+        m.state = STATE_STOPPED.into();
+        m.streaming = false;
+        m.vote = None;
+    }
+    during.get_mut("db-1").unwrap().lease_silence = Duration::from_secs(60);
+    let p2 = run_backtracking(
+        &spec,
+        &p.status,
+        &during,
+        Some((request, Ok(wanted_backtrack()))),
+    );
+    assert_eq!(
+        (p2.status.epoch, p2.status.phase.as_str()),
+        (2, PHASE_BACKTRACKING)
+    );
+    assert!(p2.status.failover.is_none());
+    assert!(p2.events.is_empty(), "{:?}", p2.events);
+
+    // The writer reports epoch 2 on its new timeline: done.
+    let w = members.get_mut("db-1").unwrap();
+    w.epoch = 2;
+    w.lease_epoch = 2;
+    w.timeline = 3;
+    let p3 = run(&spec, &p2.status, &members, None);
+    let st = &p3.status;
+    assert_eq!(st.phase, PHASE_AVAILABLE);
+    assert!(st.backtrack.is_none());
+    assert_eq!(st.backtracked_to, b.target_time);
+    assert_eq!(st.last_backtrack_time, Some(timestamp(at())));
+    let last = st.timelines.last().unwrap();
+    assert_eq!(
+        (last.timeline, last.epoch, last.since, last.backtracked_to),
+        (3, 2, b.started_at, b.target_time)
+    );
+    assert_eq!(st.timelines.len(), 2);
+    assert!(p3.events.iter().any(|e| e.reason == "BacktrackCompleted"));
+    // Standbys rebuilt at epoch 2 join the synchronous set again.
+    for s in ["db-2", "db-3"] {
+        let m = members.get_mut(s).unwrap();
+        m.epoch = 2;
+        m.receive_lsn = 1000;
+    }
+    let p4 = run(&spec, &p3.status, &members, None);
+    assert_eq!(p4.status.sync_standbys, ["db-2", "db-3"]);
+    assert_eq!(p4.status.timelines.len(), 2);
+}
+
+#[test]
+fn a_backtrack_is_refused_once_with_a_warning_when_it_cannot_be_done() {
+    let (spec, status, mut members) = running();
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some(("x@r1", Err("backtrack time x is in the future".into()))),
+    );
+    assert_eq!(
+        (p.status.epoch, p.status.phase.as_str()),
+        (1, PHASE_AVAILABLE)
+    );
+    assert_eq!(p.status.backtrack_handled, "x@r1");
+    assert_eq!(
+        p.status.backtrack_refused,
+        "backtrack time x is in the future"
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.warning && e.reason == "BacktrackRefused" && e.message.contains("future"))
+    );
+    // The writer down (a failover follows): refused, even if the window allows it.
+    fail_writer(&mut members);
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some(("t@r2", Ok(wanted_backtrack()))),
+    );
+    assert!(p.status.backtrack.is_none());
+    assert_eq!(p.status.backtrack_refused, "the writer is not available");
+    // A failover under way: the request waits for it to end.
+    let (_, mut status, members) = running();
+    status.failover = Some(DbFailover {
+        epoch: 2,
+        from: "db-1".into(),
+        reason: REASON_SWITCHOVER.into(),
+        ..Default::default()
+    });
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some(("t@r3", Ok(wanted_backtrack()))),
+    );
+    assert_eq!(p.status.backtrack_handled, "");
+    assert!(p.status.backtrack.is_none());
+}
+
+/// Found by the simulation: a writer whose PostgreSQL stopped right after its restore, before
+/// the controller saw it as writer of the new epoch, ends the backtrack (its failure is then
+/// any writer's) and its timeline is noted once it reports it.
+#[test]
+fn a_backtrack_whose_writer_stops_right_after_its_restore_ends_and_notes_the_timeline_later() {
+    let (spec, status, mut members) = running();
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some(("t@r1", Ok(wanted_backtrack()))),
+    );
+    let w = members.get_mut("db-1").unwrap();
+    w.epoch = 2;
+    w.role.clear();
+    w.state = STATE_FAILED.into();
+    let p = run(&spec, &p.status, &members, None);
+    assert!(p.status.backtrack.is_none());
+    let last = p.status.timelines.last().cloned().unwrap();
+    assert_eq!((last.timeline, last.epoch), (0, 2));
+    assert!(last.backtracked_to.is_some());
+    // Then handled as any writer's failure (no standby in the set yet: a restart in place,
+    // epoch 3); once it reports its timeline, it is noted on the backtrack's entry.
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(p.status.epoch, 3, "{:?}", p.events);
+    let w = members.get_mut("db-1").unwrap();
+    w.epoch = 3;
+    w.lease_epoch = 3;
+    w.role = ROLE_WRITER.into();
+    w.state = STATE_AVAILABLE.into();
+    w.timeline = 4;
+    let p = run(&spec, &p.status, &members, None);
+    let last = p.status.timelines.last().cloned().unwrap();
+    assert_eq!((last.timeline, last.epoch), (4, 2));
+    assert!(last.backtracked_to.is_some());
 }
