@@ -3,7 +3,7 @@
 //! [`crate::server`].
 
 use crate::{error::Error, logs::AgentLogs, metrics::Metrics, registry::Registry};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use hanul_proto::{
     Fields, Kind, Selector,
     v1::{
@@ -222,17 +222,26 @@ impl ObjectService for ObjectApi {
                     // would never see that event).
                     biased;
                     ev = events.next() => {
-                        let Some(ev) = ev else { break };
-                        let item = ev.map_err(Status::from);
-                        let fatal = item.is_err();
-                        if tx.send(item).await.is_err() || fatal {
+                        if !forward(&tx, ev).await {
                             break;
                         }
                         tick.reset();
                     }
                     _ = tick.tick(), if bookmarks => {
-                        let ev = WatchEvent { r#type: EventType::Bookmark as i32, object: None, revision: store.revision() };
-                        if tx.send(Ok(ev)).await.is_err() {
+                        // The revision first, then every event already waiting: the hub hands
+                        // each event to its watches before the store's revision reaches it, so
+                        // all those up to this revision are waiting now, and go out before the
+                        // bookmark. (An event published after the read is newer than it.)
+                        let revision = store.revision();
+                        let mut open = true;
+                        while let Some(ev) = events.next().now_or_never() {
+                            open = forward(&tx, ev).await;
+                            if !open {
+                                break;
+                            }
+                        }
+                        let ev = WatchEvent { r#type: EventType::Bookmark as i32, object: None, revision };
+                        if !open || tx.send(Ok(ev)).await.is_err() {
                             break;
                         }
                     }
@@ -252,6 +261,18 @@ impl ObjectService for ObjectApi {
         // Like Watch, the call is measured until the stream opens.
         self.timed("Logs", self.logs.open(req.into_inner())).await
     }
+}
+
+/// Sends a watch's next event to its client; false when the watch is over (its stream ended,
+/// it failed, or the client went away).
+async fn forward(
+    tx: &tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>,
+    ev: Option<crate::error::Result<WatchEvent>>,
+) -> bool {
+    let Some(ev) = ev else { return false };
+    let item = ev.map_err(Status::from);
+    let fatal = item.is_err();
+    tx.send(item).await.is_ok() && !fatal
 }
 
 /// What of each object a list or watch asked for.
