@@ -5,9 +5,13 @@
 //! ```text
 //!  DBCluster ──────────┐                               ┌─▶ status (epoch, writer, failover,
 //!  owned DBInstances ──┼─▶ plan (pure, see [`plan`]) ──┤     sync set, members, endpoints),
-//!  Nodes ──────────────┘   + lease silence per member  │     written first, resourceVersion-checked
+//!  Nodes, room left ───┘   + lease silence per member  │     written first, resourceVersion-checked
 //!                                                      └─▶ effects: create / delete DBInstances
 //! ```
+//!
+//! The room on each node is the scheduler's accounting (its allocatable less the instances
+//! and DB members there), so a member is created only where its instance class fits; a
+//! cluster waiting for room looks again at every node change and at least once a second.
 //!
 //! The writer's lease is watched here: every change of a member's `leaseEpoch` or
 //! `leaseRenewals` is noted with this process's monotonic clock, and the planner is told how
@@ -25,7 +29,7 @@ use crate::{
         Action, Cache, CacheEvent, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
         default_error_policy,
     },
-    scheduler::{CONDITION_READY, conditions},
+    scheduler::{self, CONDITION_READY, conditions},
 };
 use hanul_proto::{
     Client, Kind,
@@ -59,15 +63,29 @@ pub struct Context {
     pub client: Client,
     pub clock: Arc<dyn Clock>,
     pub recorder: Recorder,
+    /// Every DBInstance: this cluster's members, and the others' that hold room on nodes.
     pub members: Cache,
     pub nodes: Cache,
+    /// Instances and instance types: what the instances on a node hold.
+    pub instances: Cache,
+    pub types: Cache,
     /// Every DBSnapshot (a cluster's own, and the sources of restores).
     pub snapshots: Cache,
     /// The clusters (the sources of point-in-time restores).
     pub clusters: Cache,
     /// member → (leaseEpoch, leaseRenewals, when this process saw them change).
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
+    /// Members this process decided to create that the members cache does not show yet
+    /// (Kubernetes' scheduler "assumes" pods likewise).
+    placing: Mutex<HashMap<(String, String), Placing>>,
 }
+
+/// A member being created, keyed by (cluster, member): where, its size, and since when.
+type Placing = (String, scheduler::plan::Size, Instant);
+
+/// How long a placement not seen in the cache keeps its room: its create failed, or its
+/// cluster's status write lost a race and the next plan decides again.
+const PLACING_TTL: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,8 +150,12 @@ fn member_of(o: &Object, ctx: &Context) -> Option<(String, Member)> {
     ))
 }
 
-fn nodes(cache: &Cache) -> Vec<NodeInfo> {
-    cache
+/// The nodes, each with what is free on it as the scheduler counts it: instances and DB
+/// members of every cluster.
+fn nodes(ctx: &Context) -> Vec<NodeInfo> {
+    let views = scheduler::node_views(&ctx.nodes);
+    let free = scheduler::free_on_nodes(&views, &ctx.instances, &ctx.types, &ctx.members);
+    ctx.nodes
         .list()
         .iter()
         .filter_map(|o| match &o.resource {
@@ -146,6 +168,7 @@ fn nodes(cache: &Cache) -> Vec<NodeInfo> {
                     address: spec.address,
                     ready: !spec.unschedulable
                         && conditions::is_true(&status.conditions, CONDITION_READY),
+                    free: free.get(o.name()).copied().unwrap_or_default(),
                 })
             }
             _ => None,
@@ -193,7 +216,6 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         .iter()
         .filter_map(|o| member_of(o, &ctx))
         .collect();
-    let nodes = nodes(&ctx.nodes);
     let now = ctx.clock.now();
     let now_secs = backtrack::secs(&hanul_proto::time::timestamp(now));
     // A backtrack request not acted on yet, checked against the window and given its base.
@@ -214,22 +236,49 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             });
             (request.as_str(), resolved)
         });
-    let input = Input {
-        cluster: &meta.name,
-        generation: meta.generation,
-        spec: &spec,
-        status: &old,
-        members: &members,
-        nodes: &nodes,
-        switchover: meta
-            .annotations
-            .get(SWITCHOVER_ANNOTATION)
-            .map(String::as_str),
-        reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
-        backtrack,
-        now,
+    let mut plan = {
+        // Plans of clusters reconciled at the same time must not give the same room twice: the
+        // placements of the others that their caches do not show yet count against their nodes,
+        // and this plan's are noted before the lock goes.
+        let mut placing = ctx.placing.lock().unwrap_or_else(|e| e.into_inner());
+        placing.retain(|(_, member), (_, _, at)| {
+            ctx.members.get(Kind::DbInstance, member).is_none() && at.elapsed() < PLACING_TTL
+        });
+        let mut nodes = nodes(&ctx);
+        for ((of, _), (node, size, _)) in placing.iter() {
+            if *of != meta.name
+                && let Some(n) = nodes.iter_mut().find(|n| n.name == *node)
+            {
+                n.free = n.free.minus(*size);
+            }
+        }
+        let input = Input {
+            cluster: &meta.name,
+            generation: meta.generation,
+            spec: &spec,
+            status: &old,
+            members: &members,
+            nodes: &nodes,
+            switchover: meta
+                .annotations
+                .get(SWITCHOVER_ANNOTATION)
+                .map(String::as_str),
+            reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
+            backtrack,
+            now,
+        };
+        let plan = plan::plan(&input);
+        let size = plan::class_size(&spec).1.unwrap_or_default();
+        for e in &plan.effects {
+            if let Effect::Create { name, node, .. } = e {
+                placing.insert(
+                    (meta.name.clone(), name.clone()),
+                    (node.clone(), size, Instant::now()),
+                );
+            }
+        }
+        plan
     };
-    let mut plan = plan::plan(&input);
     let backups = plan_backups(&ctx, meta, &spec, &mut plan.status, &members, &old);
     plan.status.earliest_backtrack_time =
         backtrack::earliest_backtrack_status(&spec, &plan.status, now_secs);
@@ -770,6 +819,13 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
                 .collect()
         })
     };
+    // What instances hold on nodes, for placing members. Watched only so that the first
+    // reconciles wait for them: their changes enqueue nothing, as a cluster waiting for room
+    // looks again within a second anyway (see the end of `reconcile`), and node changes
+    // enqueue every cluster.
+    let instances = Cache::new(Some(Kind::Instance));
+    let types = Cache::new(Some(Kind::InstanceType));
+    let nothing: KeyMapper = Arc::new(|_, _| Vec::new());
     let snapshots = Cache::new(Some(Kind::DbSnapshot));
     snapshots.start(&client, shutdown.clone());
     // A snapshot concerns the cluster it is of.
@@ -791,18 +847,139 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
     let controller = controller
         .watches_owned_in(members.clone())
         .watches(nodes.clone(), every)
-        .watches(snapshots.clone(), of_cluster);
+        .watches(snapshots.clone(), of_cluster)
+        .watches(instances.clone(), nothing.clone())
+        .watches(types.clone(), nothing);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), CONTROLLER_NAME),
         client,
         clock,
         members,
         nodes,
+        instances,
+        types,
         snapshots,
         clusters,
         leases: Mutex::new(HashMap::new()),
+        placing: Mutex::new(HashMap::new()),
     });
     controller
         .run(reconcile, default_error_policy, ctx, 4)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hanul_proto::{
+        client::WatchUpdate,
+        instance::InstanceState,
+        v1::{Instance, InstanceSpec, InstanceStatus, InstanceType, InstanceTypeSpec},
+    };
+
+    fn cache(kind: Kind, items: Vec<Object>) -> Cache {
+        let c = Cache::new(Some(kind));
+        c.apply(WatchUpdate::Listed { items, revision: 1 });
+        c
+    }
+
+    fn meta(name: &str) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    fn db_member(name: &str, cluster: &str, node: &str, class: &str) -> Object {
+        DbInstance {
+            metadata: meta(name),
+            spec: Some(DbInstanceSpec {
+                cluster: cluster.into(),
+                node: node.into(),
+                instance_class: class.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into()
+    }
+
+    fn instance(name: &str, ty: &str, node: &str, state: InstanceState) -> Object {
+        Instance {
+            metadata: meta(name),
+            spec: Some(InstanceSpec {
+                instance_type: ty.into(),
+                state: "running".into(),
+                ..Default::default()
+            }),
+            status: Some(InstanceStatus {
+                node: node.into(),
+                state: state.as_str().into(),
+                ..Default::default()
+            }),
+        }
+        .into()
+    }
+
+    #[test]
+    fn free_room_counts_instances_and_the_members_of_every_cluster() {
+        let nodes = cache(
+            Kind::Node,
+            vec![
+                crate::testing::node("node-a", "az-a", 16_000, 65_536),
+                crate::testing::node("node-b", "az-b", 16_000, 65_536),
+            ],
+        );
+        let types = cache(
+            Kind::InstanceType,
+            vec![
+                InstanceType {
+                    metadata: meta("m1.large"),
+                    spec: Some(InstanceTypeSpec {
+                        vcpu: 4,
+                        memory_mib: 8192,
+                        ..Default::default()
+                    }),
+                    status: None,
+                }
+                .into(),
+            ],
+        );
+        let instances = cache(
+            Kind::Instance,
+            vec![
+                instance("web", "m1.large", "node-a", InstanceState::Running),
+                // Terminated: holds nothing.
+                instance("old", "m1.large", "node-a", InstanceState::Terminated),
+            ],
+        );
+        let mut gone = db_member("gone-1", "gone", "node-a", "db.r5.xlarge");
+        gone.metadata_mut().deleted_at = Some(Default::default());
+        let members = cache(
+            Kind::DbInstance,
+            vec![
+                db_member("orders-1", "orders", "node-a", "db.m5.large"),
+                db_member("billing-1", "billing", "node-a", "db.t3.micro"),
+                db_member("billing-2", "billing", "node-b", "db.m5.xlarge"),
+                gone,
+            ],
+        );
+        let views = scheduler::node_views(&nodes);
+        let free = scheduler::free_on_nodes(&views, &instances, &types, &members);
+        // node-a: 16 vCPUs less m1.large (4), db.m5.large (2) and db.t3.micro (2).
+        assert_eq!(
+            free["node-a"],
+            scheduler::plan::Free {
+                cpu: 8_000,
+                mem: 65_536 - 8192 - 8192 - 1024,
+            }
+        );
+        assert_eq!(
+            free["node-b"],
+            scheduler::plan::Free {
+                cpu: 12_000,
+                mem: 65_536 - 16_384,
+            }
+        );
+    }
 }

@@ -3,6 +3,13 @@
 //! time comes in as `now` and as each member's lease silence; the caller writes the status
 //! first (with a resourceVersion precondition) and only then carries out the effects.
 //!
+//! A missing member goes to a Ready node of its zone where its instance class's vCPUs and
+//! memory fit beside what is there (instances and DB members of every cluster, counted as the
+//! scheduler counts them: [`crate::scheduler::free_on_nodes`]), the one with the fewest members
+//! of this cluster, then by name. A member that fits nowhere is not created: the cluster's
+//! `MembersPlaced` condition says why (`InsufficientDBInstanceCapacity`, as RDS says) with a
+//! `FailedScheduling` event, and the next plan tries again. Members placed already never move.
+//!
 //! The safety rules it keeps (the protocol is in `hanul_proto::db`):
 //! - one writer per epoch: `status.writer` changes only together with `status.epoch`, and a
 //!   new epoch is written only once the old writer is down (its agent reports PostgreSQL not
@@ -21,13 +28,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
+use crate::scheduler::{
+    conditions,
+    plan::{Free, Size},
+};
 use hanul_proto::db::{
-    DEFAULT_LEASE_SECONDS, DEFAULT_PORT, MEMBER_READ_REPLICA, MEMBER_STANDBY, MEMBER_SYNC_STANDBY,
-    MEMBER_WRITER, MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE, PHASE_AVAILABLE, PHASE_BACKTRACKING,
-    PHASE_CREATING, PHASE_FAILING_OVER, PHASE_INACCESSIBLE, PHASE_REBOOTING, REASON_SWITCHOVER,
-    REASON_WRITER_FAILED, REASON_WRITER_LOST, ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER,
-    STATE_AVAILABLE, STATE_FAILED, STATE_FENCED, STATE_STOPPED, member_name, members_of,
-    sum_parameter_apply_status,
+    DEFAULT_INSTANCE_CLASS, DEFAULT_LEASE_SECONDS, DEFAULT_PORT, MEMBER_READ_REPLICA,
+    MEMBER_STANDBY, MEMBER_SYNC_STANDBY, MEMBER_WRITER, MULTI_AZ_CLUSTER, MULTI_AZ_INSTANCE,
+    PHASE_AVAILABLE, PHASE_BACKTRACKING, PHASE_CREATING, PHASE_FAILING_OVER, PHASE_INACCESSIBLE,
+    PHASE_REBOOTING, REASON_SWITCHOVER, REASON_WRITER_FAILED, REASON_WRITER_LOST, ROLE_REPLICA,
+    ROLE_STANDBY, ROLE_WRITER, STATE_AVAILABLE, STATE_FAILED, STATE_FENCED, STATE_STOPPED,
+    instance_class, instance_class_names, member_name, members_of, sum_parameter_apply_status,
 };
 use hanul_proto::time::timestamp;
 use hanul_proto::v1::{
@@ -83,7 +94,19 @@ pub struct NodeInfo {
     pub address: String,
     /// Ready and schedulable.
     pub ready: bool,
+    /// Its allocatable less what the instances and DB members (of every cluster) placed on it
+    /// hold, as the scheduler counts it ([`crate::scheduler::free_on_nodes`]).
+    pub free: Free,
 }
+
+/// The cluster condition that says whether every member the spec asks for has a node.
+pub const CONDITION_MEMBERS_PLACED: &str = "MembersPlaced";
+/// `MembersPlaced=False`: RDS's error for "no capacity for this class here".
+pub const REASON_INSUFFICIENT_CAPACITY: &str = "InsufficientDBInstanceCapacity";
+/// `MembersPlaced=True`.
+pub const REASON_MEMBERS_PLACED: &str = "MembersPlaced";
+/// The Warning event of a member that fits on no node, as Kubernetes' scheduler names it.
+pub const EVENT_FAILED_SCHEDULING: &str = "FailedScheduling";
 
 #[derive(Debug)]
 pub struct Input<'a> {
@@ -219,22 +242,109 @@ pub fn layout(cluster: &str, spec: &DbClusterSpec, nodes: &[NodeInfo]) -> Vec<Wa
     out
 }
 
-/// The Ready node of `zone` with the fewest members of this cluster (then by name).
-fn place(
+/// The Ready node of `zone` where a member of `size` fits beside what is there (`free`, less
+/// what this plan has placed), with the fewest members of this cluster (then by name). Else
+/// why there is none, for [`refusal`].
+fn place<'n>(
     zone: &str,
-    nodes: &[NodeInfo],
+    size: Size,
+    nodes: &'n [NodeInfo],
     members: &BTreeMap<String, Member>,
-    placed: &[String],
-) -> Option<String> {
-    nodes
+    placed: &[(String, Size)],
+) -> Result<String, Vec<(&'n NodeInfo, Free)>> {
+    let in_zone: Vec<(&NodeInfo, Free)> = nodes
         .iter()
-        .filter(|n| n.ready && n.zone == zone)
-        .min_by_key(|n| {
+        .filter(|n| n.zone == zone)
+        .map(|n| {
+            let free = placed
+                .iter()
+                .filter(|(p, _)| *p == n.name)
+                .fold(n.free, |f, (_, s)| f.minus(*s));
+            (n, free)
+        })
+        .collect();
+    in_zone
+        .iter()
+        .filter(|(n, free)| n.ready && free.covers(size))
+        .min_by_key(|(n, _)| {
             let here = members.values().filter(|m| m.node == n.name).count()
-                + placed.iter().filter(|p| **p == n.name).count();
+                + placed.iter().filter(|(p, _)| *p == n.name).count();
             (here, n.name.clone())
         })
-        .map(|n| n.name.clone())
+        .map(|(n, _)| n.name.clone())
+        .ok_or(in_zone)
+}
+
+/// The cluster's instance class (admission's default if unset) and what a member of it holds
+/// on its node; `None` for a class hanul does not know.
+pub fn class_size(spec: &DbClusterSpec) -> (&str, Option<Size>) {
+    let class = if spec.instance_class.is_empty() {
+        DEFAULT_INSTANCE_CLASS
+    } else {
+        spec.instance_class.as_str()
+    };
+    (class, instance_class(class).map(Size::of_class))
+}
+
+/// Most nodes a refusal lists one by one.
+const MAX_NODES_IN_REFUSAL: usize = 8;
+
+/// `Cannot place DB instance orders-2 in zone b: no Ready node has room for db.m5.large
+/// (2 vCPUs, 8 GiB); node-b1 has 1 vCPU and 2 GiB free`.
+fn refusal(
+    member: &str,
+    zone: &str,
+    class: &str,
+    size: Size,
+    nodes: &[(&NodeInfo, Free)],
+) -> String {
+    let mut out = format!(
+        "Cannot place DB instance {member} in zone {zone}: no Ready node has room for {class} \
+         ({}, {})",
+        vcpus(size.cpu_millis as i64),
+        memory(size.memory_mib as i64)
+    );
+    if nodes.is_empty() {
+        out.push_str(&format!("; zone {zone} has no nodes"));
+    }
+    let mut listed: Vec<&(&NodeInfo, Free)> = nodes.iter().collect();
+    listed.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    for (n, free) in listed.iter().take(MAX_NODES_IN_REFUSAL) {
+        if n.ready {
+            out.push_str(&format!(
+                "; {} has {} and {} free",
+                n.name,
+                vcpus(free.cpu),
+                memory(free.mem)
+            ));
+        } else {
+            out.push_str(&format!("; {} is not Ready", n.name));
+        }
+    }
+    if listed.len() > MAX_NODES_IN_REFUSAL {
+        out.push_str(&format!(
+            "; and {} more nodes",
+            listed.len() - MAX_NODES_IN_REFUSAL
+        ));
+    }
+    out
+}
+
+/// `1 vCPU`, `2 vCPUs`, `0.5 vCPUs`; an over-committed node has `0 vCPUs` free.
+fn vcpus(millis: i64) -> String {
+    let millis = millis.max(0);
+    let unit = if millis == 1000 { "vCPU" } else { "vCPUs" };
+    format!("{} {unit}", crate::scheduler::plan::vcpu(millis))
+}
+
+/// `512 MiB`, `2 GiB`, `1.5 GiB`.
+fn memory(mib: i64) -> String {
+    let mib = mib.max(0);
+    if mib < 1024 {
+        return format!("{mib} MiB");
+    }
+    let gib = format!("{:.2}", mib as f64 / 1024.0);
+    format!("{} GiB", gib.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// Why the writer counts as down, if it does: its agent reports PostgreSQL not running in
@@ -273,24 +383,40 @@ pub fn plan(input: &Input) -> Plan {
     let lease = lease(spec);
     let members = input.members;
 
-    // Members: create what is missing, delete read replicas no longer asked for.
+    // Members: create what is missing where it fits, delete read replicas no longer asked
+    // for. Members placed already stay where they are.
     let wanted = layout(input.cluster, spec, input.nodes);
+    let (class, size) = class_size(spec);
     let mut placed = Vec::new();
+    let mut refusals = Vec::new();
     for w in &wanted {
         if members.contains_key(&w.name) {
             continue;
         }
-        if let Some(node) = place(&w.zone, input.nodes, members, &placed) {
-            placed.push(node.clone());
-            effects.push(Effect::Create {
-                name: w.name.clone(),
-                role: w.role.to_owned(),
-                zone: w.zone.clone(),
-                node,
-                readable: w.readable,
-            });
+        let Some(size) = size else {
+            // Admission allows only known classes: a cluster written before that.
+            refusals.push(format!(
+                "Cannot place DB instance {}: instance class {class:?} is not one of {}",
+                w.name,
+                instance_class_names()
+            ));
+            continue;
+        };
+        match place(&w.zone, size, input.nodes, members, &placed) {
+            Ok(node) => {
+                placed.push((node.clone(), size));
+                effects.push(Effect::Create {
+                    name: w.name.clone(),
+                    role: w.role.to_owned(),
+                    zone: w.zone.clone(),
+                    node,
+                    readable: w.readable,
+                });
+            }
+            Err(nodes) => refusals.push(refusal(&w.name, &w.zone, class, size, &nodes)),
         }
     }
+    members_placed(&mut st, &refusals, input.now, &mut events);
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for (name, m) in members {
         if m.spec_role == ROLE_REPLICA
@@ -386,6 +512,45 @@ pub fn plan(input: &Input) -> Plan {
         effects,
         events,
         wake,
+    }
+}
+
+/// `MembersPlaced`: `False` with why while some member fits on no node (and a
+/// `FailedScheduling` event for each when that changes), `True` again once all have a node.
+/// A cluster that never lacked room has no such condition.
+fn members_placed(
+    st: &mut DbClusterStatus,
+    refusals: &[String],
+    now: SystemTime,
+    events: &mut Vec<Event>,
+) {
+    if refusals.is_empty() {
+        if conditions::find(&st.conditions, CONDITION_MEMBERS_PLACED).is_some() {
+            conditions::set(
+                &mut st.conditions,
+                CONDITION_MEMBERS_PLACED,
+                conditions::TRUE,
+                REASON_MEMBERS_PLACED,
+                "every member has a node",
+                now,
+            );
+        }
+        return;
+    }
+    let changed = conditions::set(
+        &mut st.conditions,
+        CONDITION_MEMBERS_PLACED,
+        conditions::FALSE,
+        REASON_INSUFFICIENT_CAPACITY,
+        &refusals.join(". "),
+        now,
+    );
+    if changed {
+        events.extend(refusals.iter().map(|r| Event {
+            warning: true,
+            reason: EVENT_FAILED_SCHEDULING,
+            message: r.clone(),
+        }));
     }
 }
 

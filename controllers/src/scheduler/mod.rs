@@ -184,36 +184,8 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
             .is_some_and(|o| o.resource_version() < w.rv)
     });
 
-    let mut types: HashMap<String, Size> = ctx
-        .types
-        .list()
-        .iter()
-        .filter_map(|o| match &o.resource {
-            Some(Resource::InstanceType(t)) => {
-                let spec = t.spec.as_ref()?;
-                Some((
-                    o.name().to_string(),
-                    Size::new(u64::from(spec.vcpu) * 1000, spec.memory_mib),
-                ))
-            }
-            _ => None,
-        })
-        .collect();
-    // DB instance classes (db.t3.micro ...) size the DB members counted below.
-    for c in hanul_proto::db::INSTANCE_CLASSES {
-        types
-            .entry(c.name.to_string())
-            .or_insert(Size::new(u64::from(c.vcpus) * 1000, c.memory_mib));
-    }
-    let nodes: Vec<NodeView> = ctx
-        .nodes
-        .list()
-        .iter()
-        .filter_map(|o| match &o.resource {
-            Some(Resource::Node(n)) => Some(node_view(n)),
-            _ => None,
-        })
-        .collect();
+    let types = sizes(&ctx.types);
+    let nodes = node_views(&ctx.nodes);
     let mut objects: HashMap<String, Arc<Object>> = HashMap::new();
     let (mut pending, mut bound) = (Vec::new(), Vec::new());
     let mut stale: HashSet<String> = HashSet::new();
@@ -232,7 +204,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
         }
         if needs_scheduling(i) {
             pending.push(view);
-        } else if holds_capacity(i) {
+        } else if is_bound(i) {
             bound.push(view);
         }
         objects.insert(o.name().to_string(), o);
@@ -380,6 +352,68 @@ pub fn needs_scheduling(i: &Instance) -> bool {
 /// data lies).
 fn is_restarting(s: &hanul_proto::v1::InstanceStatus) -> bool {
     InstanceState::parse(&s.state) == Some(InstanceState::Stopped)
+}
+
+/// The sizes of what can hold capacity on a node: the instance types, and the DB instance
+/// classes (db.t3.micro ...) of DB members.
+pub fn sizes(types: &Cache) -> HashMap<String, Size> {
+    let mut sizes: HashMap<String, Size> = types
+        .list()
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::InstanceType(t)) => {
+                let spec = t.spec.as_ref()?;
+                Some((
+                    o.name().to_string(),
+                    Size::new(u64::from(spec.vcpu) * 1000, spec.memory_mib),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    for c in hanul_proto::db::INSTANCE_CLASSES {
+        sizes.entry(c.name.to_string()).or_insert(Size::of_class(c));
+    }
+    sizes
+}
+
+/// The nodes as the planner sees them.
+pub fn node_views(nodes: &Cache) -> Vec<NodeView> {
+    nodes
+        .list()
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::Node(n)) => Some(node_view(n)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What is free on each node, from the caches: its allocatable less what the instances bound
+/// there and the DB members placed there hold. The DB cluster controller places members with
+/// it; the scheduler counts the same things (plus the bindings it has just written).
+pub fn free_on_nodes(
+    nodes: &[NodeView],
+    instances: &Cache,
+    types: &Cache,
+    db_members: &Cache,
+) -> std::collections::BTreeMap<String, plan::Free> {
+    let mut bound: Vec<InstanceView> = instances
+        .list()
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::Instance(i)) if is_bound(i) => Some(instance_view(i)),
+            _ => None,
+        })
+        .collect();
+    bound.extend(db_member_views(db_members));
+    plan::free_by_node(nodes, &bound, &sizes(types))
+}
+
+/// Whether `i` counts against its node's capacity: placed there and not waiting to be placed
+/// again.
+fn is_bound(i: &Instance) -> bool {
+    !needs_scheduling(i) && holds_capacity(i)
 }
 
 /// Whether `i` holds capacity on its node: bound, and pending, running or stopping (or bound

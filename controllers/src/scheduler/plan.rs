@@ -44,6 +44,11 @@ impl Size {
             memory_mib,
         }
     }
+
+    /// What a DB member of instance class `c` holds on its node.
+    pub fn of_class(c: &hanul_proto::db::InstanceClass) -> Size {
+        Size::new(u64::from(c.vcpus) * 1000, c.memory_mib)
+    }
 }
 
 impl fmt::Display for Size {
@@ -59,7 +64,7 @@ impl fmt::Display for Size {
 }
 
 /// `1500` → `1.5`, `2000` → `2`, `250` → `0.25`.
-fn vcpu(millis: i64) -> String {
+pub(crate) fn vcpu(millis: i64) -> String {
     let sign = if millis < 0 { "-" } else { "" };
     let m = millis.unsigned_abs();
     let (whole, frac) = (m / 1000, m % 1000);
@@ -137,20 +142,23 @@ const MAX_EXHAUSTIVE_VICTIMS: usize = 12;
 
 /// Free capacity; signed, as a node may be over-committed (by pins, or a shrunk allocatable).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Free {
-    cpu: i64,
-    mem: i64,
+pub struct Free {
+    /// Thousandths of a vCPU.
+    pub cpu: i64,
+    /// MiB.
+    pub mem: i64,
 }
 
 impl Free {
-    fn of(s: Size) -> Free {
+    pub fn of(s: Size) -> Free {
         Free {
             cpu: s.cpu_millis as i64,
             mem: s.memory_mib as i64,
         }
     }
 
-    fn covers(self, s: Size) -> bool {
+    /// Whether `s` fits in it.
+    pub fn covers(self, s: Size) -> bool {
         self.cpu >= s.cpu_millis as i64 && self.mem >= s.memory_mib as i64
     }
 
@@ -161,7 +169,7 @@ impl Free {
         }
     }
 
-    fn minus(self, s: Size) -> Free {
+    pub fn minus(self, s: Size) -> Free {
         Free {
             cpu: self.cpu - s.cpu_millis as i64,
             mem: self.mem - s.memory_mib as i64,
@@ -196,6 +204,27 @@ enum Rejection {
     Full(Free),
 }
 
+/// What is free on each node (by name): its allocatable less the sizes of the instances `bound`
+/// to it. An instance of a type not in `types` holds nothing we can count; one bound to a node
+/// not in `nodes` is left out. This is the accounting [`plan`] starts from, and the DB cluster
+/// controller's placement of members too.
+pub fn free_by_node(
+    nodes: &[NodeView],
+    bound: &[InstanceView],
+    types: &HashMap<String, Size>,
+) -> BTreeMap<String, Free> {
+    let mut free: BTreeMap<String, Free> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), Free::of(n.allocatable)))
+        .collect();
+    for b in bound {
+        if let Some(f) = free.get_mut(&b.node) {
+            *f = f.minus(types.get(&b.instance_type).copied().unwrap_or_default());
+        }
+    }
+    free
+}
+
 /// Plans the placement of `pending` (instances without a node) on `nodes`, given the instances
 /// already `bound` to them, the sizes of instance `types`, and `now` (for interruption notices).
 /// Deterministic: the same input, in any order, gives the same decisions.
@@ -210,6 +239,7 @@ pub fn plan(
 
     let mut node_list: Vec<&NodeView> = nodes.iter().collect();
     node_list.sort_by(|a, b| a.name.cmp(&b.name));
+    let free = free_by_node(nodes, bound, types);
     let mut state: BTreeMap<&str, NodeState> = node_list
         .iter()
         .map(|n| {
@@ -217,7 +247,8 @@ pub fn plan(
                 n.name.as_str(),
                 NodeState {
                     view: n,
-                    free: Free::of(n.allocatable),
+                    // `free_by_node` has every node.
+                    free: free[&n.name],
                     spot: Vec::new(),
                 },
             )
@@ -242,9 +273,8 @@ pub fn plan(
         let Some(node) = state.get_mut(b.node.as_str()) else {
             continue;
         };
-        // An instance of an unknown type holds nothing we can count.
+        // Counted against the node by `free_by_node`; an unknown type holds nothing.
         let size = types.get(&b.instance_type).copied().unwrap_or_default();
-        node.free = node.free.minus(size);
         if b.market == Market::Spot && !b.deleting {
             node.spot.push(Candidate {
                 name: b.name.clone(),

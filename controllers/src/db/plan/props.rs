@@ -173,6 +173,12 @@ impl World {
                 zone: format!("az-{z}"),
                 address: format!("10.0.0.{}", z.as_bytes()[0] - b'a' + 1),
                 ready: true,
+                // Room for every member: the simulation is of the protocol, not of capacity
+                // (the placement's unit tests are in `tests.rs`).
+                free: Free {
+                    cpu: 64_000,
+                    mem: 256 * 1024,
+                },
             })
             .collect();
         World {

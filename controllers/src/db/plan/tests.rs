@@ -24,6 +24,12 @@ fn spec(deployment: &str, replicas: u32) -> DbClusterSpec {
     }
 }
 
+/// Room for a dozen members of the default class (2 vCPUs, 1 GiB).
+const ROOMY: Free = Free {
+    cpu: 24_000,
+    mem: 48 * 1024,
+};
+
 fn nodes() -> Vec<NodeInfo> {
     ["a", "b", "c"]
         .iter()
@@ -32,6 +38,7 @@ fn nodes() -> Vec<NodeInfo> {
             zone: format!("az-{z}"),
             address: "127.0.0.1".into(),
             ready: true,
+            free: ROOMY,
         })
         .collect()
 }
@@ -801,4 +808,228 @@ fn a_backtrack_whose_writer_stops_right_after_its_restore_ends_and_notes_the_tim
     let last = p.status.timelines.last().cloned().unwrap();
     assert_eq!((last.timeline, last.epoch), (4, 2));
     assert!(last.backtracked_to.is_some());
+}
+
+fn node_with(name: &str, zone: &str, cpu: i64, mem_mib: i64) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        zone: zone.into(),
+        address: "127.0.0.1".into(),
+        ready: true,
+        free: Free { cpu, mem: mem_mib },
+    }
+}
+
+fn plan_on(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    nodes: &[NodeInfo],
+) -> Plan {
+    plan(&Input {
+        cluster: "db",
+        generation: 1,
+        spec,
+        status,
+        members,
+        nodes,
+        switchover: None,
+        reboot: None,
+        backtrack: None,
+        now: at(),
+    })
+}
+
+fn created(p: &Plan) -> Vec<(String, String)> {
+    p.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Create { name, node, .. } => Some((name.clone(), node.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn large(deployment: &str, replicas: u32) -> DbClusterSpec {
+    DbClusterSpec {
+        instance_class: "db.m5.large".into(),
+        ..spec(deployment, replicas)
+    }
+}
+
+#[test]
+fn a_member_goes_only_to_a_node_of_its_zone_where_its_class_fits() {
+    let nodes = vec![
+        node_with("node-a", "az-a", 2000, 8192),
+        // Fewer members of the cluster, by name first, but 1 vCPU and 2 GiB free.
+        node_with("node-b1", "az-b", 1000, 2048),
+        node_with("node-b2", "az-b", 4000, 8192),
+        node_with("node-c", "az-c", 8000, 32768),
+    ];
+    let p = plan_on(
+        &large(MULTI_AZ_CLUSTER, 0),
+        &DbClusterStatus::default(),
+        &BTreeMap::new(),
+        &nodes,
+    );
+    assert_eq!(
+        created(&p),
+        vec![
+            ("db-1".into(), "node-a".into()),
+            ("db-2".into(), "node-b2".into()),
+            ("db-3".into(), "node-c".into()),
+        ]
+    );
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    assert!(
+        conditions::find(&p.status.conditions, CONDITION_MEMBERS_PLACED).is_none(),
+        "a cluster that never lacked room has no condition: {:?}",
+        p.status.conditions
+    );
+}
+
+#[test]
+fn a_member_that_fits_nowhere_in_its_zone_is_not_created_and_the_cluster_says_why_once() {
+    let mut nodes = vec![
+        node_with("node-a", "az-a", 2000, 8192),
+        node_with("node-b1", "az-b", 1000, 2048),
+        node_with("node-c", "az-c", 2000, 8192),
+    ];
+    let spec = large(MULTI_AZ_CLUSTER, 0);
+    let p = plan_on(&spec, &DbClusterStatus::default(), &BTreeMap::new(), &nodes);
+    assert_eq!(
+        created(&p),
+        vec![
+            ("db-1".into(), "node-a".into()),
+            ("db-3".into(), "node-c".into()),
+        ]
+    );
+    let why = "Cannot place DB instance db-2 in zone az-b: no Ready node has room for \
+               db.m5.large (2 vCPUs, 8 GiB); node-b1 has 1 vCPU and 2 GiB free";
+    assert_eq!(
+        p.events,
+        vec![Event {
+            warning: true,
+            reason: EVENT_FAILED_SCHEDULING,
+            message: why.into(),
+        }]
+    );
+    let c = conditions::find(&p.status.conditions, CONDITION_MEMBERS_PLACED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        (conditions::FALSE, REASON_INSUFFICIENT_CAPACITY, why)
+    );
+    // The writer exists: the cluster starts without the member that has no room.
+    assert_eq!(p.status.writer, "db-1");
+
+    // Looked at again (the members created meanwhile): still no room, no second event.
+    let mut members = BTreeMap::new();
+    members.insert("db-1".to_owned(), member(ROLE_WRITER, "node-a"));
+    members.insert("db-3".to_owned(), member(ROLE_STANDBY, "node-c"));
+    let again = plan_on(&spec, &p.status, &members, &nodes);
+    assert!(created(&again).is_empty());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+
+    // Room on the node (an instance went away): the member is placed, the condition clears.
+    nodes[1].free = Free {
+        cpu: 2000,
+        mem: 8192,
+    };
+    let placed = plan_on(&spec, &again.status, &members, &nodes);
+    assert_eq!(created(&placed), vec![("db-2".into(), "node-b1".into())]);
+    assert!(placed.events.is_empty(), "{:?}", placed.events);
+    let c = conditions::find(&placed.status.conditions, CONDITION_MEMBERS_PLACED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        (conditions::TRUE, REASON_MEMBERS_PLACED)
+    );
+}
+
+#[test]
+fn members_placed_in_the_same_plan_count_against_their_node() {
+    // A writer and a read replica both in az-a, room there for one db.m5.large.
+    let spec = DbClusterSpec {
+        zones: vec!["az-a".into()],
+        ..large(SINGLE_AZ, 1)
+    };
+    let nodes = vec![node_with("node-a", "az-a", 3000, 12288)];
+    let p = plan_on(&spec, &DbClusterStatus::default(), &BTreeMap::new(), &nodes);
+    assert_eq!(created(&p), vec![("db-1".into(), "node-a".into())]);
+    assert_eq!(
+        p.events[0].message,
+        "Cannot place DB instance db-2 in zone az-a: no Ready node has room for db.m5.large \
+         (2 vCPUs, 8 GiB); node-a has 1 vCPU and 4 GiB free"
+    );
+}
+
+#[test]
+fn among_nodes_with_room_the_one_with_the_fewest_members_of_the_cluster_wins() {
+    let spec = DbClusterSpec {
+        zones: vec!["az-a".into()],
+        ..spec(SINGLE_AZ, 1)
+    };
+    let mut members = BTreeMap::new();
+    members.insert("db-1".to_owned(), member(ROLE_WRITER, "node-a1"));
+    let roomy = |name: &str| node_with(name, "az-a", 8000, 16384);
+    // node-a1 holds the writer: the replica goes to node-a2.
+    let nodes = vec![roomy("node-a1"), roomy("node-a2")];
+    let p = plan_on(&spec, &DbClusterStatus::default(), &members, &nodes);
+    assert_eq!(created(&p), vec![("db-2".into(), "node-a2".into())]);
+    // Unless node-a2 has no room: then beside the writer.
+    let nodes = vec![roomy("node-a1"), node_with("node-a2", "az-a", 1500, 16384)];
+    let p = plan_on(&spec, &DbClusterStatus::default(), &members, &nodes);
+    assert_eq!(created(&p), vec![("db-2".into(), "node-a1".into())]);
+}
+
+#[test]
+fn a_refusal_names_nodes_that_are_not_ready_and_zones_without_nodes() {
+    let spec = DbClusterSpec {
+        zones: vec!["az-a".into(), "az-d".into()],
+        ..spec(MULTI_AZ_INSTANCE, 0)
+    };
+    let mut down = node_with("node-a", "az-a", 8000, 16384);
+    down.ready = false;
+    let p = plan_on(
+        &spec,
+        &DbClusterStatus::default(),
+        &BTreeMap::new(),
+        &[down],
+    );
+    assert!(created(&p).is_empty());
+    let messages: Vec<&str> = p.events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "Cannot place DB instance db-1 in zone az-a: no Ready node has room for \
+             db.t3.micro (2 vCPUs, 1 GiB); node-a is not Ready",
+            "Cannot place DB instance db-2 in zone az-d: no Ready node has room for \
+             db.t3.micro (2 vCPUs, 1 GiB); zone az-d has no nodes",
+        ]
+    );
+    assert_eq!(p.status.epoch, 0, "no writer before its member exists");
+}
+
+#[test]
+fn members_already_placed_stay_on_a_node_that_is_over_committed() {
+    let (spec, status, members) = running();
+    let nodes: Vec<NodeInfo> = ["a", "b", "c"]
+        .iter()
+        .map(|z| node_with(&format!("node-{z}"), &format!("az-{z}"), -2000, -1024))
+        .collect();
+    let p = plan_on(&spec, &status, &members, &nodes);
+    assert!(p.effects.is_empty(), "{:?}", p.effects);
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    assert!(conditions::find(&p.status.conditions, CONDITION_MEMBERS_PLACED).is_none());
+}
+
+#[test]
+fn free_room_is_shown_in_whole_or_fractional_units() {
+    assert_eq!(vcpus(1000), "1 vCPU");
+    assert_eq!(vcpus(2000), "2 vCPUs");
+    assert_eq!(vcpus(500), "0.5 vCPUs");
+    assert_eq!(vcpus(-1000), "0 vCPUs");
+    assert_eq!(memory(512), "512 MiB");
+    assert_eq!(memory(8192), "8 GiB");
+    assert_eq!(memory(1536), "1.5 GiB");
+    assert_eq!(memory(-5), "0 MiB");
 }
