@@ -1181,3 +1181,130 @@ fn a_member_whose_node_is_deleted_is_replaced_in_its_zone() {
     let events = lab.server.cli(&["get", "events"]).stdout;
     assert!(events.contains("DBInstanceReplaced"), "{events}");
 }
+
+/// `replication.dataDurability: preferred`: while no synchronous standby streams, the writer
+/// stops waiting for one and commits alone, and says so in a Warning event; once the standby
+/// streams again, the writer waits for it again and says that too.
+#[test]
+fn preferred_durability_commits_alone_while_the_standby_is_down_and_says_so() {
+    let zones = ["az-a", "az-b"];
+    let lab = Lab::start("pref", &zones);
+    let port = free_port_pair();
+    let yaml = manifest("pref", "multiAZInstance", 0, port, &zones)
+        + "  replication: {dataDurability: preferred}\n";
+    lab.apply("db.yaml", &yaml);
+    let status = lab.wait_available("pref", 1, 2, 1);
+    let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&ep, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+    // The writer waits for its standby once it streams.
+    poll(
+        Duration::from_secs(30),
+        "the writer's synchronous standby",
+        || {
+            Ok(lab
+                .query(&ep, "SHOW synchronous_standby_names")
+                .ok()
+                .filter(|names| names.contains("pref-")))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let writer = status["writer"].as_str().unwrap().to_owned();
+    let standby = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] != writer.as_str())
+        .expect("a standby")
+        .clone();
+    let standby_name = standby["name"].as_str().unwrap().to_owned();
+    let standby_node = standby["node"].as_str().unwrap().to_owned();
+    let pid = lab.member(&standby_name)["status"]["pid"].clone();
+    let pid = pid
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| pid.as_i64().map(|p| p.to_string()))
+        .expect("the standby's pid");
+
+    // How many times the writer said so (a repeated event is one record with a count).
+    let resumed = || {
+        let out = lab.server.cli(&["get", "events", "-o", "json"]).stdout;
+        let list: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reason"] == "SynchronousReplicationResumed")
+            .map(|e| e["count"].as_u64().unwrap_or(1).max(1))
+            .sum::<u64>()
+    };
+    // Joining the set counts as resuming: the writer started alone.
+    let resumed_before = resumed();
+
+    // The standby goes away: its agent is frozen (SIGSTOP, so that it stays the parent that
+    // reaps what it started), then its PostgreSQL is killed.
+    let agent = format!("hanul agent .*--name {standby_node} ");
+    let signal = |sig: &str| {
+        std::process::Command::new("pkill")
+            .args([sig, "-f", &agent])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success(), "no agent of {standby_node}");
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    // The writer commits alone once its agent sees no standby streaming.
+    poll(
+        Duration::from_secs(60),
+        "a commit without the standby",
+        || Ok(lab.sql(&ep, "INSERT INTO t VALUES (2)").ok()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    poll(
+        Duration::from_secs(30),
+        "the SynchronousReplicationSuspended event",
+        || {
+            let events = lab.server.cli(&["events"]).stdout;
+            Ok(events
+                .lines()
+                .any(|l| {
+                    l.contains("SynchronousReplicationSuspended")
+                        && l.contains("commits without a synchronous standby")
+                })
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    // A commit that waited for the standby when it went is committed on the writer (its
+    // client may have given up and tried again): at least the two rows.
+    let rows: u64 = lab
+        .query(&ep, "SELECT count(*) FROM t")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rows >= 2, "{rows} rows");
+
+    // The standby comes back (its agent starts it again): the writer waits for it again, and
+    // it has the row committed alone.
+    assert!(signal("-CONT").success());
+    poll(WAIT, "the SynchronousReplicationResumed event", || {
+        Ok((resumed() > resumed_before).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_available("pref", 1, 2, 1);
+    // A commit now waits for the standby: once it returns, the standby has flushed its WAL
+    // (a multiAZInstance standby takes no connections, so it is asked through the writer).
+    let before = lab.query(&ep, "SELECT pg_current_wal_lsn()").unwrap();
+    lab.sql_eventually(&ep, "INSERT INTO t VALUES (3)");
+    let synced = lab
+        .query(
+            &ep,
+            &format!(
+                "SELECT sync_state || ':' || (flush_lsn > '{before}'::pg_lsn) \
+                 FROM pg_stat_replication WHERE application_name = '{standby_name}'"
+            ),
+        )
+        .unwrap();
+    assert_eq!(synced, "sync:true", "{}", lab.logs());
+}

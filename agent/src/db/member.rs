@@ -594,7 +594,13 @@ impl MemberLoop {
             }
             Step::ApplySync { names } => {
                 info!(member = %self.name, synchronous_standby_names = %names, "Setting the synchronous standbys.");
-                let before = member.synchronous_standby_names.clone();
+                // What PostgreSQL ran with when the step was chosen: the observation it was
+                // chosen on (the member was built before that observation was taken, from an
+                // older one or none).
+                let before = self.observed.as_ref().map_or_else(
+                    || member.synchronous_standby_names.clone(),
+                    |(_, o)| o.synchronous_standby_names.clone(),
+                );
                 member.set_synchronous_standby_names(&names).await?;
                 self.observed = None;
                 // `preferred` durability: the writer going alone, and back, is said (RDS's
