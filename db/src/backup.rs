@@ -24,9 +24,17 @@
 //! fails. The writer commits [`Member::heartbeat`]s for that; one is archived once the last
 //! archived segment ends at or after its LSN ([`segment_end_lsn`]).
 //!
+//! With a key ([`Member::backup_key`]), nothing reaches the backup directory in plain text:
+//! the script stores `DIR/<walfile>.gpg` (gpg's symmetric AES256, integrity-protected), and a
+//! base backup is pg_basebackup's tar piped through gpg into `SNAPSHOT/base.tar.gpg`; a
+//! restore ([`Member::restore_key`]) pipes it back through gpg into tar, and fetches WAL with
+//! the same key. The key is handed over in a file in the member's root (0600, the member
+//! user's), never as a command-line word (`ps` shows those) nor in hanul.conf.
+//!
 //! WAL segments are PostgreSQL's default 16 MB (`initdb` is run without `--wal-segsize`).
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,17 +45,22 @@ pub const ARCHIVE_SCRIPT: &str = "hanul-archive-wal";
 /// The size of a WAL segment.
 pub const WAL_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
-/// `push SRC DIR/NAME` stores SRC as `DIR/NAME.gz`; `fetch DIR/NAME DST` restores it. POSIX sh
-/// and coreutils (`mktemp`, `sync FILE`, `ln`), gzip, cmp.
+/// `push SRC DIR/NAME [KEY]` stores SRC as `DIR/NAME.gz`, or with a key file as
+/// `DIR/NAME.gpg`; `fetch DIR/NAME DST [KEY]` restores it. POSIX sh and coreutils (`mktemp`,
+/// `sync FILE`, `ln`), gzip, cmp, gpg.
 const SCRIPT: &str = r#"#!/bin/sh
 # Written by hanul; changes here are overwritten.
-# PostgreSQL's WAL archive, gzip-compressed:
-#   hanul-archive-wal push SRC DIR/NAME    archive_command: push %p DIR/%f
-#   hanul-archive-wal fetch DIR/NAME DST   restore_command: fetch DIR/%f %p
-# A push is idempotent: DIR/NAME.gz holding SRC's bytes already is a success (a promoted
-# standby archives again what the old writer archived); holding other bytes, a failure: an
-# archived file is never overwritten. A fetch of a missing file fails silently (PostgreSQL
-# probes for files that do not exist all the time).
+# PostgreSQL's WAL archive, gzip-compressed, or with a key file encrypted (OpenPGP, AES256,
+# integrity-protected: gpg refuses to decrypt a file that was changed):
+#   hanul-archive-wal push SRC DIR/NAME [KEY]    archive_command: push %p DIR/%f
+#   hanul-archive-wal fetch DIR/NAME DST [KEY]   restore_command: fetch DIR/%f %p
+# KEY is a file holding the passphrase (never a command-line word: ps shows those); gpg's home
+# is the directory gnupg beside it.
+# A push is idempotent: DIR/NAME.gz (.gpg) holding SRC's bytes already is a success (a
+# promoted standby archives again what the old writer archived); holding other bytes, a
+# failure: an archived file is never overwritten. Encryption is randomised, so the bytes are
+# compared after decrypting. A fetch of a missing file fails silently (PostgreSQL probes for
+# files that do not exist all the time).
 # A .partial file (the last, unfinished segment of a timeline that a promotion left) is kept
 # for inspection only, never fetched: when one of that name holds other bytes (two restores
 # in one archive, each branching off the same segment of a timeline) the first one stays
@@ -57,21 +70,47 @@ PATH=/usr/bin:/bin
 export PATH
 umask 077
 me=hanul-archive-wal
+key=
+ext=gz
 
-# same GZ FILE: whether GZ decompresses to FILE's bytes.
-same() {
-    gzip -dc -- "$1" 2>/dev/null | cmp -s - "$2"
+# gpgk ARGS...: gpg with the key file.
+gpgk() {
+    gpg --batch --quiet --no-tty --homedir "${key%/*}/gnupg" --pinentry-mode loopback \
+        --no-symkey-cache --passphrase-file "$key" "$@"
 }
 
-# published GZ SRC DIR: GZ exists; success if it holds SRC's bytes (or is a .partial),
-# else say so and fail.
+# decode FILE: FILE's original bytes on stdout.
+decode() {
+    if [ -n "$key" ]; then
+        gpgk --decrypt -- "$1"
+    else
+        gzip -dc -- "$1"
+    fi
+}
+
+# encode SRC OUT: SRC compressed (and encrypted) into OUT, which exists.
+encode() {
+    if [ -n "$key" ]; then
+        gpgk --yes --symmetric --cipher-algo AES256 --output "$2" -- "$1"
+    else
+        gzip -1 -n -c -- "$1" >"$2"
+    fi
+}
+
+# same ARCHIVED FILE: whether ARCHIVED decodes to FILE's bytes.
+same() {
+    decode "$1" 2>/dev/null | cmp -s - "$2"
+}
+
+# published ARCHIVED SRC DIR: ARCHIVED exists; success if it holds SRC's bytes (or is a
+# .partial), else say so and fail.
 published() {
     if same "$1" "$2"; then
         sync -- "$3" || exit 1
         exit 0
     fi
     case $1 in
-    *.partial.gz)
+    *.partial.gz | *.partial.gpg)
         echo "$me: $1 exists with other bytes; keeping it (a .partial is never restored)" >&2
         exit 0
         ;;
@@ -82,14 +121,14 @@ published() {
 
 push() {
     src=$1
-    dst=$2.gz
+    dst=$2.$ext
     case $2 in
     */*) dir=${2%/*} ;;
     *) dir=. ;;
     esac
     [ -e "$dst" ] && published "$dst" "$src" "$dir"
     tmp=$(mktemp -- "$dir/.${2##*/}.XXXXXX") || exit 1
-    if ! gzip -1 -n -c -- "$src" >"$tmp" || ! sync -- "$tmp"; then
+    if ! encode "$src" "$tmp" || ! sync -- "$tmp"; then
         echo "$me: could not write $tmp from $src" >&2
         rm -f -- "$tmp"
         exit 1
@@ -106,23 +145,59 @@ push() {
 }
 
 fetch() {
-    [ -f "$1.gz" ] || exit 1
-    if ! gzip -dc -- "$1.gz" >"$2"; then
-        echo "$me: could not restore $1.gz to $2" >&2
+    [ -f "$1.$ext" ] || exit 1
+    if ! decode "$1.$ext" >"$2"; then
+        echo "$me: could not restore $1.$ext to $2" >&2
         rm -f -- "$2"
         exit 1
     fi
 }
 
-if [ $# -eq 3 ] && [ "$1" = push ]; then
+if [ $# -eq 4 ]; then
+    key=$4
+    ext=gpg
+fi
+if [ $# -ge 3 ] && [ $# -le 4 ] && [ "$1" = push ]; then
     push "$2" "$3"
-elif [ $# -eq 3 ] && [ "$1" = fetch ]; then
+elif [ $# -ge 3 ] && [ $# -le 4 ] && [ "$1" = fetch ]; then
     fetch "$2" "$3"
 else
-    echo "usage: $me push SRC DIR/NAME | $me fetch DIR/NAME DST" >&2
+    echo "usage: $me push SRC DIR/NAME [KEY] | $me fetch DIR/NAME DST [KEY]" >&2
     exit 2
 fi
 "#;
+
+/// The file an encrypted base backup is: pg_basebackup's tar of the data directory (with its
+/// `backup_manifest` and the WAL it needs), encrypted like the archive.
+pub const ENCRYPTED_BASE: &str = "base.tar.gpg";
+/// The key files in the member's root (0600, the member user's) and gpg's home beside them.
+const ARCHIVE_KEY: &str = "archive.key";
+const RESTORE_KEY: &str = "restore.key";
+const GNUPG_HOME: &str = "gnupg";
+
+/// gpg with the key file, for [`Member::shell`] scripts: `$5` is gpg's home, `$6` the key
+/// file.
+const GPG_WITH_KEY_ARGS: &str = "gpg --batch --quiet --no-tty --homedir \"$5\" \
+     --pinentry-mode loopback --no-symkey-cache --passphrase-file \"$6\"";
+
+/// Key material for encrypted backups (the passphrase of OpenPGP's symmetric encryption). Its
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackupKey(String);
+
+impl BackupKey {
+    /// A key; None if it is empty.
+    pub fn new(material: impl Into<String>) -> Option<BackupKey> {
+        let material = material.into();
+        (!material.is_empty()).then_some(BackupKey(material))
+    }
+}
+
+impl std::fmt::Debug for BackupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupKey(..)")
+    }
+}
 
 /// Where a restored member's recovery stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,7 +275,9 @@ pub fn segment_end_lsn(walfile: &str) -> Option<u64> {
 /// the backup history files `SEG.OFFSET.backup.gz` (useless without their segment). None for
 /// `.history.gz`, which are kept, and files that are not the archive's.
 fn archived_segment_end(name: &str) -> Option<u64> {
-    let name = name.strip_suffix(".gz")?;
+    let name = name
+        .strip_suffix(".gz")
+        .or_else(|| name.strip_suffix(".gpg"))?;
     let seg = match name.strip_suffix(".partial") {
         Some(seg) => seg,
         None => match name.strip_suffix(".backup") {
@@ -371,12 +448,28 @@ impl Member {
     /// ([`Member::recovery`]); writes the archive script when one is used.
     pub(crate) fn backup_settings(&self) -> Result<String> {
         let mut conf = String::new();
+        let restoring_wal = matches!(self.recovery, Some(RestoreTarget::Time { .. }));
+        let archive_key = self.write_key(ARCHIVE_KEY, self.backup_key.as_ref())?;
+        let restore_key = self.write_key(
+            RESTORE_KEY,
+            self.restore_key.as_ref().filter(|_| restoring_wal),
+        )?;
         if self.archive_dir.is_none() && self.recovery.is_none() {
             return Ok(conf);
         }
         let script = self.install_archive_script()?;
+        let key_arg = |key: &Option<PathBuf>| {
+            key.as_ref()
+                .map(|k| format!(" {}", command_path(k)))
+                .unwrap_or_default()
+        };
         if let Some(dir) = &self.archive_dir {
-            let command = format!("{} push %p {}/%f", command_path(&script), command_path(dir));
+            let command = format!(
+                "{} push %p {}/%f{}",
+                command_path(&script),
+                command_path(dir),
+                key_arg(&archive_key)
+            );
             // always: standbys archive too; archive_timeout = 0: the writer's heartbeats and
             // WAL switches decide when a partly filled segment is archived.
             conf.push_str(&format!(
@@ -400,9 +493,10 @@ impl Member {
                 timeline,
             }) => {
                 let command = format!(
-                    "{} fetch {}/%f %p",
+                    "{} fetch {}/%f %p{}",
                     command_path(&script),
-                    command_path(wal_dir)
+                    command_path(wal_dir),
+                    key_arg(&restore_key)
                 );
                 conf.push_str(&format!(
                     "restore_command = {}\n\
@@ -417,6 +511,54 @@ impl Member {
             }
         }
         Ok(conf)
+    }
+
+    /// Writes `key` into the file `name` in the member's root (0600, the member user's, gpg's
+    /// home beside it) and returns its path; with None removes the file. The key reaches
+    /// gpg only through this file: never on a command line, never in hanul.conf.
+    fn write_key(&self, name: &str, key: Option<&BackupKey>) -> Result<Option<PathBuf>> {
+        let path = self.root.join(name);
+        let Some(BackupKey(material)) = key else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("removing {}", path.display()))(e));
+                }
+                _ => return Ok(None),
+            }
+        };
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == *material) {
+            return Ok(Some(path));
+        }
+        self.private_dir(&self.root.join(GNUPG_HOME))?;
+        let tmp = self.root.join(format!(".{name}.tmp"));
+        // Created 0600 before the key is written into it.
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(format!("creating {}", tmp.display())))?;
+        self.write_owned(&tmp, material)?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
+        Ok(Some(path))
+    }
+
+    /// A system program (not PostgreSQL's) run as the member's user: `bash -c SCRIPT` with
+    /// `args` as `$1`... (bash for `pipefail`).
+    fn shell(&self, script: &str, args: &[&std::ffi::OsStr]) -> Command {
+        let mut c = Command::new("/bin/bash");
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LC_ALL", "C.UTF-8")
+            .current_dir(&self.root)
+            .stdin(std::process::Stdio::null())
+            .args(["-c", &format!("set -euo pipefail\n{script}"), "hanul"])
+            .args(args);
+        c
     }
 
     /// Creates `dir` (and its missing parents) for the WAL archive: 0700, owned by the
@@ -460,35 +602,14 @@ impl Member {
             remove_tree(&p)
         })
         .await?;
-        let mut c = self.command("pg_basebackup");
-        c.arg("-D")
-            .arg(&partial)
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                &self.superuser,
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-password",
-            ]);
-        self.run(c, "pg_basebackup").await?;
-        let manifest_path = partial.join("backup_manifest");
-        let manifest = std::fs::read_to_string(&manifest_path)
-            .map_err(io(format!("reading {}", manifest_path.display())))?;
+        let (manifest, size_bytes) = match self.backup_key.clone() {
+            None => self.plain_base_backup(&partial).await?,
+            Some(key) => self.encrypted_base_backup(&partial, &key).await?,
+        };
         let ranges = manifest_wal_ranges(&manifest).ok_or_else(|| Error::BackupManifest {
             path: dest.join("backup_manifest"),
             reason: "no WAL-Ranges with Timeline, Start-LSN and End-LSN".into(),
         })?;
-        let p = partial.clone();
-        let size_bytes = blocking(format!("measuring {}", partial.display()), move || {
-            tree_size(&p)
-        })
-        .await?;
         std::fs::rename(&partial, dest).map_err(io(format!("renaming {}", partial.display())))?;
         sync_dir(parent)?;
         // A backup that crosses a promotion has a range per timeline: it starts on the first
@@ -506,6 +627,95 @@ impl Member {
         })
     }
 
+    /// pg_basebackup into the plain data directory `partial`: its manifest and size.
+    async fn plain_base_backup(&self, partial: &Path) -> Result<(String, u64)> {
+        let mut c = self.command("pg_basebackup");
+        c.arg("-D")
+            .arg(partial)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.superuser,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-password",
+            ]);
+        self.run(c, "pg_basebackup").await?;
+        let manifest_path = partial.join("backup_manifest");
+        let manifest = std::fs::read_to_string(&manifest_path)
+            .map_err(io(format!("reading {}", manifest_path.display())))?;
+        let p = partial.to_owned();
+        let size_bytes = blocking(format!("measuring {}", partial.display()), move || {
+            tree_size(&p)
+        })
+        .await?;
+        Ok((manifest, size_bytes))
+    }
+
+    /// pg_basebackup's tar format on stdout, through gpg, into `partial/base.tar.gpg`: the
+    /// data never reaches the disk in plain text. The WAL the backup needs is fetched into the
+    /// tar at its end (`-X fetch`: streaming needs a directory; the writer keeps
+    /// `wal_keep_size` of WAL) and pg_basebackup adds `backup_manifest` to the tar. Returns the
+    /// manifest (read back by decrypting) and the encrypted file's size.
+    async fn encrypted_base_backup(
+        &self,
+        partial: &Path,
+        key: &BackupKey,
+    ) -> Result<(String, u64)> {
+        self.private_dir(partial)?;
+        let key_file = self
+            .write_key(ARCHIVE_KEY, Some(key))?
+            .unwrap_or_else(|| self.root.join(ARCHIVE_KEY));
+        let gnupg = self.root.join(GNUPG_HOME);
+        let out = partial.join(ENCRYPTED_BASE);
+        let port = self.port.to_string();
+        let basebackup = self.bin.path("pg_basebackup");
+        let c = self.shell(
+            &format!(
+                "\"$1\" -D - -F tar -X fetch -c fast --no-password -h \"$2\" -p \"$3\" -U \"$4\" \
+                 | {GPG} --symmetric --cipher-algo AES256 --output \"$7\"",
+                GPG = GPG_WITH_KEY_ARGS
+            ),
+            &[
+                basebackup.as_os_str(),
+                self.socket_dir.as_os_str(),
+                port.as_ref(),
+                self.superuser.as_ref(),
+                gnupg.as_os_str(),
+                key_file.as_os_str(),
+                out.as_os_str(),
+            ],
+        );
+        self.run(c, "pg_basebackup | gpg").await?;
+        let manifest = self.decrypt_manifest(&out, &key_file).await?;
+        let size_bytes = std::fs::metadata(&out)
+            .map_err(io(format!("measuring {}", out.display())))?
+            .len();
+        Ok((manifest, size_bytes))
+    }
+
+    /// The `backup_manifest` inside an encrypted base backup.
+    async fn decrypt_manifest(&self, file: &Path, key_file: &Path) -> Result<String> {
+        let gnupg = self.root.join(GNUPG_HOME);
+        let c = self.shell(
+            &format!("{GPG_WITH_KEY_ARGS} --decrypt -- \"$1\" | tar -xOf - backup_manifest"),
+            &[
+                file.as_os_str(),
+                std::ffi::OsStr::new(""),
+                std::ffi::OsStr::new(""),
+                std::ffi::OsStr::new(""),
+                gnupg.as_os_str(),
+                key_file.as_os_str(),
+            ],
+        );
+        self.run(c, "gpg --decrypt | tar (backup_manifest)").await
+    }
+
     /// Makes this member's data directory (which must not hold a cluster) a copy of the base
     /// backup `snapshot`, set to recover to `target` and then promote itself onto a new
     /// timeline, as a writer (no upstream). The caller starts it, waits with
@@ -516,8 +726,13 @@ impl Member {
         if self.initialized() || not_empty {
             return Err(Error::RestoreTargetNotEmpty(self.data_dir.clone()));
         }
-        if !snapshot.join("PG_VERSION").is_file() {
+        let encrypted = snapshot.join(ENCRYPTED_BASE);
+        let encrypted = encrypted.is_file().then_some(encrypted);
+        if encrypted.is_none() && !snapshot.join("PG_VERSION").is_file() {
             return Err(Error::NotABackup(snapshot.to_owned()));
+        }
+        if encrypted.is_some() && self.restore_key.is_none() {
+            return Err(Error::NoBackupKey(snapshot.to_owned()));
         }
         std::fs::create_dir_all(&self.root).map_err(io("creating the member's root"))?;
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o755))
@@ -530,20 +745,44 @@ impl Member {
             remove_tree(&s)
         })
         .await?;
-        let mut c = Command::new("cp");
-        c.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .args(["-a", "--reflink=auto", "--no-target-directory", "--"])
-            .arg(snapshot)
-            .arg(&staging);
-        self.run(c, "cp (restore)").await?;
-        if let Some((uid, gid)) = self.owner {
-            let mut c = Command::new("chown");
-            c.env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .args(["-R", "--no-dereference", &format!("{uid}:{gid}"), "--"])
-                .arg(&staging);
-            self.run(c, "chown (restore)").await?;
+        match (&encrypted, &self.restore_key) {
+            (Some(file), Some(key)) => {
+                // Decrypted straight into the staging directory, by the member's user.
+                self.private_dir(&staging)?;
+                let key_file = self
+                    .write_key(RESTORE_KEY, Some(key))?
+                    .unwrap_or_else(|| self.root.join(RESTORE_KEY));
+                let gnupg = self.root.join(GNUPG_HOME);
+                let c = self.shell(
+                    &format!("{GPG_WITH_KEY_ARGS} --decrypt -- \"$1\" | tar -xf - -C \"$2\""),
+                    &[
+                        file.as_os_str(),
+                        staging.as_os_str(),
+                        std::ffi::OsStr::new(""),
+                        std::ffi::OsStr::new(""),
+                        gnupg.as_os_str(),
+                        key_file.as_os_str(),
+                    ],
+                );
+                self.run(c, "gpg --decrypt | tar (restore)").await?;
+            }
+            _ => {
+                let mut c = Command::new("cp");
+                c.env_clear()
+                    .env("PATH", "/usr/bin:/bin")
+                    .args(["-a", "--reflink=auto", "--no-target-directory", "--"])
+                    .arg(snapshot)
+                    .arg(&staging);
+                self.run(c, "cp (restore)").await?;
+                if let Some((uid, gid)) = self.owner {
+                    let mut c = Command::new("chown");
+                    c.env_clear()
+                        .env("PATH", "/usr/bin:/bin")
+                        .args(["-R", "--no-dereference", &format!("{uid}:{gid}"), "--"])
+                        .arg(&staging);
+                    self.run(c, "chown (restore)").await?;
+                }
+            }
         }
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("chmod {}", staging.display())))?;
@@ -839,6 +1078,132 @@ mod tests {
         // No temporary file is left behind.
         let left: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    /// The files under `dir` (recursively) whose bytes, or whose gzip-decompressed bytes,
+    /// hold `marker`.
+    fn files_holding(dir: &Path, marker: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    todo.push(path);
+                    continue;
+                }
+                let mut bytes = std::fs::read(&path).unwrap();
+                if bytes.starts_with(&[0x1f, 0x8b]) {
+                    let out = std::process::Command::new("gzip")
+                        .arg("-dc")
+                        .arg(&path)
+                        .output()
+                        .unwrap();
+                    bytes.extend(out.stdout);
+                }
+                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// The archive script with a key file: files are stored encrypted as `NAME.gpg` (the
+    /// bytes nowhere in plain text), a push of the same bytes again succeeds although
+    /// encryption is randomised, one of other bytes fails, a fetch decrypts, a fetch with
+    /// another key fails, and the key is never on the command line.
+    #[test]
+    fn the_archive_script_encrypts_pushes_idempotently_and_fetches() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
+        std::fs::create_dir_all(&m.root).unwrap();
+        let sh = m.install_archive_script().unwrap();
+        let key = m
+            .write_key(
+                ARCHIVE_KEY,
+                BackupKey::new("correct horse battery").as_ref(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner_and_mode(&key).1, 0o600);
+        let wrong = m
+            .write_key(RESTORE_KEY, BackupKey::new("another key").as_ref())
+            .unwrap()
+            .unwrap();
+        let archive = dir.path().join("wal");
+        m.prepare_archive_dir(&archive).unwrap();
+        // Run as PostgreSQL runs it: as the member's user, who owns gpg's home.
+        let script = |path: &Path, args: &[&Path]| {
+            let mut c = std::process::Command::new(path);
+            if let Some((uid, gid)) = m.owner {
+                c.uid(uid.as_raw()).gid(gid.as_raw());
+            }
+            let out = c.args(args).output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let restored = dir.path().join("restored");
+        m.private_dir(&restored).unwrap();
+        let marker = "hanul-marker-7f3a";
+        let seg = dir.path().join("000000010000000000000001");
+        let mut bytes = vec![0u8; 1024 * 1024];
+        for (i, chunk) in bytes.chunks_mut(4096).enumerate() {
+            let line = format!("{marker} {i}");
+            chunk[..line.len()].copy_from_slice(line.as_bytes());
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        let dst = archive.join("000000010000000000000001");
+        let push = |src: &Path| script(&sh, &[Path::new("push"), src, &dst, &key]);
+
+        assert_eq!(push(&seg), (true, String::new()));
+        assert!(archive.join("000000010000000000000001.gpg").is_file());
+        assert!(!archive.join("000000010000000000000001.gz").exists());
+        assert_eq!(files_holding(&archive, marker), Vec::<PathBuf>::new());
+        let first = std::fs::read(archive.join("000000010000000000000001.gpg")).unwrap();
+        assert_eq!(push(&seg), (true, String::new()));
+        assert_eq!(
+            std::fs::read(archive.join("000000010000000000000001.gpg")).unwrap(),
+            first
+        );
+
+        let other = dir.path().join("other");
+        let mut changed = bytes.clone();
+        changed[10] ^= 1;
+        std::fs::write(&other, &changed).unwrap();
+        let (ok, stderr) = push(&other);
+        assert!(!ok);
+        assert!(stderr.contains("differs"), "{stderr}");
+        // The same bytes under the other key are "other bytes" too: never overwritten.
+        let (ok, _) = script(&sh, &[Path::new("push"), &seg, &dst, &wrong]);
+        assert!(!ok);
+
+        let back = restored.join("back");
+        let (ok, stderr) = script(&sh, &[Path::new("fetch"), &dst, &back, &key]);
+        assert!(ok, "{stderr}");
+        assert!(std::fs::read(&back).unwrap() == bytes);
+        std::fs::remove_file(&back).unwrap();
+        let (ok, _) = script(&sh, &[Path::new("fetch"), &dst, &back, &wrong]);
+        assert!(!ok);
+        assert!(!back.exists());
+        // Plain and encrypted archives do not mix: without the key nothing is found.
+        let (ok, stderr) = script(&sh, &[Path::new("fetch"), &dst, &back]);
+        assert_eq!((ok, stderr.as_str()), (false, ""));
+        let missing = archive.join("000000010000000000000002");
+        let (ok, stderr) = script(&sh, &[Path::new("fetch"), &missing, &back, &key]);
+        assert_eq!((ok, stderr.as_str()), (false, ""));
+        let left: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        // Without a key the files go away.
+        assert_eq!(m.write_key(ARCHIVE_KEY, None).unwrap(), None);
+        assert!(!key.exists());
     }
 
     fn log(m: &Member) -> String {
@@ -1166,6 +1531,145 @@ mod tests {
         assert_eq!((o.in_recovery, o.timeline), (false, 2));
         stop(r).await;
         stop(s).await;
+        stop(w).await;
+    }
+
+    /// An encrypted cluster, restored to a point in time: m1 encrypts its archive and its
+    /// base backup (one `base.tar.gpg`); marker rows committed before and after the backup are
+    /// nowhere in the backup directory in plain text (nor gzip-compressed); the key is in
+    /// neither hanul.conf nor a command line. A restore without the key is refused; with it,
+    /// m2 has exactly the rows committed before the heartbeat, and encrypts its own archive
+    /// with its own key.
+    #[tokio::test]
+    async fn an_encrypted_backup_restores_to_a_point_in_time_and_nothing_is_in_plain_text() {
+        let Ok(bin) = Binaries::locate() else {
+            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let backups = dir.path().join("backups");
+        let archive = backups.join("wal/c1-0123abcd");
+        let key = "k1-passphrase-aaaa";
+        let mut m1 =
+            Member::new(bin.clone(), &dir.path().join("m1"), free_port(), "master").unwrap();
+        m1.prepare_archive_dir(&archive).unwrap();
+        m1.archive_dir = Some(archive.clone());
+        m1.backup_key = BackupKey::new(key);
+        m1.init("pw").await.unwrap();
+        let conf = std::fs::read_to_string(m1.data_dir.join("hanul.conf")).unwrap();
+        assert!(!conf.contains(key), "{conf}");
+        assert!(conf.contains("archive.key"), "{conf}");
+        let w = start(&m1);
+        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
+        let (before, after) = ("marker-before-9c1e", "marker-after-4d2b");
+        m1.query(
+            "postgres",
+            &format!(
+                "create table t (v int); create table s (m text); insert into s values ('{before}')"
+            ),
+        )
+        .await
+        .unwrap();
+        let snapshot = backups.join("snapshots/s1");
+        let info = m1.base_backup(&snapshot).await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(&snapshot)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, [ENCRYPTED_BASE]);
+        assert!(
+            info.start_lsn <= info.end_lsn && info.timeline == 1,
+            "{info:?}"
+        );
+        assert_eq!(
+            info.size_bytes,
+            std::fs::metadata(snapshot.join(ENCRYPTED_BASE))
+                .unwrap()
+                .len()
+        );
+
+        m1.query(
+            "postgres",
+            &format!(
+                "insert into t select generate_series(1, 100); insert into s values ('{after}')"
+            ),
+        )
+        .await
+        .unwrap();
+        let target = m1.heartbeat().await.unwrap();
+        m1.query("postgres", "insert into t select generate_series(101, 200)")
+            .await
+            .unwrap();
+        let last = m1.heartbeat().await.unwrap();
+        m1.switch_wal().await.unwrap();
+        poll("the last heartbeat is archived", async || {
+            let a = m1.archiver().await.unwrap();
+            assert_eq!(a.last_failed_wal, None, "{}", log(&m1));
+            let end = a.last_archived_wal.as_deref().and_then(segment_end_lsn)?;
+            (end >= last.lsn).then_some(())
+        })
+        .await;
+        let archived: Vec<String> = std::fs::read_dir(&archive)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !archived.is_empty() && archived.iter().all(|n| n.ends_with(".gpg")),
+            "{archived:?}"
+        );
+        for marker in [before, after, key] {
+            assert_eq!(files_holding(&backups, marker), Vec::<PathBuf>::new());
+        }
+        // Neither the marker rows' segments nor the snapshot are found without a key.
+        let mut m0 =
+            Member::new(bin.clone(), &dir.path().join("m0"), free_port(), "master").unwrap();
+        assert!(matches!(
+            m0.restore_from(&snapshot, RestoreTarget::Immediate).await,
+            Err(Error::NoBackupKey(_))
+        ));
+
+        let mut m2 = Member::new(bin, &dir.path().join("m2"), free_port(), "master").unwrap();
+        let archive2 = backups.join("wal/c2-4567cdef");
+        m2.prepare_archive_dir(&archive2).unwrap();
+        m2.archive_dir = Some(archive2.clone());
+        m2.backup_key = BackupKey::new("k2-passphrase-bbbb");
+        m2.restore_key = BackupKey::new(key);
+        m2.restore_from(
+            &snapshot,
+            RestoreTarget::Time {
+                wal_dir: archive.clone(),
+                time_unix_micros: target.at_unix_micros,
+                timeline: None,
+            },
+        )
+        .await
+        .unwrap();
+        let conf = std::fs::read_to_string(m2.data_dir.join("hanul.conf")).unwrap();
+        assert!(conf.contains("restore.key"), "{conf}");
+        assert!(!conf.contains(key), "{conf}");
+        let r = start(&m2);
+        assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
+        assert!(
+            m2.wait_promoted(Duration::from_secs(30)).await.unwrap(),
+            "{}",
+            log(&m2)
+        );
+        m2.finish_restore().unwrap();
+        assert!(!m2.root.join(RESTORE_KEY).exists());
+        assert_eq!(rows(&m2).await, "100|100");
+        let markers = m2
+            .query("postgres", "select string_agg(m, ',' order by m) from s")
+            .await
+            .unwrap();
+        assert_eq!(markers.trim(), format!("{after},{before}"));
+        poll(
+            "the restored member archives its timeline, encrypted",
+            async || archive2.join("00000002.history.gpg").exists().then_some(()),
+        )
+        .await;
+        assert!(!archive2.join("00000002.history.gz").exists());
+        stop(r).await;
         stop(w).await;
     }
 }

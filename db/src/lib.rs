@@ -11,7 +11,7 @@
 //! - [`backup`]: WAL archiving (every member, through an idempotent archive script), base
 //!   backups of a writer or a standby, restores to a snapshot or a point in time, heartbeats
 //!   and the archiver's progress (how far a cluster can be restored), and pruning of the
-//!   archive.
+//!   archive; with a key, the archive and the base backups are encrypted (gpg, AES256).
 //!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
 //! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]).
@@ -20,7 +20,8 @@ pub mod backup;
 pub mod postgres;
 
 pub use backup::{
-    ArchiverStatus, BackupInfo, Heartbeat, RestoreTarget, prune_wal, segment_end_lsn,
+    ArchiverStatus, BackupInfo, BackupKey, ENCRYPTED_BASE, Heartbeat, RestoreTarget, prune_wal,
+    segment_end_lsn,
 };
 pub use postgres::{
     Binaries, Error, Exec, ExecFuture, Member, Observation, StopMode, TokioExec, Upstream,

@@ -56,8 +56,10 @@ pub enum Error {
     RestoreTargetNotEmpty(PathBuf),
     #[error("cannot back up into {0}: it exists already")]
     BackupExists(PathBuf),
-    #[error("{0} is not a base backup (it has no PG_VERSION)")]
+    #[error("{0} is not a base backup (it has no PG_VERSION and no {ENCRYPTED_BASE})", ENCRYPTED_BASE = crate::backup::ENCRYPTED_BASE)]
     NotABackup(PathBuf),
+    #[error("{0} is an encrypted base backup and no key to decrypt it was given")]
+    NoBackupKey(PathBuf),
     #[error("reading the backup manifest {path}: {reason}")]
     BackupManifest { path: PathBuf, reason: String },
 }
@@ -318,7 +320,7 @@ impl Upstream {
 /// One member's files and addresses.
 #[derive(Clone, Debug)]
 pub struct Member {
-    bin: Binaries,
+    pub(crate) bin: Binaries,
     pub root: PathBuf,
     pub data_dir: PathBuf,
     pub socket_dir: PathBuf,
@@ -345,6 +347,12 @@ pub struct Member {
     /// The recovery a restored member runs at its next start ([`Member::restore_from`]);
     /// None once [`Member::finish_restore`] ran.
     pub recovery: Option<crate::backup::RestoreTarget>,
+    /// The key this member encrypts its archived WAL and its base backups with; None: they
+    /// are stored in plain text (see [`crate::backup`]).
+    pub backup_key: Option<crate::backup::BackupKey>,
+    /// The key a restore's snapshot and archived WAL were encrypted with (the source
+    /// cluster's); None: they are plain.
+    pub restore_key: Option<crate::backup::BackupKey>,
     pub(crate) owner: Option<(Uid, Gid)>,
     exec: Arc<dyn Exec>,
 }
@@ -375,6 +383,8 @@ impl Member {
             readable: true,
             archive_dir: None,
             recovery: None,
+            backup_key: None,
+            restore_key: None,
             owner,
             exec: Arc::new(TokioExec),
         })

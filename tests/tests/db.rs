@@ -1308,3 +1308,161 @@ fn preferred_durability_commits_alone_while_the_standby_is_down_and_says_so() {
         .unwrap();
     assert_eq!(synced, "sync:true", "{}", lab.logs());
 }
+
+/// The files under `dir` whose bytes, or gzip-decompressed bytes, hold `marker` (files that
+/// go while it reads are skipped).
+fn files_holding(dir: &std::path::Path, marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let Ok(mut bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            if bytes.starts_with(&[0x1f, 0x8b])
+                && let Ok(out) = std::process::Command::new("gzip")
+                    .arg("-dc")
+                    .arg(&path)
+                    .output()
+            {
+                bytes.extend(out.stdout);
+            }
+            if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Encrypted backups: a cluster with `backupEncrypted` and its key in a Secret archives its
+/// WAL and takes its snapshots encrypted (a marker row is nowhere in the backup directory in
+/// plain text, nor the key), its snapshots record the Secret, and its final snapshot, taken
+/// when it is deleted, restores into a new encrypted cluster with every row.
+#[test]
+fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing_is_plain() {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with("enc", &["az-a"], args);
+    let key = "e2e-backup-key-material-31c9";
+    lab.apply(
+        "key.yaml",
+        &format!(
+            "apiVersion: hanul/v1\nkind: Secret\nmetadata: {{name: vault-key}}\nspec:\n  data: {{key: {key}}}\n"
+        ),
+    );
+    let encrypted =
+        "  backupEncrypted: true\n  backupEncryptionKeySecret: {name: vault-key}\n  failover:";
+    let cluster = manifest("vault", "singleAZ", 0, free_port_pair(), &["az-a"]).replace(
+        "  failover:",
+        &format!("  finalSnapshotIdentifier: vault-final\n{encrypted}"),
+    );
+    lab.apply("vault.yaml", &cluster);
+    let status = lab.wait_available("vault", 1, 1, 0);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    let marker = "e2e-marker-5b7d0a";
+    lab.sql_eventually(
+        &writer,
+        &format!(
+            "CREATE TABLE t (n int primary key); CREATE TABLE m (s text); \
+             INSERT INTO m VALUES ('{marker}'); INSERT INTO t SELECT generate_series(1, 20)"
+        ),
+    );
+    let out = lab.server.cli(&[
+        "db",
+        "snapshot",
+        "vault",
+        "vault-keep",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        lab.logs()
+    );
+    let snap = lab.server.get_json("dbsnapshot/vault-keep").unwrap();
+    assert_eq!(
+        snap["status"]["encryptionKeySecret"]["name"], "vault-key",
+        "{snap}"
+    );
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(21, 30)")
+        .unwrap();
+    // The marker's WAL is archived once a commit after it is.
+    let after = unix_now();
+    poll(WAIT, "the latest restorable time past the marker", || {
+        let s = &lab.cluster("vault")["status"];
+        let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+        if latest > after {
+            Ok(Some(()))
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    for secret in [marker, key] {
+        assert_eq!(
+            files_holding(backups.path(), secret),
+            Vec::<String>::new(),
+            "{secret} in plain text"
+        );
+    }
+
+    poll(WAIT, "the final snapshot's finalizer", || {
+        let c = lab.cluster("vault");
+        Ok(c["metadata"]["finalizers"]
+            .as_array()
+            .filter(|f| f.iter().any(|f| f == "hanul.dev/db-final-snapshot"))
+            .map(|_| ()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let out = lab.server.cli(&["delete", "dbcluster", "vault", "--wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let last = lab.server.get_json("dbsnapshot/vault-final").unwrap();
+    assert_eq!(last["status"]["phase"], "available", "{last}");
+    assert_eq!(
+        last["status"]["encryptionKeySecret"]["name"], "vault-key",
+        "{last}"
+    );
+    assert_eq!(files_holding(backups.path(), marker), Vec::<String>::new());
+
+    // A plain cluster cannot be restored from it (applied first); an encrypted one can, with
+    // every row.
+    let plain = manifest("plain", "singleAZ", 0, free_port_pair(), &["az-a"]).replace(
+        "  failover:",
+        "  source: {snapshot: vault-final}\n  failover:",
+    );
+    lab.apply("plain.yaml", &plain);
+    let back = manifest("back", "singleAZ", 0, free_port_pair(), &["az-a"]).replace(
+        "  failover:",
+        &format!("  source: {{snapshot: vault-final}}\n{encrypted}"),
+    );
+    lab.apply("back.yaml", &back);
+    let status = lab.wait_available("back", 1, 1, 0);
+    let back_writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    assert_eq!(lab.rows_of_t(&back_writer), "30/30", "{}", lab.logs());
+    assert_eq!(lab.query(&back_writer, "SELECT s FROM m").unwrap(), marker);
+    // The plain one is refused by its agent, which retries (and logs why): by the time the
+    // encrypted one is available, it is still creating.
+    let refused = lab.cluster("plain");
+    assert_ne!(refused["status"]["phase"], "available", "{refused}");
+    let member = lab.server.get_json("dbinstance/plain-1").unwrap();
+    assert_eq!(member["status"]["state"], "creating", "{member}");
+}

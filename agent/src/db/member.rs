@@ -963,6 +963,7 @@ impl MemberLoop {
                 .map_err(|e| Error::Other(format!("removing a failed restore's files: {e}")))?;
         }
         if restore.clone_address.is_empty() {
+            member.restore_key = self.snapshot_key(&snapshot, c)?;
             member.restore_from(&snapshot, target).await?;
             self.start(c, member).await?;
         } else {
@@ -982,6 +983,13 @@ impl MemberLoop {
                     )));
                 }
             };
+            if source.backup_encrypted && !spec_of(c).backup_encrypted {
+                return Err(Error::Other(format!(
+                    "the source DB cluster {} encrypts its backups: a clone of it must too \
+                     (set spec.backupEncrypted and spec.backupEncryptionKeySecret)",
+                    restore.source_cluster
+                )));
+            }
             let (host, port) = split_address(&restore.clone_address).ok_or_else(|| {
                 Error::Other(format!("bad source address {:?}", restore.clone_address))
             })?;
@@ -1059,13 +1067,41 @@ impl MemberLoop {
         };
         // Alone until its standbys are rebuilt from it (the cluster's set is empty now).
         member.synchronous_standby_names.clear();
-        member
-            .restore_from(&self.ctx.backup_dir.join(&b.snapshot_path), target)
-            .await?;
+        let snapshot = self.ctx.backup_dir.join(&b.snapshot_path);
+        member.restore_key = self.snapshot_key(&snapshot, c)?;
+        member.restore_from(&snapshot, target).await?;
         self.start(c, member).await?;
         self.finish_recovery(member, "the restore").await?;
         member.query("postgres", "checkpoint").await?;
         Ok(())
+    }
+
+    /// The key an encrypted snapshot (and the WAL archive of its cluster: a cluster's
+    /// encryption is fixed at its creation) is decrypted with: the Secret it records; None for
+    /// a plain one. A cluster restored from an encrypted snapshot must encrypt its own backups.
+    fn snapshot_key(
+        &self,
+        snapshot: &std::path::Path,
+        c: &StepCtx<'_>,
+    ) -> Result<Option<hanul_db::BackupKey>> {
+        if !snapshot.join(hanul_db::ENCRYPTED_BASE).is_file() {
+            return Ok(None);
+        }
+        if !spec_of(c).backup_encrypted {
+            return Err(Error::Other(format!(
+                "the snapshot {} is encrypted: a cluster restored from it must encrypt its \
+                 backups too (set spec.backupEncrypted and spec.backupEncryptionKeySecret)",
+                snapshot.display()
+            )));
+        }
+        let r = super::snapshots::read_key_ref(snapshot).ok_or_else(|| {
+            Error::Other(format!(
+                "the encrypted snapshot {} does not say which Secret encrypted it ({} is missing)",
+                snapshot.display(),
+                super::snapshots::KEY_REF_FILE
+            ))
+        })?;
+        self.ctx.backup_key_in(&r).map(Some)
     }
 
     /// Waits for a restored member's recovery to end in its promotion, then takes its
@@ -1433,6 +1469,7 @@ impl MemberLoop {
             });
         }
         m.detached = local.detached;
+        m.backup_key = self.ctx.backup_key(&spec)?;
         if retention_days(&spec) > 0 {
             let uid = cluster.metadata.as_ref().map_or("", |m| m.uid.as_str());
             m.archive_dir = Some(
@@ -1728,6 +1765,11 @@ impl MemberLoop {
 }
 
 /// What a step needs of the pass that decided it.
+/// The spec of the cluster a step runs for.
+fn spec_of(c: &StepCtx<'_>) -> hanul_proto::v1::DbClusterSpec {
+    c.cluster.spec.clone().unwrap_or_default()
+}
+
 struct StepCtx<'a> {
     object: &'a Object,
     spec: &'a hanul_proto::v1::DbInstanceSpec,

@@ -69,6 +69,8 @@ const RESYNC: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The driver's directory under `data_dir/db`.
 const DRIVER_DIR: &str = "driver";
+/// The key in a backup encryption Secret's data when its reference names none.
+const BACKUP_KEY_DEFAULT: &str = "key";
 
 /// What the DB loop needs to know about its node.
 #[derive(Clone, Debug)]
@@ -216,6 +218,58 @@ impl Context {
             .spec
             .and_then(|s| s.data.get(key).cloned())
             .ok_or_else(|| member::Error::Other(format!("Secret {} has no key {key:?}", r.name)))
+    }
+
+    /// The key the cluster's backups are encrypted with (`spec.backupEncryptionKeySecret`);
+    /// None when they are not encrypted.
+    pub(crate) fn backup_key(
+        &self,
+        spec: &hanul_proto::v1::DbClusterSpec,
+    ) -> Result<Option<hanul_db::BackupKey>, member::Error> {
+        if !spec.backup_encrypted {
+            return Ok(None);
+        }
+        let r = spec
+            .backup_encryption_key_secret
+            .clone()
+            .unwrap_or_default();
+        self.backup_key_in(&r).map(Some)
+    }
+
+    /// The key material a `SecretKeyRef` names (its key defaults to "key"). The error names
+    /// the Secret and the key, never the material.
+    pub(crate) fn backup_key_in(
+        &self,
+        r: &hanul_proto::v1::SecretKeyRef,
+    ) -> Result<hanul_db::BackupKey, member::Error> {
+        let key = if r.key.is_empty() {
+            BACKUP_KEY_DEFAULT
+        } else {
+            &r.key
+        };
+        let secret = match self
+            .secrets
+            .get(Kind::Secret, &r.name)
+            .map(|o| o.resource.clone())
+        {
+            Some(Some(Resource::Secret(s))) => s,
+            _ => {
+                return Err(member::Error::Other(format!(
+                    "the backup encryption key's Secret {:?} does not exist",
+                    r.name
+                )));
+            }
+        };
+        secret
+            .spec
+            .and_then(|s| s.data.get(key).cloned())
+            .and_then(hanul_db::BackupKey::new)
+            .ok_or_else(|| {
+                member::Error::Other(format!(
+                    "Secret {:?} has no key {key:?} with the backup encryption key",
+                    r.name
+                ))
+            })
     }
 
     /// Starts the task of `name` unless it runs; wakes it either way.

@@ -25,7 +25,7 @@ use hanul_proto::db::{
 use hanul_proto::events::{NORMAL, WARNING};
 use hanul_proto::time::now;
 use hanul_proto::v1::object::Resource;
-use hanul_proto::v1::{DbSnapshot, Object};
+use hanul_proto::v1::{DbSnapshot, Object, SecretKeyRef};
 use tonic::Code;
 use tracing::{info, warn};
 
@@ -147,13 +147,26 @@ async fn take(ctx: &Context, name: &str) -> Result<()> {
         s.message = format!("copying the data of {}", status.member);
     })
     .await?;
-    let member = member(ctx, &status.member, &spec.db_cluster)?;
+    let (member, key_ref) = member(ctx, &status.member, &spec.db_cluster)?;
     let dest = ctx.backup_dir.join(&status.path);
     info!(snapshot = %name, member = %status.member, dest = %dest.display(), "Taking a DB snapshot.");
-    match member.base_backup(&dest).await {
+    let taken = match member.base_backup(&dest).await {
+        Ok(info) => match &key_ref {
+            Some(r) => write_key_ref(&dest, r)
+                .map(|()| info)
+                .map_err(|e| hanul_db::Error::Io {
+                    what: format!("writing {}", dest.join(KEY_REF_FILE).display()),
+                    source: e,
+                }),
+            None => Ok(info),
+        },
+        Err(e) => Err(e),
+    };
+    match taken {
         Ok(info) => {
             let done = now();
             set_status(ctx, name, |s| {
+                s.encryption_key_secret = key_ref.clone();
                 s.phase = SNAPSHOT_AVAILABLE.into();
                 s.snapshot_create_time = Some(done);
                 s.start_lsn = info.start_lsn;
@@ -209,8 +222,34 @@ async fn take(ctx: &Context, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The file beside an encrypted snapshot's data that names the Secret whose key encrypted it
+/// (`NAME\nKEY\n`; a name, no key material): a restore finds the key with it even when the
+/// cluster is gone, as the snapshot's `status.encryptionKeySecret` says too.
+pub(super) const KEY_REF_FILE: &str = "encryption-key-secret";
+
+/// Writes [`KEY_REF_FILE`] into the snapshot directory `dir`.
+fn write_key_ref(dir: &Path, r: &SecretKeyRef) -> std::io::Result<()> {
+    let path = dir.join(KEY_REF_FILE);
+    let tmp = dir.join(format!(".{KEY_REF_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{}\n{}\n", r.name, r.key))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The Secret reference of the encrypted snapshot in `dir` ([`KEY_REF_FILE`]); None if it has
+/// none.
+pub(super) fn read_key_ref(dir: &Path) -> Option<SecretKeyRef> {
+    let text = std::fs::read_to_string(dir.join(KEY_REF_FILE)).ok()?;
+    let mut lines = text.lines();
+    let name = lines.next().filter(|n| !n.is_empty())?.to_string();
+    let key = lines.next().unwrap_or_default().to_string();
+    Some(SecretKeyRef { name, key })
+}
+
 /// The member `name` of this node, as PostgreSQL knows it (its port from `member.json`).
-fn member(ctx: &Context, name: &str, cluster: &str) -> Result<Member> {
+/// With the Secret its backups are encrypted with, if they are.
+fn member(ctx: &Context, name: &str, cluster: &str) -> Result<(Member, Option<SecretKeyRef>)> {
     let bin = ctx
         .bin
         .clone()
@@ -218,17 +257,22 @@ fn member(ctx: &Context, name: &str, cluster: &str) -> Result<Member> {
     let root = ctx.dir.join(name);
     let local = super::member::load_local(&root)
         .ok_or_else(|| format!("member {name} has no data on this node"))?;
-    let superuser = match ctx
+    let spec = match ctx
         .clusters
         .get(Kind::DbCluster, cluster)
         .map(|o| o.resource.clone())
     {
-        Some(Some(Resource::DbCluster(c))) => c.spec.unwrap_or_default().master_username,
+        Some(Some(Resource::DbCluster(c))) => c.spec.unwrap_or_default(),
         _ => return Err(format!("DB cluster {cluster} not found")),
     };
-    Member::new(bin, &root, local.port, &superuser)
+    let mut m = Member::new(bin, &root, local.port, &spec.master_username)
         .map(|m| m.with_exec(Arc::new(super::exec::ReapedExec)))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    m.backup_key = ctx.backup_key(&spec).map_err(|e| e.to_string())?;
+    let key_ref = spec
+        .backup_encryption_key_secret
+        .filter(|_| spec.backup_encrypted);
+    Ok((m, key_ref))
 }
 
 /// Removes the WAL of `cluster` that no automated snapshot needs any more (older than the

@@ -228,6 +228,7 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
     }
     check_maintenance(spec, errs);
     check_backtrack(spec, errs);
+    check_backup_encryption(spec, errs);
     let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     if let Some(s) = source(spec) {
         check_source(name, s, errs);
@@ -250,6 +251,26 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
         );
     }
     errs.immutable("spec.deployment", &old.deployment, &spec.deployment);
+    // As RDS: what encrypted the backups so far must decrypt them (restores, backtracks), and
+    // a cluster's archive is never half plain, half encrypted.
+    errs.immutable(
+        "spec.backupEncrypted",
+        old.backup_encrypted,
+        spec.backup_encrypted,
+    );
+    if old.backup_encrypted {
+        let key = |s: &DbClusterSpec| s.backup_encryption_key_secret.clone().unwrap_or_default();
+        let (was, asked) = (key(old), key(spec));
+        if was != asked {
+            errs.add(
+                "spec.backupEncryptionKeySecret",
+                format!(
+                    "is immutable while spec.backupEncrypted is true (was {:?}/{:?}, asked {:?}/{:?}): the cluster's snapshots and WAL archive are encrypted with it",
+                    was.name, was.key, asked.name, asked.key
+                ),
+            );
+        }
+    }
     errs.immutable(
         "spec.masterUsername",
         &old.master_username,
@@ -284,6 +305,65 @@ fn check_backup(b: &hanul_proto::v1::BackupSettings, errs: &mut Errors) {
     }
     if let Err(why) = parse_window(&b.preferred_window) {
         errs.add("spec.backup.preferredWindow", why);
+    }
+}
+
+/// Encrypted backups: a Secret reference that can name one, and automated backups on (what
+/// is encrypted is the backup directory's WAL archive and snapshots).
+fn check_backup_encryption(spec: &DbClusterSpec, errs: &mut Errors) {
+    let r = spec
+        .backup_encryption_key_secret
+        .clone()
+        .unwrap_or_default();
+    if !spec.backup_encrypted {
+        if r != Default::default() {
+            errs.add(
+                "spec.backupEncryptionKeySecret",
+                "only with spec.backupEncrypted: true (set it, or remove the reference)",
+            );
+        }
+        return;
+    }
+    if r.name.is_empty() {
+        errs.add(
+            "spec.backupEncryptionKeySecret.name",
+            "required with spec.backupEncrypted: the Secret holding the key material",
+        );
+    } else if !is_dns_name(&r.name, 253) {
+        errs.add(
+            "spec.backupEncryptionKeySecret.name",
+            format!(
+                "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
+                r.name
+            ),
+        );
+    }
+    if !r.key.is_empty()
+        && !r
+            .key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errs.add(
+            "spec.backupEncryptionKeySecret.key",
+            format!(
+                "{:?} is not a key (letters, digits, '-', '_' and '.'; default \"key\")",
+                r.key
+            ),
+        );
+    }
+    let retention = spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.retention_days)
+        .unwrap_or(DEFAULT_RETENTION_DAYS);
+    if retention == 0 {
+        errs.add(
+            "spec.backupEncrypted",
+            format!(
+                "needs automated backups, and spec.backup.retentionDays is 0 (set it to 1..{MAX_RETENTION_DAYS}, or spec.backupEncrypted to false)"
+            ),
+        );
     }
 }
 

@@ -520,6 +520,71 @@ fn backup_retention_and_window_are_checked_naming_the_field() {
     );
 }
 
+#[test]
+fn encrypted_backups_need_a_key_secret_and_automated_backups() {
+    let o = admitted_cluster(
+        "  masterPassword: s3cret-pass\n  backupEncrypted: true\n  backupEncryptionKeySecret: {name: orders-backup-key}\n",
+    );
+    let s = cluster_of(&o).spec.clone().unwrap();
+    assert!(s.backup_encrypted);
+    assert_eq!(
+        s.backup_encryption_key_secret.unwrap().name,
+        "orders-backup-key"
+    );
+    let m = refused("  masterPassword: s3cret-pass\n  backupEncrypted: true\n");
+    assert!(
+        m.contains("spec.backupEncryptionKeySecret.name: required with spec.backupEncrypted: the Secret holding the key material"),
+        "{m}"
+    );
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  backupEncrypted: true\n  backupEncryptionKeySecret: {name: Bad_Name, key: 'a b'}\n  backup: {retentionDays: 0}\n",
+    );
+    for want in [
+        "spec.backupEncryptionKeySecret.name: \"Bad_Name\" is not a Secret name",
+        "spec.backupEncryptionKeySecret.key: \"a b\" is not a key",
+        "spec.backupEncrypted: needs automated backups, and spec.backup.retentionDays is 0",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in {m}");
+    }
+    let m = refused(
+        "  masterPassword: s3cret-pass\n  backupEncryptionKeySecret: {name: orders-backup-key}\n",
+    );
+    assert!(
+        m.contains("spec.backupEncryptionKeySecret: only with spec.backupEncrypted: true"),
+        "{m}"
+    );
+}
+
+#[test]
+fn backup_encryption_is_fixed_at_creation() {
+    let plain = admitted_cluster(PASSWORD);
+    let encrypted = "  masterPassword: s3cret-pass\n  backupEncrypted: true\n  backupEncryptionKeySecret: {name: k1}\n";
+    let m = message(admit(&mut cluster(encrypted), Some(&plain)));
+    assert!(
+        m.contains("spec.backupEncrypted: is immutable (was false, asked true)"),
+        "{m}"
+    );
+    let old = admitted_cluster(encrypted);
+    let m = message(admit(&mut cluster(PASSWORD), Some(&old)));
+    assert!(
+        m.contains("spec.backupEncrypted: is immutable (was true, asked false)"),
+        "{m}"
+    );
+    let m = message(admit(
+        &mut cluster(
+            "  masterPassword: s3cret-pass\n  backupEncrypted: true\n  backupEncryptionKeySecret: {name: k2}\n",
+        ),
+        Some(&old),
+    ));
+    assert!(
+        m.contains(
+            "spec.backupEncryptionKeySecret: is immutable while spec.backupEncrypted is true"
+        ),
+        "{m}"
+    );
+    admit(&mut cluster(encrypted), Some(&old)).unwrap();
+}
+
 const PASSWORD: &str = "  masterPassword: s3cret-pass\n";
 
 fn with_source(source: &str) -> String {
