@@ -193,31 +193,14 @@ impl Context {
         &self,
         spec: &hanul_proto::v1::DbClusterSpec,
     ) -> Result<String, member::Error> {
-        let Some(r) = spec
+        match spec
             .master_password_secret
             .as_ref()
             .filter(|r| !r.name.is_empty())
-        else {
-            return Ok(spec.master_password.clone());
-        };
-        let key = if r.key.is_empty() { "password" } else { &r.key };
-        let secret = match self
-            .secrets
-            .get(Kind::Secret, &r.name)
-            .map(|o| o.resource.clone())
         {
-            Some(Some(Resource::Secret(s))) => s,
-            _ => {
-                return Err(member::Error::Other(format!(
-                    "the master password's Secret {} does not exist",
-                    r.name
-                )));
-            }
-        };
-        secret
-            .spec
-            .and_then(|s| s.data.get(key).cloned())
-            .ok_or_else(|| member::Error::Other(format!("Secret {} has no key {key:?}", r.name)))
+            None => Ok(spec.master_password.clone()),
+            Some(r) => self.secret_value(r, "password", "the master password"),
+        }
     }
 
     /// The key the cluster's backups are encrypted with (`spec.backupEncryptionKeySecret`);
@@ -242,33 +225,41 @@ impl Context {
         &self,
         r: &hanul_proto::v1::SecretKeyRef,
     ) -> Result<hanul_db::BackupKey, member::Error> {
-        let key = if r.key.is_empty() {
-            BACKUP_KEY_DEFAULT
-        } else {
-            &r.key
-        };
-        let secret = match self
+        let what = "the backup encryption key";
+        let value = self.secret_value(r, BACKUP_KEY_DEFAULT, what)?;
+        hanul_db::BackupKey::new(value).ok_or_else(|| {
+            member::Error::Other(format!(
+                "Secret {:?} has no usable {what} under {:?}",
+                r.name,
+                secret_key(r, BACKUP_KEY_DEFAULT)
+            ))
+        })
+    }
+
+    /// The value a `SecretKeyRef` names (`default_key` when it names no key). Errors name
+    /// `what`, the Secret and the key, never a value.
+    fn secret_value(
+        &self,
+        r: &hanul_proto::v1::SecretKeyRef,
+        default_key: &str,
+        what: &str,
+    ) -> Result<String, member::Error> {
+        let key = secret_key(r, default_key);
+        let Some(Some(Resource::Secret(secret))) = self
             .secrets
             .get(Kind::Secret, &r.name)
             .map(|o| o.resource.clone())
-        {
-            Some(Some(Resource::Secret(s))) => s,
-            _ => {
-                return Err(member::Error::Other(format!(
-                    "the backup encryption key's Secret {:?} does not exist",
-                    r.name
-                )));
-            }
+        else {
+            return Err(member::Error::Other(format!(
+                "the Secret {:?} of {what} does not exist",
+                r.name
+            )));
         };
         secret
             .spec
             .and_then(|s| s.data.get(key).cloned())
-            .and_then(hanul_db::BackupKey::new)
             .ok_or_else(|| {
-                member::Error::Other(format!(
-                    "Secret {:?} has no key {key:?} with the backup encryption key",
-                    r.name
-                ))
+                member::Error::Other(format!("Secret {:?} has no key {key:?} ({what})", r.name))
             })
     }
 
@@ -495,3 +486,8 @@ fn sweep(ctx: &Arc<Context>, shutdown: &Shutdown) {
 
 #[cfg(test)]
 mod tests;
+
+/// The key a `SecretKeyRef` names, `default` when empty.
+fn secret_key<'a>(r: &'a hanul_proto::v1::SecretKeyRef, default: &'a str) -> &'a str {
+    if r.key.is_empty() { default } else { &r.key }
+}

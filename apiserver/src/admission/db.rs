@@ -23,7 +23,7 @@ use hanul_proto::{
         ROLE_REPLICA, ROLE_STANDBY, ROLE_WRITER, SINGLE_AZ, instance_class, instance_class_names,
         members_of, parse_weekly_window, parse_window,
     },
-    v1::{DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbInstanceSpec},
+    v1::{DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbInstanceSpec, SecretKeyRef},
 };
 use std::collections::HashSet;
 
@@ -127,29 +127,7 @@ pub(crate) fn validate_cluster(c: &DbCluster, old: Option<&DbCluster>, errs: &mu
                     "not allowed with spec.masterPasswordSecret: use one of them",
                 );
             }
-            if !is_dns_name(&r.name, 253) {
-                errs.add(
-                    "spec.masterPasswordSecret.name",
-                    format!(
-                        "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
-                        r.name
-                    ),
-                );
-            }
-            if !r.key.is_empty()
-                && !r
-                    .key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                errs.add(
-                    "spec.masterPasswordSecret.key",
-                    format!(
-                        "{:?} is not a key (letters, digits, '-', '_' and '.')",
-                        r.key
-                    ),
-                );
-            }
+            check_secret_ref(r, "spec.masterPasswordSecret", "password", errs);
         }
         _ => check_master_password(&spec.master_password, errs),
     }
@@ -329,28 +307,8 @@ fn check_backup_encryption(spec: &DbClusterSpec, errs: &mut Errors) {
             "spec.backupEncryptionKeySecret.name",
             "required with spec.backupEncrypted: the Secret holding the key material",
         );
-    } else if !is_dns_name(&r.name, 253) {
-        errs.add(
-            "spec.backupEncryptionKeySecret.name",
-            format!(
-                "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
-                r.name
-            ),
-        );
-    }
-    if !r.key.is_empty()
-        && !r
-            .key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        errs.add(
-            "spec.backupEncryptionKeySecret.key",
-            format!(
-                "{:?} is not a key (letters, digits, '-', '_' and '.'; default \"key\")",
-                r.key
-            ),
-        );
+    } else {
+        check_secret_ref(&r, "spec.backupEncryptionKeySecret", "key", errs);
     }
     let retention = spec
         .backup
@@ -688,5 +646,28 @@ pub(crate) fn validate_instance(i: &DbInstance, old: Option<&DbInstance>, errs: 
     // Placed once, by the controller; its data directory lives on that node.
     if !old.node.is_empty() {
         errs.immutable("spec.node", &old.node, &spec.node);
+    }
+}
+
+/// A Secret reference at `field`: a Secret's name, and a key (empty: `default_key`).
+fn check_secret_ref(r: &SecretKeyRef, field: &str, default_key: &str, errs: &mut Errors) {
+    if !is_dns_name(&r.name, 253) {
+        errs.add(
+            format!("{field}.name"),
+            format!(
+                "{:?} is not a Secret name (lowercase letters, digits, '-' and '.')",
+                r.name
+            ),
+        );
+    }
+    let key_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !r.key.is_empty() && !r.key.chars().all(key_chars) {
+        errs.add(
+            format!("{field}.key"),
+            format!(
+                "{:?} is not a key (letters, digits, '-', '_' and '.'; default {default_key:?})",
+                r.key
+            ),
+        );
     }
 }
