@@ -1138,6 +1138,17 @@ pub fn restore_cluster(
                 base.storage_gib = Some(base.storage_gib.unwrap_or(0).max(status.storage_gib));
             }
             base.database_name = status.database_name.clone();
+            // An encrypted snapshot restores only into an encrypted cluster: with the key that
+            // encrypted it, unless the copied spec names one already.
+            if let Some(k) = status
+                .encryption_key_secret
+                .as_ref()
+                .filter(|k| !k.name.is_empty())
+                && !base.backup_encrypted
+            {
+                base.backup_encrypted = true;
+                base.backup_encryption_key_secret = Some(k.clone());
+            }
             let from = DbClusterSource {
                 snapshot: snap_name.to_string(),
                 ..Default::default()
@@ -2060,6 +2071,24 @@ mod tests {
             );
             admitted(&c).unwrap();
         }
+    }
+
+    #[test]
+    fn an_encrypted_snapshot_whose_cluster_is_gone_restores_encrypted_with_its_key() {
+        let mut s = snap(SNAPSHOT_AVAILABLE);
+        let key = hanul_proto::v1::SecretKeyRef {
+            name: "backup-key".into(),
+            key: "key".into(),
+        };
+        s.status.as_mut().unwrap().encryption_key_secret = Some(key.clone());
+        let with_password = RestoreOverrides {
+            master_password: Some("n3w-secret".into()),
+            ..Default::default()
+        };
+        let c = restore_cluster("copy", from_snapshot(&s, None), &with_password, &[]).unwrap();
+        assert!(spec_of(&c).backup_encrypted);
+        assert_eq!(spec_of(&c).backup_encryption_key_secret, Some(key));
+        admitted(&c).unwrap();
     }
 
     #[test]
