@@ -667,12 +667,7 @@ impl MemberLoop {
             }
             Step::Promote { epoch } => {
                 let names = plan::synchronous_standby_names(&cluster, cs, &[]);
-                let mut local = self.local_ref().clone();
-                local.epoch = epoch;
-                local.role = ROLE_WRITER.into();
-                local.upstream.clear();
-                local.upstream_address.clear();
-                local.detached = false;
+                let local = self.as_writer_of(epoch);
                 // Persisted first: from here this member is the writer of `epoch`, and a pass
                 // cut short finishes the promotion rather than following anyone.
                 self.save(local)?;
@@ -822,12 +817,7 @@ impl MemberLoop {
                     );
                     return Err(e);
                 }
-                let mut local = self.local_ref().clone();
-                local.epoch = epoch;
-                local.role = ROLE_WRITER.into();
-                local.upstream.clear();
-                local.upstream_address.clear();
-                local.detached = false;
+                let local = self.as_writer_of(epoch);
                 self.save(local)?;
                 // Only now does the old history's directory go.
                 let aside = self.root.join(format!("{BEFORE_BACKTRACK}-{epoch}"));
@@ -1102,6 +1092,17 @@ impl MemberLoop {
             ))
         })?;
         self.ctx.backup_key_in(&r).map(Some)
+    }
+
+    /// This member's local record as the writer of `epoch`, following no one.
+    fn as_writer_of(&self, epoch: u64) -> Local {
+        let mut local = self.local_ref().clone();
+        local.epoch = epoch;
+        local.role = ROLE_WRITER.into();
+        local.upstream.clear();
+        local.upstream_address.clear();
+        local.detached = false;
+        local
     }
 
     /// Waits for a restored member's recovery to end in its promotion, then takes its

@@ -310,12 +310,7 @@ fn check_backup_encryption(spec: &DbClusterSpec, errs: &mut Errors) {
     } else {
         check_secret_ref(&r, "spec.backupEncryptionKeySecret", "key", errs);
     }
-    let retention = spec
-        .backup
-        .as_ref()
-        .and_then(|b| b.retention_days)
-        .unwrap_or(DEFAULT_RETENTION_DAYS);
-    if retention == 0 {
+    if retention_days(spec) == 0 {
         errs.add(
             "spec.backupEncrypted",
             format!(
@@ -340,12 +335,7 @@ fn check_backtrack(spec: &DbClusterSpec, errs: &mut Errors) {
             ),
         );
     }
-    let retention = spec
-        .backup
-        .as_ref()
-        .and_then(|b| b.retention_days)
-        .unwrap_or(DEFAULT_RETENTION_DAYS);
-    if retention == 0 {
+    if retention_days(spec) == 0 {
         errs.add(
             "spec.backtrackWindow",
             format!(
@@ -670,4 +660,12 @@ fn check_secret_ref(r: &SecretKeyRef, field: &str, default_key: &str, errs: &mut
             ),
         );
     }
+}
+
+/// The automated backups' retention in days (its default when unset; 0: off).
+fn retention_days(spec: &DbClusterSpec) -> u32 {
+    spec.backup
+        .as_ref()
+        .and_then(|b| b.retention_days)
+        .unwrap_or(DEFAULT_RETENTION_DAYS)
 }
