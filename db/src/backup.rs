@@ -390,7 +390,7 @@ fn tree_size(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// Runs blocking file work off the tokio workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: String,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -401,7 +401,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Removes `dir` and what it holds, if it exists. Blocking.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -409,7 +409,7 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
 }
 
 /// fsync a directory, so that an entry renamed into it stays after a crash.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("fsync {}", dir.display())))
@@ -784,7 +784,15 @@ impl Member {
                 }
             }
         }
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+        self.install_restored(&staging, target)
+    }
+
+    /// Puts the restored files in `staging` (beside the data directory) in place of the empty
+    /// data directory, set to recover to `target` and then promote (see
+    /// [`Member::restore_from`]). Shared with the local copy of a running member
+    /// ([`Member::copy_running`]).
+    pub(crate) fn install_restored(&mut self, staging: &Path, target: RestoreTarget) -> Result<()> {
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("chmod {}", staging.display())))?;
         // The source's state, not the new cluster's.
         for name in [
@@ -807,7 +815,7 @@ impl Member {
             std::fs::remove_dir(&self.data_dir)
                 .map_err(io(format!("removing {}", self.data_dir.display())))?;
         }
-        std::fs::rename(&staging, &self.data_dir)
+        std::fs::rename(staging, &self.data_dir)
             .map_err(io(format!("renaming {}", staging.display())))?;
         sync_dir(&self.root)?;
         self.upstream = None;
@@ -890,8 +898,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::tests::{free_port, poll, start, stop};
-    use crate::postgres::{Binaries, DEFAULT_BIN_DIR, Upstream};
+    use crate::postgres::tests::{Fixture, free_port, poll, start, stop, upstream};
     use std::time::Duration;
 
     #[test]
@@ -1012,11 +1019,9 @@ mod tests {
     /// are compressed, a fetch gives back the bytes, and one of a missing file fails quietly.
     #[test]
     fn the_archive_script_pushes_idempotently_and_fetches() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
         let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
         std::fs::create_dir_all(&m.root).unwrap();
         let sh = m.install_archive_script().unwrap();
@@ -1115,12 +1120,9 @@ mod tests {
     /// another key fails, and the key is never on the command line.
     #[test]
     fn the_archive_script_encrypts_pushes_idempotently_and_fetches() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
         std::fs::create_dir_all(&m.root).unwrap();
         let sh = m.install_archive_script().unwrap();
@@ -1230,12 +1232,9 @@ mod tests {
     /// archives to its own archive.
     #[tokio::test]
     async fn a_restore_to_a_heartbeats_time_has_exactly_what_was_committed_before_it() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let archive = dir.path().join("backups/wal/c1-0123abcd");
         let mut m1 =
             Member::new(bin.clone(), &dir.path().join("m1"), free_port(), "master").unwrap();
@@ -1330,12 +1329,9 @@ mod tests {
     /// in the archive, and archives into it without a failure.
     #[tokio::test]
     async fn a_restore_naming_an_old_timeline_goes_forward_again_past_a_newer_branch() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let archive = dir.path().join("backups/wal/c1-0123abcd");
         let mut m1 =
             Member::new(bin.clone(), &dir.path().join("m1"), free_port(), "master").unwrap();
@@ -1447,12 +1443,9 @@ mod tests {
     /// the rows the writer had before the backup and none after, and is a writer.
     #[tokio::test]
     async fn a_standbys_snapshot_restores_into_a_new_writer() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (p1, p2) = (free_port(), free_port());
         let m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
         m1.init("pw").await.unwrap();
@@ -1465,15 +1458,7 @@ mod tests {
         .await
         .unwrap();
         let mut m2 = Member::new(bin.clone(), &dir.path().join("m2"), p2, "master").unwrap();
-        m2.clone_from(Upstream {
-            host: "127.0.0.1".into(),
-            port: p1,
-            user: "master".into(),
-            password: "pw".into(),
-            application_name: "m2".into(),
-        })
-        .await
-        .unwrap();
+        m2.clone_from(upstream(p1, "m2")).await.unwrap();
         let s = start(&m2);
         assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
         m1.query("postgres", "insert into t values (51)")
@@ -1542,12 +1527,9 @@ mod tests {
     /// with its own key.
     #[tokio::test]
     async fn an_encrypted_backup_restores_to_a_point_in_time_and_nothing_is_in_plain_text() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let backups = dir.path().join("backups");
         let archive = backups.join("wal/c1-0123abcd");
         let key = "k1-passphrase-aaaa";

@@ -13,16 +13,21 @@
 //!   and the archiver's progress (how far a cluster can be restored), and pruning of the
 //!   archive; with a key, the archive and the base backups are encrypted (gpg, AES256).
 //!
+//! - [`copy`]: a copy of a running member on the same host (a clone's data), copy-on-write
+//!   where the file system allows, set to recover like a restored snapshot.
+//!
 //! The agent supervises the `postgres` process with its process driver like any workload; this
 //! crate only knows PostgreSQL. A former writer rejoins with `pg_rewind` ([`Member::rewind`]).
 
 pub mod backup;
+pub mod copy;
 pub mod postgres;
 
 pub use backup::{
     ArchiverStatus, BackupInfo, BackupKey, ENCRYPTED_BASE, Heartbeat, RestoreTarget, prune_wal,
     segment_end_lsn,
 };
+pub use copy::CopyMethod;
 pub use postgres::{
     Binaries, Error, Exec, ExecFuture, Member, Observation, StopMode, TokioExec, Upstream,
 };

@@ -427,11 +427,7 @@ impl Member {
     }
 
     pub(crate) async fn run(&self, c: Command, what: &str) -> Result<String> {
-        let out = self
-            .exec
-            .output(c)
-            .await
-            .map_err(io(format!("running {what}")))?;
+        let out = self.run_output(c, what).await?;
         if !out.status.success() {
             return Err(Error::Failed {
                 command: what.into(),
@@ -440,6 +436,14 @@ impl Member {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `c` to its end; its status and output, whatever the status.
+    pub(crate) async fn run_output(&self, c: Command, what: &str) -> Result<std::process::Output> {
+        self.exec
+            .output(c)
+            .await
+            .map_err(io(format!("running {what}")))
     }
 
     /// Creates the cluster (`initdb`) with `password` for the superuser, and writes hanul's
@@ -782,6 +786,14 @@ impl Member {
     /// Runs `sql` in `database` through the member's socket as the superuser; returns the
     /// rows, one a line, columns separated by `|`.
     pub async fn query(&self, database: &str, sql: &str) -> Result<String> {
+        let mut c = self.psql(database);
+        c.args(["-c", sql]);
+        self.run(c, "psql").await
+    }
+
+    /// psql on the member's socket as the superuser, rows unaligned, stopping at the first
+    /// error; the caller adds what it runs (`-c SQL`, `-f FILE`).
+    pub(crate) fn psql(&self, database: &str) -> Command {
         let mut c = Command::new("psql");
         if let Some((uid, gid)) = self.owner {
             c.uid(uid.as_raw()).gid(gid.as_raw());
@@ -801,15 +813,13 @@ impl Member {
                 "-AtX",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-c",
-                sql,
             ])
             .env("PGCONNECT_TIMEOUT", "10")
             // The agent's own writes (a database at bootstrap, a CHECKPOINT) never wait for a
             // synchronous standby: the writer may have none yet.
             .env("PGOPTIONS", "-c synchronous_commit=local")
             .stdin(Stdio::null());
-        self.run(c, "psql").await
+        c
     }
 
     /// Stops the running member (`pg_ctl stop`) and waits until it is down (at most a minute).
@@ -909,6 +919,38 @@ impl Member {
 pub(crate) mod tests {
     use super::*;
 
+    /// What a test against real PostgreSQL starts from: the binaries, and a temporary
+    /// directory the `postgres` user can enter. None where PostgreSQL is not installed: the
+    /// test says it skipped and returns.
+    pub(crate) struct Fixture {
+        pub(crate) bin: Binaries,
+        pub(crate) dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        pub(crate) fn new() -> Option<Fixture> {
+            let Ok(bin) = Binaries::locate() else {
+                eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+                return None;
+            };
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            Some(Fixture { bin, dir })
+        }
+    }
+
+    /// The upstream of a test standby named `name`: the writer on this host's `port`, as the
+    /// tests' master user.
+    pub(crate) fn upstream(port: u16, name: &str) -> Upstream {
+        Upstream {
+            host: "127.0.0.1".into(),
+            port,
+            user: "master".into(),
+            password: "pw".into(),
+            application_name: name.into(),
+        }
+    }
+
     pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -943,12 +985,9 @@ pub(crate) mod tests {
     /// standby, which reads it; promoted, the standby takes writes.
     #[tokio::test]
     async fn a_standby_streams_synchronously_and_is_promoted() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (p1, p2) = (free_port(), free_port());
         let mut writer = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
         writer.synchronous_standby_names = "ANY 1 (m2)".into();
@@ -1027,20 +1066,10 @@ pub(crate) mod tests {
     /// is rewound onto the new timeline and follows the new writer, seeing its rows.
     #[tokio::test]
     async fn a_former_writer_is_rewound_and_follows_the_new_one() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (p1, p2) = (free_port(), free_port());
-        let upstream = |port: u16, name: &str| Upstream {
-            host: "127.0.0.1".into(),
-            port,
-            user: "master".into(),
-            password: "pw".into(),
-            application_name: name.into(),
-        };
         let mut m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
         m1.init("pw").await.unwrap();
         let w = start(&m1);
@@ -1122,20 +1151,10 @@ pub(crate) mod tests {
     /// again on the new timeline; then an `immediate` stop.
     #[tokio::test]
     async fn standbys_vote_and_follow_a_promoted_one_by_reload() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (p1, p2, p3) = (free_port(), free_port(), free_port());
-        let upstream = |port: u16, name: &str| Upstream {
-            host: "127.0.0.1".into(),
-            port,
-            user: "master".into(),
-            password: "pw".into(),
-            application_name: name.into(),
-        };
         let mut m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
         m1.init("pw").await.unwrap();
         let mut w = start(&m1);
@@ -1252,12 +1271,9 @@ pub(crate) mod tests {
     /// still starts.
     #[tokio::test]
     async fn parameters_apply_live_or_at_restart_and_refused_ones_are_left_out() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let m = Member::new(bin, &dir.path().join("m1"), free_port(), "master").unwrap();
         m.init("pw").await.unwrap();
         let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -1348,12 +1364,9 @@ pub(crate) mod tests {
     /// password, then a fast shutdown.
     #[tokio::test]
     async fn a_member_initializes_starts_and_answers() {
-        let Ok(bin) = Binaries::locate() else {
-            eprintln!("skipped: no PostgreSQL binaries in {DEFAULT_BIN_DIR}");
+        let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port();
         let member = Member::new(bin, &dir.path().join("m1"), port, "master").unwrap();
         member.init("s3cret-pw").await.unwrap();
