@@ -110,6 +110,8 @@ pub struct Controller {
     primary_filter: Option<ObjectFilter>,
     primary_mappers: Vec<KeyMapper>,
     watches: Vec<(Cache, KeyMapper)>,
+    /// Caches the reconciler reads whose changes concern no object by themselves.
+    reads: Vec<Cache>,
     triggers: Vec<mpsc::UnboundedReceiver<ObjectKey>>,
     resync: Duration,
     backoff: Backoff,
@@ -157,6 +159,7 @@ impl Controller {
             primary_filter: None,
             primary_mappers: Vec::new(),
             watches: Vec::new(),
+            reads: Vec::new(),
             triggers: Vec::new(),
             resync: DEFAULT_RESYNC,
             backoff: Backoff::default(),
@@ -205,6 +208,15 @@ impl Controller {
     /// reconciles every primary key.
     pub fn watches(mut self, cache: Cache, mapper: KeyMapper) -> Controller {
         self.watches.push((cache, mapper));
+        self
+    }
+
+    /// Starts `cache` with the controller and holds the first reconciles until it is synced,
+    /// as for a watched cache, but its changes reconcile nothing: for what the reconciler
+    /// reads and waits on by itself (the DB controller reads instances to count the room on
+    /// nodes, and a cluster waiting for room looks again on its own).
+    pub fn reads(mut self, cache: Cache) -> Controller {
+        self.reads.push(cache);
         self
     }
 
@@ -309,13 +321,13 @@ impl Controller {
             .collect();
         if let Some(client) = &self.client {
             self.primary.start(client, shutdown.clone());
-            for (cache, _) in &self.watches {
+            for cache in self.watches.iter().map(|(c, _)| c).chain(&self.reads) {
                 cache.start(client, shutdown.clone());
             }
         }
         let synced = async {
             self.primary.wait_synced().await;
-            for (cache, _) in &self.watches {
+            for cache in self.watches.iter().map(|(c, _)| c).chain(&self.reads) {
                 cache.wait_synced().await;
             }
         };
@@ -783,6 +795,37 @@ mod tests {
         let (trigger, task) = spawn(controller, ctx.clone(), 2);
         calls_reach(&ctx, "a", 1).await;
         calls_reach(&ctx, "b", 1).await;
+        trigger.trigger();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_cache_holds_the_first_reconciles_until_synced_and_its_changes_reconcile_nothing()
+     {
+        let ctx = Ctx::new(|_, _| Outcome::Ok(Action::await_change()));
+        let (_, controller) = images_controller(vec![image("a", 1)]);
+        let types = Cache::new(Some(Kind::InstanceType));
+        let (trigger, task) = spawn(controller.reads(types.clone()), ctx.clone(), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            ctx.calls_of("a").is_empty(),
+            "nothing before the read cache syncs"
+        );
+        types.apply(WatchUpdate::Listed {
+            items: vec![],
+            revision: 1,
+        });
+        calls_reach(&ctx, "a", 1).await;
+        let mut t = Object::from(hanul_proto::v1::InstanceType::default());
+        t.metadata_mut().name = "t1".into();
+        t.metadata_mut().resource_version = 2;
+        types.apply(event(EventType::Added, t));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            ctx.calls_of("a").len(),
+            1,
+            "a change of a read cache reconciles nothing"
+        );
         trigger.trigger();
         task.await.unwrap();
     }
