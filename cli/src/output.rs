@@ -309,6 +309,18 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             ],
             &["MEMBER", "NODE", "LSN", "MESSAGE"],
         ),
+        Kind::DbClusterAutomatedBackup => (
+            &[
+                "NAME",
+                "CLUSTER",
+                "STATUS",
+                "EARLIEST",
+                "LATEST",
+                "SNAPSHOTS",
+                "AGE",
+            ],
+            &["RESOURCE-ID", "RETENTION", "ENCRYPTED", "RETAINED"],
+        ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             &["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
@@ -338,6 +350,9 @@ pub fn row(object: &Object, wide: bool, now: i64) -> Vec<String> {
         Some(Resource::DbInstance(o)) => db_instance_row(o, wide, now),
         Some(Resource::DbParameterGroup(o)) => db_parameter_group_row(o, wide, now),
         Some(Resource::DbSnapshot(o)) => db_snapshot_row(o, wide, now),
+        Some(Resource::DbClusterAutomatedBackup(o)) => {
+            db_cluster_automated_backup_row(o, wide, now)
+        }
         Some(Resource::Secret(o)) => {
             let (name, age) = name_and_age(o.metadata.as_ref(), now);
             let spec = o.spec.clone().unwrap_or_default();
@@ -510,6 +525,52 @@ fn db_snapshot_row(o: &DbSnapshot, wide: bool, now: i64) -> Vec<String> {
             "<none>".into()
         });
         row.push(or_none(&status.message));
+    }
+    row
+}
+
+/// A DBClusterAutomatedBackup's row: the deleted cluster, its restorable window (RDS's
+/// `describe-db-cluster-automated-backups`).
+fn db_cluster_automated_backup_row(
+    o: &hanul_proto::v1::DbClusterAutomatedBackup,
+    wide: bool,
+    now: i64,
+) -> Vec<String> {
+    let (name, age) = name_and_age(o.metadata.as_ref(), now);
+    let spec = o.spec.clone().unwrap_or_default();
+    let status = o.status.clone().unwrap_or_default();
+    let status_text = if o.metadata.as_ref().is_some_and(|m| m.deleted_at.is_some()) {
+        "deleting".to_string()
+    } else {
+        or_none(&status.status)
+    };
+    let time = |t: Option<&pbjson_types::Timestamp>| {
+        if t.is_some() {
+            timestamp(t)
+        } else {
+            "<none>".into()
+        }
+    };
+    let mut row = vec![
+        name,
+        or_none(&spec.db_cluster),
+        status_text,
+        time(status.earliest_restorable_time.as_ref()),
+        time(status.latest_restorable_time.as_ref()),
+        status.snapshots.len().to_string(),
+        age,
+    ];
+    if wide {
+        row.push(or_none(&spec.db_cluster_resource_id));
+        row.push(format!("{}d", status.retention_days));
+        row.push(
+            status
+                .encryption_key_secret
+                .as_ref()
+                .is_some_and(|k| !k.name.is_empty())
+                .to_string(),
+        );
+        row.push(time(status.retained_at.as_ref()));
     }
     row
 }
@@ -1351,6 +1412,44 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(row(&g, true, NOW)[4], "for orders");
+    }
+
+    #[test]
+    fn a_retained_automated_backup_row_shows_its_cluster_status_and_window() {
+        let t = |seconds| pbjson_types::Timestamp { seconds, nanos: 0 };
+        let r: Object = hanul_proto::v1::DbClusterAutomatedBackup {
+            metadata: meta("orders", 600),
+            spec: Some(hanul_proto::v1::DbClusterAutomatedBackupSpec {
+                db_cluster: "orders".into(),
+                db_cluster_resource_id: "uid-1".into(),
+            }),
+            status: Some(hanul_proto::v1::DbClusterAutomatedBackupStatus {
+                status: "retained".into(),
+                earliest_restorable_time: Some(t(NOW - 7200)),
+                latest_restorable_time: Some(t(NOW - 600)),
+                retention_days: 7,
+                snapshots: vec!["orders-a".into(), "orders-b".into()],
+                ..Default::default()
+            }),
+        }
+        .into();
+        let narrow = row(&r, false, NOW);
+        assert_eq!(
+            narrow.len(),
+            columns(Kind::DbClusterAutomatedBackup, false).len()
+        );
+        assert_eq!(
+            [&narrow[0], &narrow[1], &narrow[2], &narrow[5], &narrow[6]],
+            ["orders", "orders", "retained", "2", "10m"]
+        );
+        assert_eq!(narrow[3], timestamp(Some(&t(NOW - 7200))));
+        assert_eq!(narrow[4], timestamp(Some(&t(NOW - 600))));
+        let wide = row(&r, true, NOW);
+        assert_eq!(
+            wide.len(),
+            columns(Kind::DbClusterAutomatedBackup, true).len()
+        );
+        assert_eq!([&wide[7], &wide[8], &wide[9]], ["uid-1", "7d", "false"]);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   replaces unhealthy instances, holds them at lifecycle hooks, registers them with target
 //!   groups and runs instance refreshes.
 //! - [`db`]: gives DB clusters their members, names the writer of each epoch, and runs
-//!   failovers and switchovers.
+//!   failovers and switchovers; [`db::automated_backup`] expires the automated backups
+//!   retained after a cluster's deletion.
 //! - [`elb`]: places load balancers' listeners on Ready nodes per zone, checks the target
 //!   groups they name, and sums up their status.
 //!
@@ -113,6 +114,15 @@ pub async fn run_all(
         (
             db::CONTROLLER_NAME,
             tokio::spawn(db::run_with(
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                Arc::new(SystemClock),
+            )),
+        ),
+        (
+            db::automated_backup::CONTROLLER_NAME,
+            tokio::spawn(db::automated_backup::run_with(
                 client.clone(),
                 metrics.clone(),
                 shutdown.clone(),

@@ -354,6 +354,26 @@ pub const MEMBER_FINALIZER: &str = "hanul.dev/agent-db";
 /// `spec.finalSnapshotIdentifier`: its deletion waits for the final snapshot.
 pub const FINAL_SNAPSHOT_FINALIZER: &str = "hanul.dev/db-final-snapshot";
 
+/// The finalizer the cluster's controller puts on a cluster with
+/// `spec.deleteAutomatedBackups: false` (and automated backups on): its deletion waits until
+/// its automated backups are retained in a `DBClusterAutomatedBackup`.
+pub const RETAIN_BACKUPS_FINALIZER: &str = "hanul.dev/db-retain-automated-backups";
+
+/// `DBClusterAutomatedBackup.status.status`: its cluster is deleted and it is kept until its
+/// retention ends.
+pub const AUTOMATED_BACKUP_RETAINED: &str = "retained";
+
+/// The name of the record that retains the automated backups of the deleted cluster `cluster`
+/// (uid `uid`): the cluster's name, or `<cluster>-<uid8>` when `taken` says a record of an
+/// earlier cluster of that name holds it (a later record never clobbers an earlier one).
+pub fn automated_backup_name(cluster: &str, uid: &str, taken: bool) -> String {
+    if taken {
+        format!("{cluster}-{}", short_uid(uid))
+    } else {
+        cluster.to_string()
+    }
+}
+
 /// `spec.backup.retentionDays`: RDS's default and limit.
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 pub const MAX_RETENTION_DAYS: u32 = 35;

@@ -5,9 +5,9 @@
 use crate::{
     Kind,
     v1::{
-        AutoScalingGroup, DbCluster, DbInstance, DbParameterGroup, DbSnapshot, Event, Image,
-        Instance, InstanceType, LaunchTemplate, LoadBalancer, Node, Object, Secret, TargetGroup,
-        Volume, object::Resource,
+        AutoScalingGroup, DbCluster, DbClusterAutomatedBackup, DbInstance, DbParameterGroup,
+        DbSnapshot, Event, Image, Instance, InstanceType, LaunchTemplate, LoadBalancer, Node,
+        Object, Secret, TargetGroup, Volume, object::Resource,
     },
 };
 use serde_json::{Map, Value};
@@ -156,6 +156,9 @@ pub fn from_value(doc: Value) -> Result<Object, (String, String)> {
         Kind::DbParameterGroup => typed::<DbParameterGroup>(rest).map(Resource::DbParameterGroup),
         Kind::DbSnapshot => typed::<DbSnapshot>(rest).map(Resource::DbSnapshot),
         Kind::Secret => typed::<Secret>(rest).map(Resource::Secret),
+        Kind::DbClusterAutomatedBackup => {
+            typed::<DbClusterAutomatedBackup>(rest).map(Resource::DbClusterAutomatedBackup)
+        }
     }
     .map_err(|m| (what, m))?;
     Ok(Object {
@@ -208,6 +211,7 @@ pub fn to_value(object: &Object) -> Value {
         Some(Resource::DbParameterGroup(o)) => serde_json::to_value(o),
         Some(Resource::DbSnapshot(o)) => serde_json::to_value(o),
         Some(Resource::Secret(o)) => serde_json::to_value(o),
+        Some(Resource::DbClusterAutomatedBackup(o)) => serde_json::to_value(o),
         None => Ok(Value::Null),
     };
     // Serializing generated types into a Value cannot fail: no maps with non-string keys.

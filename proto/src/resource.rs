@@ -188,6 +188,7 @@ kinds! {
     DbParameterGroup as "DBParameterGroup" { plural: "dbparametergroups", short: ["dbpg", "db-parameter-groups"], status: true },
     DbSnapshot as "DBSnapshot" { plural: "dbsnapshots", short: ["dbsnap", "db-snapshots"], status: true },
     Secret { plural: "secrets", short: ["sec"], status: true },
+    DbClusterAutomatedBackup as "DBClusterAutomatedBackup" { plural: "dbclusterautomatedbackups", short: ["dbab", "db-cluster-automated-backups"], status: true },
 }
 
 impl Kind {
@@ -285,7 +286,8 @@ into_object!(
     DbInstance,
     DbParameterGroup,
     DbSnapshot,
-    Secret
+    Secret,
+    DbClusterAutomatedBackup
 );
 
 #[cfg(test)]
@@ -375,5 +377,27 @@ mod tests {
         e.keep_only_metadata();
         assert_eq!(e.name(), "e");
         assert!(e.spec_bytes().is_empty());
+    }
+
+    #[test]
+    fn retained_automated_backups_are_a_kind_with_rds_and_short_names() {
+        let k = Kind::DbClusterAutomatedBackup;
+        assert_eq!(k.as_str(), "DBClusterAutomatedBackup");
+        for name in [
+            "dbab",
+            "dbclusterautomatedbackups",
+            "dbclusterautomatedbackup",
+            "DBClusterAutomatedBackup",
+            "db-cluster-automated-backups",
+        ] {
+            assert_eq!(Kind::lookup(name), Some(k), "{name}");
+        }
+        assert!(k.has_status());
+        let o = crate::manifest::parse(
+            "t.yaml",
+            "apiVersion: hanul/v1\nkind: DBClusterAutomatedBackup\nmetadata: {name: orders}\nspec: {dbCluster: orders, dbClusterResourceId: u-1}\n",
+        )
+        .unwrap();
+        assert_eq!(o[0].object.kind(), Some(k));
     }
 }

@@ -1466,3 +1466,184 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
     let member = lab.server.get_json("dbinstance/plain-1").unwrap();
     assert_eq!(member["status"]["state"], "creating", "{member}");
 }
+
+/// Retained automated backups end to end (RDS's `--no-delete-automated-backups`): a cluster
+/// with `deleteAutomatedBackups: false` is deleted; its automated snapshots and WAL archive
+/// stay in a `DBClusterAutomatedBackup` (`hanul get dbab`), from which a new cluster is
+/// restored to a time before the deletion with exactly the rows committed by then. Deleting
+/// the record removes the snapshots and the WAL archive from the backup directory.
+#[test]
+fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with("ret", &["az-a"], args);
+    let port = free_port_pair();
+    lab.apply(
+        "gone.yaml",
+        &manifest("gone", "singleAZ", 0, port, &["az-a"]).replace(
+            "  failover:",
+            "  deleteAutomatedBackups: false\n  failover:",
+        ),
+    );
+    let status = lab.wait_available("gone", 1, 1, 0);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
+    poll(WAIT, "the first automated snapshot", || {
+        let s = &lab.cluster("gone")["status"];
+        Ok(s["earliestRestorableTime"].as_str().map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let uid = lab.cluster("gone")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wal = backups.path().join(format!("wal/gone-{}", &uid[..8]));
+
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let target = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
+        .unwrap();
+    poll(
+        WAIT,
+        "the latest restorable time past the second batch",
+        || {
+            let s = &lab.cluster("gone")["status"];
+            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+            if latest > target + 1.0 {
+                Ok(Some(()))
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    poll(WAIT, "the finalizer that retains the backups", || {
+        let c = lab.cluster("gone");
+        Ok(c["metadata"]["finalizers"]
+            .as_array()
+            .filter(|f| {
+                f.iter()
+                    .any(|f| f == "hanul.dev/db-retain-automated-backups")
+            })
+            .map(|_| ()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // The writer archives a heartbeat as the deletion starts: the window reaches it.
+    let deleting_at = unix_now();
+    let out = lab.server.cli(&["delete", "dbcluster", "gone", "--wait"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, lab.logs());
+    let listed = lab.server.cli(&["get", "dbab"]);
+    assert!(
+        listed.stdout.contains("gone") && listed.stdout.contains("retained"),
+        "{}\n{}",
+        listed.stdout,
+        listed.stderr
+    );
+    let record = lab
+        .server
+        .get_json("dbclusterautomatedbackup/gone")
+        .unwrap();
+    let s = &record["status"];
+    assert_eq!(s["dbClusterResourceId"], uid.as_str(), "{record}");
+    assert!(
+        seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0) >= deleting_at,
+        "the window reaches the deletion ({}): {record}",
+        rfc3339(deleting_at)
+    );
+    let snapshots: Vec<String> = s["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert!(!snapshots.is_empty(), "{record}");
+    for name in &snapshots {
+        let snap = lab.server.get_json(&format!("dbsnapshot/{name}")).unwrap();
+        assert_eq!(
+            snap["metadata"]["ownerReferences"][0]["kind"], "DBClusterAutomatedBackup",
+            "{snap}"
+        );
+    }
+    assert!(wal.is_dir(), "the WAL archive {} stays", wal.display());
+
+    // Restored through the CLI from the record, to the time noted: rows 1..=50 exactly.
+    let back_port = free_port_pair().to_string();
+    let out = lab.server.cli(&[
+        "db",
+        "restore",
+        "back",
+        "--automated-backup",
+        "gone",
+        "--time",
+        &rfc3339(target),
+        "--master-password",
+        PASSWORD,
+        "--port",
+        &back_port,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        lab.logs()
+    );
+    let status = lab.wait_available("back", 1, 1, 0);
+    assert_eq!(status["restore"]["automatedBackup"], "gone", "{status}");
+    let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    assert_eq!(lab.rows_of_t(&ep), "50/50", "{}", lab.logs());
+
+    // A time after the window the record has is refused in status.
+    let late = manifest("late", "singleAZ", 0, free_port_pair(), &["az-a"]).replace(
+        "  failover:",
+        &format!(
+            "  source: {{automatedBackup: gone, restoreTime: \"{}\"}}\n  failover:",
+            rfc3339(unix_now() + 3600.0)
+        ),
+    );
+    lab.apply("late.yaml", &late);
+    poll(WAIT, "the refused restore", || {
+        let s = &lab.cluster("late")["status"];
+        Ok(s["restore"]["error"]
+            .as_str()
+            .filter(|e| e.contains("after the latest restorable time"))
+            .map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // The record deleted: its snapshots go with it, and the WAL archive with the last one.
+    let out = lab.server.cli(&["delete", "dbab", "gone", "--wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    poll(
+        WAIT,
+        "the retained snapshots and WAL archive removed",
+        || {
+            let left: Vec<&String> = snapshots
+                .iter()
+                .filter(|n| lab.server.get_json(&format!("dbsnapshot/{n}")).is_ok())
+                .collect();
+            if left.is_empty() && !wal.exists() {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "snapshots {left:?}, WAL archive there: {}",
+                    wal.exists()
+                ))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+}

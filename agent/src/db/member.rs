@@ -9,12 +9,12 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use hanul_controllers::runtime::Shutdown;
-use hanul_db::{Member, Observation, RestoreTarget, StopMode, Upstream};
+use hanul_db::{CopyMethod, Member, Observation, RestoreTarget, StopMode, Upstream};
 use hanul_proto::Kind;
 use hanul_proto::db::{
-    DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, DURABILITY_PREFERRED, PARAMS_APPLYING,
-    PARAMS_IN_SYNC, PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY, ROLE_WRITER,
-    STATE_AVAILABLE, STATE_BACKTRACKING, STATE_CREATING, STATE_FAILED, STATE_FENCED,
+    DEFAULT_MASTER_USERNAME, DEFAULT_RETENTION_DAYS, DURABILITY_PREFERRED, MEMBER_WRITER,
+    PARAMS_APPLYING, PARAMS_IN_SYNC, PARAMS_INVALID, PARAMS_PENDING_REBOOT, ROLE_STANDBY,
+    ROLE_WRITER, STATE_AVAILABLE, STATE_BACKTRACKING, STATE_CREATING, STATE_FAILED, STATE_FENCED,
     STATE_REBUILDING, STATE_REJOINING, STATE_STOPPED, instance_class, is_managed_parameter,
     lease_renew_interval, self_fence_after, wal_archive_path,
 };
@@ -167,6 +167,9 @@ struct Archive {
     quiet_lsn: u64,
     /// Heartbeats not known archived yet.
     pending: Vec<hanul_db::Heartbeat>,
+    /// The heartbeat of the cluster's deletion is committed: the archive reaches the
+    /// deletion, which retained automated backups restore up to.
+    final_heartbeat: bool,
     latest: Option<pbjson_types::Timestamp>,
     last_archived_wal: String,
     error: String,
@@ -365,7 +368,11 @@ impl MemberLoop {
             && cluster_status.epoch == local.epoch
             && observed.as_ref().is_some_and(|o| !o.in_recovery)
         {
-            self.archive_look(&member);
+            let cluster_deleting = cluster
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.deleted_at.is_some());
+            self.archive_look(&member, cluster_deleting);
         }
         if !matches!(step, Step::Idle | Step::Renew) && self.last_step.as_ref() != Some(&step) {
             info!(member = %self.name, cluster = %spec.cluster, epoch = cluster_status.epoch,
@@ -1122,25 +1129,34 @@ impl MemberLoop {
     /// The writer's archiving, every `archive_interval` (see [`Archive`]), in a task of its
     /// own: its queries (a commit among them) never hold the member's loop up. Failures are
     /// left for the next look.
-    fn archive_look(&self, member: &Member) {
+    ///
+    /// While the cluster is being deleted (`deleting`), it looks at every pass, and the first
+    /// look commits a heartbeat even with no writes since the last one: the archive then
+    /// reaches the deletion (the cluster's controller waits for it before the members go when
+    /// it retains the automated backups).
+    fn archive_look(&self, member: &Member, deleting: bool) {
         if member.archive_dir.is_none() {
             return;
         }
+        let force;
         {
             let mut a = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
             if a.looking
-                || a.last_look
-                    .is_some_and(|t| t.elapsed() < self.ctx.archive_interval)
+                || (!deleting
+                    && a.last_look
+                        .is_some_and(|t| t.elapsed() < self.ctx.archive_interval))
             {
                 return;
             }
+            force = deleting && !a.final_heartbeat;
+            a.final_heartbeat |= deleting;
             a.last_look = Some(Instant::now());
             a.looking = true;
         }
         let (state, member, name) = (self.archive.clone(), member.clone(), self.name.clone());
         tokio::spawn(async move {
             const LOOK_TIMEOUT: Duration = Duration::from_secs(60);
-            match tokio::time::timeout(LOOK_TIMEOUT, archive_step(&state, &member)).await {
+            match tokio::time::timeout(LOOK_TIMEOUT, archive_step(&state, &member, force)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(member = %name, error = %e, "Could not look at the WAL archiving.")
@@ -1797,11 +1813,16 @@ fn retention_days(spec: &DbClusterSpec) -> u32 {
         .unwrap_or(DEFAULT_RETENTION_DAYS)
 }
 
-/// One look at the writer's archiving (see [`Archive`]).
-async fn archive_step(state: &std::sync::Mutex<Archive>, member: &Member) -> Result<()> {
+/// One look at the writer's archiving (see [`Archive`]); `force`: a heartbeat even with no
+/// writes since the last one.
+async fn archive_step(
+    state: &std::sync::Mutex<Archive>,
+    member: &Member,
+    force: bool,
+) -> Result<()> {
     let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
     let quiet = lock().quiet_lsn;
-    if member.current_wal_lsn().await? > quiet {
+    if force || member.current_wal_lsn().await? > quiet {
         let heartbeat = member.heartbeat().await?;
         member.switch_wal().await?;
         let after = member.current_wal_lsn().await?;

@@ -153,6 +153,39 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// The member `name` of `cluster` that this node runs, as PostgreSQL knows it (its port
+    /// from `member.json`), to take a snapshot of or to copy; with the Secret its backups are
+    /// encrypted with, if they are. An error says why there is none here.
+    pub(super) fn member_here(
+        &self,
+        name: &str,
+        cluster: &str,
+    ) -> std::result::Result<(Member, Option<SecretKeyRef>), String> {
+        let bin = self
+            .bin
+            .clone()
+            .ok_or("PostgreSQL 15 is not installed on this node")?;
+        let root = self.dir.join(name);
+        let local = member::load_local(&root)
+            .ok_or_else(|| format!("member {name} has no data on this node"))?;
+        let spec = match self
+            .clusters
+            .get(Kind::DbCluster, cluster)
+            .map(|o| o.resource.clone())
+        {
+            Some(Some(Resource::DbCluster(c))) => c.spec.unwrap_or_default(),
+            _ => return Err(format!("DB cluster {cluster} not found")),
+        };
+        let mut m = Member::new(bin, &root, local.port, &spec.master_username)
+            .map(|m| m.with_exec(Arc::new(exec::ReapedExec)))
+            .map_err(|e| e.to_string())?;
+        m.backup_key = self.backup_key(&spec).map_err(|e| e.to_string())?;
+        let key_ref = spec
+            .backup_encryption_key_secret
+            .filter(|_| spec.backup_encrypted);
+        Ok((m, key_ref))
+    }
+
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -247,34 +247,6 @@ pub(super) fn read_key_ref(dir: &Path) -> Option<SecretKeyRef> {
     Some(SecretKeyRef { name, key })
 }
 
-/// The member `name` of this node, as PostgreSQL knows it (its port from `member.json`).
-/// With the Secret its backups are encrypted with, if they are.
-fn member(ctx: &Context, name: &str, cluster: &str) -> Result<(Member, Option<SecretKeyRef>)> {
-    let bin = ctx
-        .bin
-        .clone()
-        .ok_or("PostgreSQL 15 is not installed on this node")?;
-    let root = ctx.dir.join(name);
-    let local = super::member::load_local(&root)
-        .ok_or_else(|| format!("member {name} has no data on this node"))?;
-    let spec = match ctx
-        .clusters
-        .get(Kind::DbCluster, cluster)
-        .map(|o| o.resource.clone())
-    {
-        Some(Some(Resource::DbCluster(c))) => c.spec.unwrap_or_default(),
-        _ => return Err(format!("DB cluster {cluster} not found")),
-    };
-    let mut m = Member::new(bin, &root, local.port, &spec.master_username)
-        .map(|m| m.with_exec(Arc::new(super::exec::ReapedExec)))
-        .map_err(|e| e.to_string())?;
-    m.backup_key = ctx.backup_key(&spec).map_err(|e| e.to_string())?;
-    let key_ref = spec
-        .backup_encryption_key_secret
-        .filter(|_| spec.backup_encrypted);
-    Ok((m, key_ref))
-}
-
 /// Removes the WAL of `cluster` that no automated snapshot needs any more (older than the
 /// oldest one's start); the whole archive once the cluster and its automated snapshots are gone.
 fn prune(ctx: &Context, cluster: &str, uid: &str) {

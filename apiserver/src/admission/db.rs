@@ -383,15 +383,64 @@ fn source_text(s: Option<&DbClusterSource>) -> String {
             .unwrap_or_else(|| format!("{}s", t.seconds));
         parts.push(format!("at {text}"));
     }
+    if !s.automated_backup.is_empty() {
+        parts.push(format!("automated backup {:?}", s.automated_backup));
+    }
     if s.use_latest_restorable_time {
         parts.push("at its latest restorable time".into());
     }
     parts.join(" ")
 }
 
+/// A restore from the retained automated backups of a deleted cluster: a point in time (given,
+/// or the latest restorable one), from nothing else.
+fn check_automated_backup_source(s: &DbClusterSource, errs: &mut Errors) {
+    if !is_dns_name(&s.automated_backup, 253) {
+        errs.add(
+            "spec.source.automatedBackup",
+            format!(
+                "{:?} is not a DBClusterAutomatedBackup name (lowercase letters, digits, '-' and '.')",
+                s.automated_backup
+            ),
+        );
+    }
+    for (field, set) in [
+        ("spec.source.snapshot", !s.snapshot.is_empty()),
+        ("spec.source.cluster", !s.cluster.is_empty()),
+        ("spec.source.clone", s.clone),
+    ] {
+        if set {
+            errs.add(
+                field,
+                "not allowed with spec.source.automatedBackup (a restore to a point in time from \
+                 the retained automated backups of a deleted cluster)",
+            );
+        }
+    }
+    match (&s.restore_time, s.use_latest_restorable_time) {
+        (Some(_), true) => errs.add(
+            "spec.source",
+            "restoreTime and useLatestRestorableTime exclude each other; give one",
+        ),
+        (None, false) => errs.add(
+            "spec.source.restoreTime",
+            "required with spec.source.automatedBackup: the time to restore to (or \
+             useLatestRestorableTime: true)",
+        ),
+        (Some(t), false) if t.seconds <= 0 => errs.add(
+            "spec.source.restoreTime",
+            "is not a time after 1970-01-01T00:00:00Z",
+        ),
+        _ => {}
+    }
+}
+
 /// A source is a snapshot, a cluster and a time (given, or its latest restorable one), or a
 /// cluster to clone (its data as it is now, so no time).
 fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
+    if !s.automated_backup.is_empty() {
+        return check_automated_backup_source(s, errs);
+    }
     if !s.snapshot.is_empty() && !s.cluster.is_empty() {
         errs.add(
             "spec.source",

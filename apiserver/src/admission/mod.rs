@@ -6,6 +6,7 @@
 
 mod autoscaling;
 mod db;
+mod db_cluster_automated_backup;
 mod db_parameter_group;
 mod db_snapshot;
 mod elb;
@@ -105,6 +106,9 @@ pub fn default(obj: &mut Object) {
             db_snapshot::default(o.spec.get_or_insert_with(Default::default))
         }
         Some(Resource::Secret(o)) => {
+            o.spec.get_or_insert_with(Default::default);
+        }
+        Some(Resource::DbClusterAutomatedBackup(o)) => {
             o.spec.get_or_insert_with(Default::default);
         }
         None => {}
@@ -207,6 +211,13 @@ pub fn validate(new: &Object, old: Option<&Object>, ctx: &Context) -> Result<()>
             db_snapshot::validate(n, old, &mut errs)
         }
         (Some(Resource::Secret(n)), _) => secret::validate(n, &mut errs),
+        (Some(Resource::DbClusterAutomatedBackup(n)), old) => {
+            let old = match old {
+                Some(Resource::DbClusterAutomatedBackup(o)) => Some(o),
+                _ => None,
+            };
+            db_cluster_automated_backup::validate(n, old, &mut errs)
+        }
         (None, _) => errs.add("kind", "required"),
     }
     if errs.0.is_empty() {

@@ -31,14 +31,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use hanul_proto::{
     Client, Kind,
     db::{
-        BACKTRACK_ANNOTATION, DEFAULT_PORT, MAX_BACKTRACK_WINDOW_SECONDS, MEMBER_READ_REPLICA,
-        MEMBER_WRITER, MULTI_AZ_CLUSTER, PHASE_AVAILABLE, REBOOT_ANNOTATION, ROLE_REPLICA,
-        SINGLE_AZ, SNAPSHOT_AVAILABLE, SNAPSHOT_FAILED, SNAPSHOT_MANUAL, STATE_AVAILABLE,
-        SWITCHOVER_ANNOTATION,
+        BACKTRACK_ANNOTATION, BACKTRACK_CANCEL_ANNOTATION, DEFAULT_PORT,
+        MAX_BACKTRACK_WINDOW_SECONDS, MEMBER_READ_REPLICA, MEMBER_WRITER, MULTI_AZ_CLUSTER,
+        PHASE_AVAILABLE, REBOOT_ANNOTATION, ROLE_REPLICA, SINGLE_AZ, SNAPSHOT_AVAILABLE,
+        SNAPSHOT_FAILED, SNAPSHOT_MANUAL, STATE_AVAILABLE, SWITCHOVER_ANNOTATION,
     },
     v1::{
-        DbCluster, DbClusterSource, DbClusterSpec, DbInstance, DbSnapshot, DbSnapshotSpec, Object,
-        ObjectMeta, object::Resource,
+        DbCluster, DbClusterAutomatedBackup, DbClusterSource, DbClusterSpec, DbInstance,
+        DbSnapshot, DbSnapshotSpec, Object, ObjectMeta, object::Resource,
     },
 };
 use pbjson_types::Timestamp;
@@ -182,7 +182,8 @@ pub struct SnapshotsArgs {
 
 /// Arguments of `hanul db restore`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("from").required(true).args(["snapshot", "source"])))]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["snapshot", "source", "automated_backup"])))]
+#[command(group(clap::ArgGroup::new("point_in_time").args(["source", "automated_backup"])))]
 pub struct RestoreArgs {
     /// The new DBCluster's name.
     #[arg(value_name = "NEW")]
@@ -193,20 +194,24 @@ pub struct RestoreArgs {
     /// Restore this DBCluster's data as of --time (or --latest).
     #[arg(long, value_name = "CLUSTER")]
     pub source: Option<String>,
+    /// Restore the retained automated backups of a deleted cluster (a
+    /// DBClusterAutomatedBackup: `hanul get dbab`) as of --time (or --latest).
+    #[arg(long, value_name = "NAME")]
+    pub automated_backup: Option<String>,
     /// The time to restore --source to, in RFC 3339 (2024-05-01T10:00:00Z): within its
     /// earliest and latest restorable time (`hanul db snapshots CLUSTER` shows them).
     #[arg(
         long,
         value_name = "RFC3339",
         value_parser = parse_time,
-        requires = "source",
+        requires = "point_in_time",
         // Explicitly: clap lets a conflict with --source's group stand in for `requires`.
         conflicts_with_all = ["latest", "snapshot"],
         required_unless_present_any = ["snapshot", "latest"]
     )]
     pub time: Option<Timestamp>,
     /// Restore --source to its latest restorable time.
-    #[arg(long, requires = "source", conflicts_with = "snapshot")]
+    #[arg(long, requires = "point_in_time", conflicts_with = "snapshot")]
     pub latest: bool,
     #[command(flatten)]
     pub new: NewClusterArgs,
@@ -948,12 +953,46 @@ async fn snapshots(global: &crate::GlobalArgs, args: SnapshotsArgs) -> Result<Ex
     {
         match client.get(Kind::DbCluster, c).await {
             Ok(o) => emit(&restorable_line(cluster_of(&o)?))?,
-            // Manual snapshots outlive their cluster: listing them is still an answer.
-            Err(s) if s.code() == tonic::Code::NotFound => {}
+            // Manual snapshots outlive their cluster: listing them is still an answer. So do
+            // retained automated backups: their window is the record's.
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                let records = client
+                    .list(Some(Kind::DbClusterAutomatedBackup), "")
+                    .await?
+                    .0;
+                for line in retained_lines(&records, c) {
+                    emit(&line)?;
+                }
+            }
             Err(s) => return Err(s.into()),
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For each retained automated backup of the deleted cluster `cluster` among `records`, the
+/// window it restores to a point in.
+pub fn retained_lines(records: &[Object], cluster: &str) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|o| match &o.resource {
+            Some(Resource::DbClusterAutomatedBackup(r)) => Some(r),
+            _ => None,
+        })
+        .filter(|r| r.spec.as_ref().is_some_and(|s| s.db_cluster == cluster))
+        .map(|r| {
+            let name = name_in(r.metadata.as_ref());
+            let status = r.status.clone().unwrap_or_default();
+            format!(
+                "Retained automated backups {} of the deleted {}: restorable from {} to {} \
+                 (`hanul db restore NEW --automated-backup {name} --time T`)\n",
+                ref_name(Kind::DbClusterAutomatedBackup, name),
+                key(cluster),
+                timestamp(status.earliest_restorable_time.as_ref()),
+                timestamp(status.latest_restorable_time.as_ref()),
+            )
+        })
+        .collect()
 }
 
 /// What `hanul db restore` restores from, as read from the server.
@@ -972,6 +1011,12 @@ pub enum RestoreSource<'a> {
     },
     /// A cluster to clone: its data as it is now.
     Clone { cluster: &'a DbCluster },
+    /// The retained automated backups of a deleted cluster, at a time (`None`: their latest
+    /// restorable time).
+    AutomatedBackup {
+        record: &'a DbClusterAutomatedBackup,
+        time: Option<&'a Timestamp>,
+    },
 }
 
 /// The flags of `hanul db restore` and `hanul db clone` that override what the new cluster
@@ -1042,6 +1087,44 @@ pub fn check_restore_time(c: &DbCluster, time: Option<&Timestamp>) -> Result<()>
         bail!(
             "--time {} is after the latest restorable time {} of {source} (its WAL is archived \
              up to then)",
+            timestamp(Some(t)),
+            timestamp(Some(&latest))
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a point-in-time restore from the retained automated backups `r` to `time` (`None`:
+/// their latest restorable time) outside the window they had when their cluster was deleted.
+pub fn check_record_time(r: &DbClusterAutomatedBackup, time: Option<&Timestamp>) -> Result<()> {
+    let source = ref_name(Kind::DbClusterAutomatedBackup, name_in(r.metadata.as_ref()));
+    if r.metadata.as_ref().is_some_and(|m| m.deleted_at.is_some()) {
+        bail!("{source} is being deleted");
+    }
+    let status = r.status.clone().unwrap_or_default();
+    let (Some(earliest), Some(latest)) = (
+        status.earliest_restorable_time.filter(|t| t.seconds > 0),
+        status.latest_restorable_time.filter(|t| t.seconds > 0),
+    ) else {
+        bail!(
+            "point-in-time restore of {source} is not available: it has no snapshot or no archived WAL"
+        );
+    };
+    let Some(t) = time else {
+        return Ok(());
+    };
+    let at = |t: &Timestamp| (t.seconds, t.nanos);
+    if at(t) < at(&earliest) {
+        bail!(
+            "--time {} is before the earliest restorable time {} of {source}",
+            timestamp(Some(t)),
+            timestamp(Some(&earliest))
+        );
+    }
+    if at(t) > at(&latest) {
+        bail!(
+            "--time {} is after the latest restorable time {} of {source} (its cluster's WAL \
+             was archived up to then when it was deleted)",
             timestamp(Some(t)),
             timestamp(Some(&latest))
         );
@@ -1182,6 +1265,44 @@ pub fn restore_cluster(
                 },
             )
         }
+        RestoreSource::AutomatedBackup { record, time } => {
+            check_record_time(record, time)?;
+            // The cluster is gone: its settings are what the record kept of them.
+            let status = record.status.clone().unwrap_or_default();
+            let encrypted = status
+                .encryption_key_secret
+                .clone()
+                .filter(|k| !k.name.is_empty());
+            let base = DbClusterSpec {
+                engine: status.engine.clone(),
+                engine_version: status.engine_version.clone(),
+                storage_gib: (status.storage_gib > 0).then_some(status.storage_gib),
+                port: (status.port > 0).then_some(status.port),
+                database_name: status.database_name.clone(),
+                backup: Some(hanul_proto::v1::BackupSettings {
+                    retention_days: Some(status.retention_days),
+                    ..Default::default()
+                }),
+                backup_encrypted: encrypted.is_some(),
+                backup_encryption_key_secret: encrypted,
+                ..Default::default()
+            };
+            let from = DbClusterSource {
+                automated_backup: name_in(record.metadata.as_ref()).to_string(),
+                restore_time: time.cloned(),
+                use_latest_restorable_time: time.is_none(),
+                ..Default::default()
+            };
+            let why = format!(
+                "the cluster {} of {} is deleted",
+                key(&status.db_cluster),
+                ref_name(
+                    Kind::DbClusterAutomatedBackup,
+                    name_in(record.metadata.as_ref())
+                )
+            );
+            (base, from, status.master_username.clone(), Some(why))
+        }
     };
     let mut spec = base;
     spec.source = Some(from);
@@ -1247,6 +1368,10 @@ enum Origin<'a> {
         time: Option<&'a Timestamp>,
     },
     Clone(&'a str),
+    AutomatedBackup {
+        record: &'a str,
+        time: Option<&'a Timestamp>,
+    },
 }
 
 /// Refuses a new cluster `name` that exists already among `clusters`.
@@ -1287,6 +1412,13 @@ async fn restore(global: &crate::GlobalArgs, args: RestoreArgs) -> Result<ExitCo
         (Some(snap), _) => Origin::Snapshot(name_of_kind(snap, Kind::DbSnapshot)?),
         (None, Some(src)) => Origin::PointInTime {
             cluster: name_of_kind(src, Kind::DbCluster)?,
+            time: args.time.as_ref(),
+        },
+        (None, None) if args.automated_backup.is_some() => Origin::AutomatedBackup {
+            record: name_of_kind(
+                args.automated_backup.as_deref().unwrap_or_default(),
+                Kind::DbClusterAutomatedBackup,
+            )?,
             time: args.time.as_ref(),
         },
         // clap requires one of them.
@@ -1351,6 +1483,25 @@ async fn create_copy(
         Origin::Clone(cluster) => RestoreSource::Clone {
             cluster: source_cluster(&clusters, cluster, "clone")?,
         },
+        Origin::AutomatedBackup { record, time } => {
+            snapshot_object = get_existing(
+                &client,
+                Kind::DbClusterAutomatedBackup,
+                record,
+                "there is nothing to restore (`hanul get dbab` lists the retained automated \
+                 backups of deleted clusters)",
+            )
+            .await?;
+            match &snapshot_object.resource {
+                Some(Resource::DbClusterAutomatedBackup(record)) => {
+                    RestoreSource::AutomatedBackup { record, time }
+                }
+                _ => bail!(
+                    "{} is not a DBClusterAutomatedBackup",
+                    snapshot_object.key()
+                ),
+            }
+        }
     };
     let object: Object = restore_cluster(name, source, &overrides, &ports_in_use)?.into();
     if args.dry_run {
@@ -2614,5 +2765,194 @@ mod tests {
             cluster_done(&c.into()).unwrap_err().to_string(),
             "dbcluster/orders cannot be restored: snapshot snap-1 not found"
         );
+    }
+
+    fn record(latest: i64) -> DbClusterAutomatedBackup {
+        DbClusterAutomatedBackup {
+            metadata: Some(ObjectMeta {
+                name: "orders".into(),
+                ..Default::default()
+            }),
+            spec: Some(hanul_proto::v1::DbClusterAutomatedBackupSpec {
+                db_cluster: "orders".into(),
+                db_cluster_resource_id: "uid-orders".into(),
+            }),
+            status: Some(hanul_proto::v1::DbClusterAutomatedBackupStatus {
+                status: "retained".into(),
+                db_cluster: "orders".into(),
+                engine: "postgres".into(),
+                engine_version: "15".into(),
+                master_username: "admin".into(),
+                port: 6000,
+                storage_gib: 40,
+                database_name: "shop".into(),
+                retention_days: 3,
+                encryption_key_secret: Some(hanul_proto::v1::SecretKeyRef {
+                    name: "orders-key".into(),
+                    key: "key".into(),
+                }),
+                earliest_restorable_time: Some(at(T0 - 3600)),
+                latest_restorable_time: Some(at(latest)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_restore_from_retained_backups_takes_the_records_settings_and_window() {
+        let r = record(T0);
+        let pw = RestoreOverrides {
+            master_password: Some("n3w-secret".into()),
+            ..Default::default()
+        };
+        let t = at(T0 - 60);
+        let c = restore_cluster(
+            "back",
+            RestoreSource::AutomatedBackup {
+                record: &r,
+                time: Some(&t),
+            },
+            &pw,
+            &[6000],
+        )
+        .unwrap();
+        let s = spec_of(&c);
+        let source = s.source.clone().unwrap();
+        assert_eq!(source.automated_backup, "orders");
+        assert_eq!(source.restore_time, Some(t));
+        assert!(source.cluster.is_empty() && !source.use_latest_restorable_time);
+        assert_eq!(
+            (s.master_username.as_str(), s.database_name.as_str()),
+            ("admin", "shop")
+        );
+        assert_eq!(s.storage_gib, Some(40));
+        // The record's port is taken by another cluster's endpoints: the next free one.
+        assert_eq!(s.port, Some(6002));
+        // Encrypted backups restore only into an encrypted cluster: with their key.
+        assert!(s.backup_encrypted);
+        assert_eq!(
+            s.backup_encryption_key_secret
+                .as_ref()
+                .map(|k| k.name.as_str()),
+            Some("orders-key")
+        );
+        let latest = restore_cluster(
+            "back",
+            RestoreSource::AutomatedBackup {
+                record: &r,
+                time: None,
+            },
+            &pw,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            spec_of(&latest)
+                .source
+                .as_ref()
+                .unwrap()
+                .use_latest_restorable_time
+        );
+        // No password to copy from a deleted cluster.
+        let e = restore_err(
+            RestoreSource::AutomatedBackup {
+                record: &r,
+                time: None,
+            },
+            &RestoreOverrides::default(),
+        );
+        assert!(e.contains("--master-password is required"), "{e}");
+        // Outside the window it had at the deletion.
+        let late = at(T0 + 1);
+        let e = restore_err(
+            RestoreSource::AutomatedBackup {
+                record: &r,
+                time: Some(&late),
+            },
+            &pw,
+        );
+        assert!(e.contains("after the latest restorable time"), "{e}");
+        let early = at(T0 - 7200);
+        let e = restore_err(
+            RestoreSource::AutomatedBackup {
+                record: &r,
+                time: Some(&early),
+            },
+            &pw,
+        );
+        assert!(e.contains("before the earliest restorable time"), "{e}");
+        // And `db snapshots` of the deleted cluster says where its window went.
+        let lines = retained_lines(&[r.clone().into()], "orders");
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("--automated-backup orders"),
+            "{}",
+            lines[0]
+        );
+        assert!(retained_lines(&[r.into()], "other").is_empty());
+    }
+
+    #[test]
+    fn restore_takes_an_automated_backup_with_a_time_and_nothing_else() {
+        let Command::Restore(r) = parse(&[
+            "hanul",
+            "db",
+            "restore",
+            "back",
+            "--automated-backup",
+            "orders",
+            "--latest",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.automated_backup.as_deref(), Some("orders"));
+        assert!(r.latest);
+        assert!(
+            parse(&[
+                "hanul",
+                "db",
+                "restore",
+                "back",
+                "--automated-backup",
+                "orders",
+                "--time",
+                "2024-05-01T10:00:00Z",
+            ])
+            .is_ok()
+        );
+        for argv in [
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "back",
+                "--automated-backup",
+                "orders",
+            ][..],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "back",
+                "--automated-backup",
+                "orders",
+                "--source",
+                "sales",
+                "--latest",
+            ],
+            &[
+                "hanul",
+                "db",
+                "restore",
+                "back",
+                "--automated-backup",
+                "orders",
+                "--snapshot",
+                "s1",
+            ],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
     }
 }

@@ -605,6 +605,13 @@ fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64
     {
         let text = if !s.snapshot.is_empty() {
             format!("snapshot {}", s.snapshot)
+        } else if !s.automated_backup.is_empty() {
+            let at = if s.use_latest_restorable_time {
+                "its latest restorable time".to_string()
+            } else {
+                timestamp(s.restore_time.as_ref())
+            };
+            format!("retained automated backups {} at {at}", s.automated_backup)
         } else if s.clone {
             format!("a clone of cluster {}", s.cluster)
         } else if s.use_latest_restorable_time {
@@ -636,9 +643,18 @@ fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64
             ));
         }
         if !r.wal_path.is_empty() || r.target_time.is_some() {
+            let of = if r.automated_backup.is_empty() {
+                or_none(&r.source_cluster)
+            } else {
+                format!(
+                    "{} (retained in {})",
+                    or_none(&r.source_cluster),
+                    r.automated_backup
+                )
+            };
             lines.push(format!(
                 "then the WAL of {} ({}) up to {}",
-                or_none(&r.source_cluster),
+                of,
                 or_none(&r.wal_path),
                 timestamp(r.target_time.as_ref())
             ));
@@ -1287,6 +1303,35 @@ mod tests {
             "  replayLsn: 0/3000148\n",
             "    lsn: 0/3000148\n",
             "  cluster: orders\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in:\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_db_cluster_page_names_the_retained_backups_it_was_restored_from() {
+        let mut o = orders_cluster();
+        let Some(Resource::DbCluster(c)) = &mut o.resource else {
+            panic!()
+        };
+        c.spec.as_mut().unwrap().source = Some(hanul_proto::v1::DbClusterSource {
+            automated_backup: "sales".into(),
+            use_latest_restorable_time: true,
+            ..Default::default()
+        });
+        c.status.as_mut().unwrap().restore = Some(hanul_proto::v1::DbRestore {
+            snapshot: "sales-auto-1".into(),
+            snapshot_path: "snapshots/sales-auto-1-0a1b2c3d".into(),
+            wal_path: "wal/sales-0a1b2c3d".into(),
+            target_time: ts(7200),
+            source_cluster: "sales".into(),
+            automated_backup: "sales".into(),
+            ..Default::default()
+        });
+        let page = describe(&o, &[], NOW);
+        for want in [
+            "  Source:                  retained automated backups sales at its latest restorable time\n",
+            "then the WAL of sales (retained in sales) (wal/sales-0a1b2c3d)",
         ] {
             assert!(page.contains(want), "missing {want:?} in:\n{page}");
         }

@@ -28,7 +28,7 @@ use pbjson_types::Timestamp;
 
 use super::plan::Member;
 
-const DAY: i64 = 24 * 60 * 60;
+pub(crate) const DAY: i64 = 24 * 60 * 60;
 /// A failed automated snapshot is not retried sooner than this.
 const RETRY_FAILED: i64 = 5 * 60;
 
@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub path: String,
     /// The cluster's master user when it was taken.
     pub master_username: String,
+    /// Its files are encrypted (status.encryptionKeySecret is set).
+    pub encrypted: bool,
 }
 
 /// What to do.
@@ -218,27 +220,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
             effects.push(Effect::Create { name });
         }
     }
-    let horizon = input.now - i64::from(retention) * DAY;
-    let newest_available = automated
-        .iter()
-        .filter(|s| s.phase == SNAPSHOT_AVAILABLE)
-        .filter_map(|s| s.complete)
-        .max();
-    for s in &automated {
-        if s.deleting {
-            continue;
-        }
-        let when = s.complete.unwrap_or(s.created);
-        // The newest available one stays while retention is on, however old: it is where
-        // every restore starts.
-        let keep_newest = retention > 0 && s.complete.is_some() && s.complete == newest_available;
-        let expired = retention == 0 || (when < horizon && !keep_newest);
-        let stale_failure = s.phase == SNAPSHOT_FAILED && input.now - s.created >= DAY;
-        if (expired && s.phase != SNAPSHOT_CREATING) || stale_failure {
-            effects.push(Effect::Delete {
-                name: s.name.clone(),
-            });
-        }
+    // The newest available one stays while retention is on, however old: it is where every
+    // restore starts.
+    for name in past_retention(automated.iter().map(|s| **s), retention, input.now, true) {
+        effects.push(Effect::Delete { name });
     }
 
     let deleted: Vec<&str> = effects
@@ -286,6 +271,40 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
 }
 
+/// The automated snapshots (of one cluster) to delete at `now` with `retention` days: those
+/// taken longer ago than that (all of them with 0), and failures older than a day. With
+/// `keep_newest`, the newest available one stays however old (a live cluster's restores
+/// start from it); the retained backups of a deleted cluster
+/// ([`super::automated_backup`]) expire without it.
+pub fn past_retention<'a>(
+    automated: impl Iterator<Item = &'a Snapshot> + Clone,
+    retention: u32,
+    now: i64,
+    keep_newest: bool,
+) -> Vec<String> {
+    let horizon = now - i64::from(retention) * DAY;
+    let newest_available = automated
+        .clone()
+        .filter(|s| s.phase == SNAPSHOT_AVAILABLE)
+        .filter_map(|s| s.complete)
+        .max();
+    let mut out = Vec::new();
+    for s in automated {
+        if s.deleting {
+            continue;
+        }
+        let when = s.complete.unwrap_or(s.created);
+        let newest =
+            keep_newest && retention > 0 && s.complete.is_some() && s.complete == newest_available;
+        let expired = retention == 0 || (when < horizon && !newest);
+        let stale_failure = s.phase == SNAPSHOT_FAILED && now - s.created >= DAY;
+        if (expired && s.phase != SNAPSHOT_CREATING) || stale_failure {
+            out.push(s.name.clone());
+        }
+    }
+    out
+}
+
 /// A source cluster of a point-in-time restore, as the controller sees it.
 pub struct SourceCluster<'a> {
     pub name: &'a str,
@@ -294,6 +313,8 @@ pub struct SourceCluster<'a> {
     /// Its snapshots.
     pub snapshots: &'a [Snapshot],
     pub master_username: &'a str,
+    /// Its backups are encrypted (spec.backupEncrypted).
+    pub backup_encrypted: bool,
 }
 
 fn seconds(t: &Timestamp) -> f64 {
@@ -302,8 +323,13 @@ fn seconds(t: &Timestamp) -> f64 {
 
 /// Where a cluster with `spec.source` starts: the snapshot to copy and, for a point in time,
 /// the source's WAL archive and the time. `snapshot` is the named DBSnapshot (for
-/// `source.snapshot`); `cluster` the source cluster (for `source.cluster`). An error is a
+/// `source.snapshot`); `cluster` the source cluster (for `source.cluster`), or the retained
+/// automated backups of a deleted one (for `source.automatedBackup`: its name, uid, window,
+/// timelines and snapshots, as the `DBClusterAutomatedBackup` records them). An error is a
 /// message for the user; the cluster waits (the source may become restorable).
+///
+/// An encrypted source (a snapshot, a cluster or a record) is refused to a cluster that does
+/// not encrypt its own backups: the agent would refuse it too, but only in its log.
 pub fn resolve_restore(
     spec: &DbClusterSpec,
     snapshot: Option<&Snapshot>,
@@ -336,6 +362,9 @@ pub fn resolve_restore(
                     &format!("DB snapshot {}", s.name),
                 ))
             }
+            Some(s) if s.encrypted && !spec.backup_encrypted => {
+                failed(plain_from_encrypted(&format!("DB snapshot {}", s.name)))
+            }
             Some(s) => DbRestore {
                 snapshot: s.name.clone(),
                 snapshot_path: s.path.clone(),
@@ -343,14 +372,26 @@ pub fn resolve_restore(
             },
         };
     }
+    let record = (!source.automated_backup.is_empty()).then_some(source.automated_backup.as_str());
     let Some(c) = cluster else {
-        return failed(format!("DB cluster {} not found", source.cluster));
+        return failed(match record {
+            Some(r) => format!("DB cluster automated backup {r} not found"),
+            None => format!("DB cluster {} not found", source.cluster),
+        });
+    };
+    // How the source is named to the user.
+    let what = match record {
+        Some(r) => format!(
+            "the retained automated backups {r} of DB cluster {}",
+            c.name
+        ),
+        None => format!("DB cluster {}", c.name),
     };
     if c.master_username != spec.master_username {
-        return failed(master_user_differs(
-            c.master_username,
-            &format!("DB cluster {}", c.name),
-        ));
+        return failed(master_user_differs(c.master_username, &what));
+    }
+    if c.backup_encrypted && !spec.backup_encrypted {
+        return failed(plain_from_encrypted(&what));
     }
     if source.clone {
         return clone_of(c);
@@ -360,8 +401,7 @@ pub fn resolve_restore(
         c.status.latest_restorable_time.as_ref(),
     ) else {
         return failed(format!(
-            "point-in-time restore of DB cluster {} is not available yet: it has no automated backup or no archived WAL",
-            c.name
+            "point-in-time restore of {what} is not available yet: it has no automated backup or no archived WAL"
         ));
     };
     let target = if source.use_latest_restorable_time {
@@ -375,17 +415,15 @@ pub fn resolve_restore(
     let show = |t: &Timestamp| hanul_proto::time::rfc3339(t);
     if seconds(&target) < seconds(earliest) {
         return failed(format!(
-            "restore time {} is before the earliest restorable time of DB cluster {} ({})",
+            "restore time {} is before the earliest restorable time of {what} ({})",
             show(&target),
-            c.name,
             show(earliest)
         ));
     }
     if seconds(&target) > seconds(latest) {
         return failed(format!(
-            "restore time {} is after the latest restorable time of DB cluster {} ({})",
+            "restore time {} is after the latest restorable time of {what} ({})",
             show(&target),
-            c.name,
             show(latest)
         ));
     }
@@ -400,6 +438,7 @@ pub fn resolve_restore(
             target_time: Some(target),
             source_cluster: c.name.to_string(),
             timeline: timeline.unwrap_or(0),
+            automated_backup: record.unwrap_or_default().to_string(),
             ..Default::default()
         },
     }
@@ -430,6 +469,14 @@ fn clone_of(c: &SourceCluster<'_>) -> DbRestore {
             ..Default::default()
         },
     }
+}
+
+/// The restored data (and the WAL replayed into it) is encrypted: the new cluster must be too.
+fn plain_from_encrypted(source: &str) -> String {
+    format!(
+        "{source} is encrypted: a cluster restored or cloned from it must encrypt its backups too \
+         (set spec.backupEncrypted: true and spec.backupEncryptionKeySecret)"
+    )
 }
 
 /// The restored data holds the source's master user: the new cluster must name it.

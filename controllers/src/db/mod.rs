@@ -18,6 +18,7 @@
 //! long each member has been silent. A controller that restarts counts silence from its start,
 //! so a restart never shortens a lease. The protocol is in `hanul_proto::db`.
 
+pub mod automated_backup;
 pub mod backtrack;
 pub mod backup;
 pub mod maintenance;
@@ -34,10 +35,10 @@ use crate::{
 use hanul_proto::{
     Client, Kind,
     db::{
-        BACKTRACK_ANNOTATION, ENGINE, ENGINE_VERSION, FINAL_SNAPSHOT_FINALIZER, MEMBER_FINALIZER,
-        PHASE_AVAILABLE, PHASE_BACKING_UP, REBOOT_ANNOTATION, SNAPSHOT_AUTOMATED,
-        SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_MANUAL,
-        SWITCHOVER_ANNOTATION,
+        BACKTRACK_ANNOTATION, BACKTRACK_CANCEL_ANNOTATION, ENGINE, ENGINE_VERSION,
+        FINAL_SNAPSHOT_FINALIZER, MEMBER_FINALIZER, PHASE_AVAILABLE, PHASE_BACKING_UP,
+        REBOOT_ANNOTATION, RETAIN_BACKUPS_FINALIZER, SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE,
+        SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_MANUAL, SWITCHOVER_ANNOTATION,
     },
     events::{NORMAL, Recorder, WARNING},
     v1::{
@@ -73,6 +74,9 @@ pub struct Context {
     pub snapshots: Cache,
     /// The clusters (the sources of point-in-time restores).
     pub clusters: Cache,
+    /// The retained automated backups of deleted clusters (`DBClusterAutomatedBackup`): the
+    /// sources of restores, and where a deleted cluster's backups go.
+    pub automated_backups: Cache,
     /// member → (leaseEpoch, leaseRenewals, when this process saw them change).
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
     /// Members this process decided to create that the members cache does not show yet
@@ -185,21 +189,39 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
     };
     let spec = cluster.spec.clone().unwrap_or_default();
     if meta.deleted_at.is_some() {
+        // The final snapshot first, then the automated backups are retained, then the
+        // members go.
+        if meta
+            .finalizers
+            .iter()
+            .all(|f| f != FINAL_SNAPSHOT_FINALIZER)
+            && meta
+                .finalizers
+                .iter()
+                .any(|f| f == RETAIN_BACKUPS_FINALIZER)
+        {
+            return automated_backup::retain(&ctx, &object, meta, &spec, cluster).await;
+        }
         return final_snapshot(&ctx, &object, meta, &spec, cluster).await;
     }
-    // A cluster with a final snapshot to take holds its deletion until it is taken.
-    let wants = !spec.final_snapshot_identifier.is_empty();
-    let has = meta
-        .finalizers
-        .iter()
-        .any(|f| f == FINAL_SNAPSHOT_FINALIZER);
-    if wants != has {
+    // A cluster with a final snapshot to take holds its deletion until it is taken; one whose
+    // automated backups outlive it, until they are retained.
+    let wanted = [
+        (
+            FINAL_SNAPSHOT_FINALIZER,
+            !spec.final_snapshot_identifier.is_empty(),
+        ),
+        (RETAIN_BACKUPS_FINALIZER, automated_backup::retains(&spec)),
+    ];
+    let has = |f: &str| meta.finalizers.iter().any(|x| x == f);
+    if wanted.iter().any(|(f, wants)| *wants != has(f)) {
         let mut o = (*object).clone();
         let finalizers = &mut o.metadata_mut().finalizers;
-        if wants {
-            finalizers.push(FINAL_SNAPSHOT_FINALIZER.into());
-        } else {
-            finalizers.retain(|f| f != FINAL_SNAPSHOT_FINALIZER);
+        for (f, wants) in wanted {
+            finalizers.retain(|x| x != f);
+            if wants {
+                finalizers.push(f.into());
+            }
         }
         return match ctx.client.update(o).await {
             Ok(_) => Ok(Action::requeue(Duration::from_millis(20))),
@@ -371,7 +393,12 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
                 .as_ref()
                 .map(|t| format!(" to {}", hanul_proto::time::rfc3339(t)))
                 .unwrap_or_default();
-            let from = if r.source_cluster.is_empty() {
+            let from = if !r.automated_backup.is_empty() {
+                format!(
+                    "the retained automated backups {} of DB cluster {} (snapshot {})",
+                    r.automated_backup, r.source_cluster, r.snapshot
+                )
+            } else if r.source_cluster.is_empty() {
                 format!("DB snapshot {}", r.snapshot)
             } else {
                 format!("DB cluster {} (snapshot {})", r.source_cluster, r.snapshot)
@@ -621,6 +648,9 @@ fn snapshot_of(o: &Object) -> Option<backup::Snapshot> {
             .map(|t| t.seconds + i64::from(t.nanos > 0)),
         path: status.path,
         master_username: status.master_username,
+        encrypted: status
+            .encryption_key_secret
+            .is_some_and(|k| !k.name.is_empty()),
     })
 }
 
@@ -679,29 +709,42 @@ fn plan_backups(
         let cluster = (!source.cluster.is_empty())
             .then(|| ctx.clusters.get(Kind::DbCluster, &source.cluster))
             .flatten();
-        let cluster_parts = cluster.as_ref().and_then(|o| match &o.resource {
-            Some(Resource::DbCluster(c)) => Some((
-                o.name().to_string(),
-                o.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
-                c.status.clone().unwrap_or_default(),
-                c.spec.clone().unwrap_or_default().master_username,
-            )),
-            _ => None,
-        });
+        let cluster_parts = if source.automated_backup.is_empty() {
+            cluster.as_ref().and_then(|o| match &o.resource {
+                Some(Resource::DbCluster(c)) => {
+                    let spec = c.spec.clone().unwrap_or_default();
+                    Some((
+                        o.name().to_string(),
+                        o.metadata().map(|m| m.uid.clone()).unwrap_or_default(),
+                        c.status.clone().unwrap_or_default(),
+                        spec.master_username,
+                        spec.backup_encrypted,
+                    ))
+                }
+                _ => None,
+            })
+        } else {
+            // The retained backups of a deleted cluster restore as that cluster did.
+            ctx.automated_backups
+                .get(Kind::DbClusterAutomatedBackup, &source.automated_backup)
+                .and_then(|o| automated_backup::as_source(&o))
+        };
         let source_snapshots = cluster_parts
             .as_ref()
-            .map(|(name, _, _, _)| snapshots_of(ctx, name))
+            .map(|(name, _, _, _, _)| snapshots_of(ctx, name))
             .unwrap_or_default();
-        let source_cluster =
-            cluster_parts
-                .as_ref()
-                .map(|(name, uid, status, user)| backup::SourceCluster {
+        let source_cluster = cluster_parts
+            .as_ref()
+            .map(
+                |(name, uid, status, user, encrypted)| backup::SourceCluster {
                     name,
                     uid,
                     status,
                     snapshots: &source_snapshots,
                     master_username: user,
-                });
+                    backup_encrypted: *encrypted,
+                },
+            );
         status.restore = Some(backup::resolve_restore(
             spec,
             snapshot.as_ref(),
@@ -819,15 +862,15 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
                 .collect()
         })
     };
-    // What instances hold on nodes, for placing members. Watched only so that the first
-    // reconciles wait for them: their changes enqueue nothing, as a cluster waiting for room
-    // looks again within a second anyway (see the end of `reconcile`), and node changes
-    // enqueue every cluster.
+    // What instances hold on nodes, for placing members: read, not watched, as a cluster
+    // waiting for room looks again within a second anyway (see the end of `reconcile`), and
+    // node changes enqueue every cluster.
     let instances = Cache::new(Some(Kind::Instance));
     let types = Cache::new(Some(Kind::InstanceType));
-    let nothing: KeyMapper = Arc::new(|_, _| Vec::new());
     let snapshots = Cache::new(Some(Kind::DbSnapshot));
     snapshots.start(&client, shutdown.clone());
+    // Read when a deletion retains a cluster's automated backups (records of the same name).
+    let automated_backups = Cache::new(Some(Kind::DbClusterAutomatedBackup));
     // A snapshot concerns the cluster it is of.
     let of_cluster: KeyMapper = Arc::new(|event, _| {
         let object = match event {
@@ -848,8 +891,9 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         .watches_owned_in(members.clone())
         .watches(nodes.clone(), every)
         .watches(snapshots.clone(), of_cluster)
-        .watches(instances.clone(), nothing.clone())
-        .watches(types.clone(), nothing);
+        .reads(instances.clone())
+        .reads(types.clone())
+        .reads(automated_backups.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), CONTROLLER_NAME),
         client,
@@ -860,6 +904,7 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         types,
         snapshots,
         clusters,
+        automated_backups,
         leases: Mutex::new(HashMap::new()),
         placing: Mutex::new(HashMap::new()),
     });

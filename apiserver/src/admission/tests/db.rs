@@ -904,3 +904,61 @@ fn the_maintenance_window_is_weekly_and_defaulted() {
         "{m}"
     );
 }
+
+#[test]
+fn a_cluster_may_restore_the_retained_automated_backups_of_a_deleted_one_to_a_time() {
+    for source in [
+        "{automatedBackup: orders, restoreTime: '2024-05-01T10:00:00Z'}",
+        "{automatedBackup: orders-1a2b3c4d, useLatestRestorableTime: true}",
+    ] {
+        admitted_cluster(&with_source(source));
+    }
+    let m = refused(&with_source("{automatedBackup: orders}"));
+    assert!(
+        m.contains("spec.source.restoreTime: required with spec.source.automatedBackup"),
+        "{m}"
+    );
+    let m = refused(&with_source(
+        "{automatedBackup: orders, cluster: sales, clone: true, snapshot: s}",
+    ));
+    for field in [
+        "spec.source.cluster",
+        "spec.source.clone",
+        "spec.source.snapshot",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "{field}: not allowed with spec.source.automatedBackup"
+            )),
+            "{m}"
+        );
+    }
+    let m = refused(&with_source(
+        "{automatedBackup: Orders_1, useLatestRestorableTime: true}",
+    ));
+    assert!(
+        m.contains(
+            "spec.source.automatedBackup: \"Orders_1\" is not a DBClusterAutomatedBackup name"
+        ),
+        "{m}"
+    );
+    // deleteAutomatedBackups is a plain choice, false included.
+    admitted_cluster(&format!("{PASSWORD}  deleteAutomatedBackups: false\n"));
+}
+
+#[test]
+fn an_automated_backup_record_names_its_cluster_for_good() {
+    let record = |cluster: &str, uid: &str| {
+        obj(&format!(
+            "apiVersion: hanul/v1\nkind: DBClusterAutomatedBackup\nmetadata: {{name: orders}}\nspec: {{dbCluster: {cluster:?}, dbClusterResourceId: {uid:?}}}\n"
+        ))
+    };
+    let mut old = record("orders", "uid-1");
+    admit(&mut old, None).unwrap();
+    let m = message(admit(&mut record("", ""), None));
+    assert!(m.contains("spec.dbCluster: required"), "{m}");
+    assert!(m.contains("spec.dbClusterResourceId: required"), "{m}");
+    let m = message(admit(&mut record("orders", "uid-2"), Some(&old)));
+    assert!(m.contains("spec.dbClusterResourceId"), "{m}");
+    assert!(m.contains("immutable"), "{m}");
+}

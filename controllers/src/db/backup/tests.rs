@@ -353,6 +353,7 @@ fn a_point_in_time_restore_starts_from_the_newest_snapshot_before_the_time() {
         status: &status,
         snapshots: &snaps,
         master_username: "",
+        backup_encrypted: false,
     };
     let at = |t: i64| {
         source_spec(DbClusterSource {
@@ -434,6 +435,7 @@ fn a_point_in_time_restore_after_a_backtrack_follows_the_timeline_live_then() {
         status: &status,
         snapshots: &snaps,
         master_username: "",
+        backup_encrypted: false,
     };
     let at = |t: i64| {
         resolve_restore(
@@ -505,6 +507,7 @@ fn a_clone_copies_an_available_standby_else_the_writer() {
                 status,
                 snapshots: &[],
                 master_username: "",
+                backup_encrypted: false,
             }),
         )
     };
@@ -545,5 +548,188 @@ fn a_completed_backtrack_gets_an_automated_snapshot_at_once() {
         !p.effects.iter().any(|e| matches!(e, Effect::Create { .. })),
         "{:?}",
         p.effects
+    );
+}
+
+/// An encrypted source (a snapshot, a cluster to restore to a point in time or to clone, the
+/// retained backups of a deleted one) needs an encrypted cluster: refused in
+/// `status.restore.error`, naming the fields to set, before the agent would refuse it in its
+/// log.
+#[test]
+fn an_encrypted_source_is_refused_to_a_plain_cluster_in_status() {
+    use hanul_proto::db::MEMBER_WRITER;
+    use hanul_proto::v1::{DbClusterMember, SecretKeyRef};
+    let encrypted = |mut spec: DbClusterSpec| {
+        spec.backup_encrypted = true;
+        spec.backup_encryption_key_secret = Some(SecretKeyRef {
+            name: "db-key".into(),
+            key: "key".into(),
+        });
+        spec
+    };
+    let fields = |e: &str| {
+        e.contains("is encrypted")
+            && e.contains("spec.backupEncrypted")
+            && e.contains("spec.backupEncryptionKeySecret")
+    };
+    // A snapshot.
+    let spec = source_spec(DbClusterSource {
+        snapshot: "mine".into(),
+        ..Default::default()
+    });
+    let snap = Snapshot {
+        name: "mine".into(),
+        phase: SNAPSHOT_AVAILABLE.into(),
+        path: "snapshots/mine-1234".into(),
+        encrypted: true,
+        ..Default::default()
+    };
+    let r = resolve_restore(&spec, Some(&snap), None);
+    assert!(fields(&r.error), "{}", r.error);
+    assert!(r.error.contains("DB snapshot mine"), "{}", r.error);
+    assert_eq!(r.snapshot_path, "");
+    let r = resolve_restore(&encrypted(spec.clone()), Some(&snap), None);
+    assert_eq!((r.error.as_str(), r.snapshot.as_str()), ("", "mine"));
+    // A plain snapshot restores into either.
+    let plain = Snapshot {
+        encrypted: false,
+        ..snap
+    };
+    assert_eq!(resolve_restore(&spec, Some(&plain), None).error, "");
+
+    // A point in time, and a clone, of an encrypted cluster.
+    let snaps = [auto("db-a", MIDNIGHT, SNAPSHOT_AVAILABLE)];
+    let status = DbClusterStatus {
+        earliest_restorable_time: Some(ts(MIDNIGHT + 60)),
+        latest_restorable_time: Some(ts(MIDNIGHT + H)),
+        members: vec![DbClusterMember {
+            name: "db-1".into(),
+            role: MEMBER_WRITER.into(),
+            state: STATE_AVAILABLE.into(),
+            address: "127.0.0.1:30001".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let source = SourceCluster {
+        name: "db",
+        uid: "uid-1",
+        status: &status,
+        snapshots: &snaps,
+        master_username: "",
+        backup_encrypted: true,
+    };
+    let pitr = source_spec(DbClusterSource {
+        cluster: "db".into(),
+        restore_time: Some(ts(MIDNIGHT + 600)),
+        ..Default::default()
+    });
+    let clone = source_spec(DbClusterSource {
+        cluster: "db".into(),
+        clone: true,
+        ..Default::default()
+    });
+    for spec in [&pitr, &clone] {
+        let r = resolve_restore(spec, None, Some(&source));
+        assert!(fields(&r.error), "{}", r.error);
+        assert!(r.error.contains("DB cluster db"), "{}", r.error);
+        assert_eq!((r.snapshot.as_str(), r.clone_member.as_str()), ("", ""));
+    }
+    let r = resolve_restore(&encrypted(pitr), None, Some(&source));
+    assert_eq!((r.error.as_str(), r.snapshot.as_str()), ("", "db-a"));
+    let r = resolve_restore(&encrypted(clone), None, Some(&source));
+    assert_eq!((r.error.as_str(), r.clone_member.as_str()), ("", "db-1"));
+
+    // The retained backups of a deleted encrypted cluster.
+    let from_record = source_spec(DbClusterSource {
+        automated_backup: "db".into(),
+        use_latest_restorable_time: true,
+        ..Default::default()
+    });
+    let r = resolve_restore(&from_record, None, Some(&source));
+    assert!(fields(&r.error), "{}", r.error);
+    assert!(
+        r.error.contains("retained automated backups db"),
+        "{}",
+        r.error
+    );
+    let r = resolve_restore(&encrypted(from_record), None, Some(&source));
+    assert_eq!((r.error.as_str(), r.automated_backup.as_str()), ("", "db"));
+}
+
+/// A restore from the retained backups of a deleted cluster resolves like a point-in-time
+/// restore of that cluster did: the newest snapshot complete by the time, the cluster's WAL
+/// archive, the timeline live then; a time outside the window it had is refused.
+#[test]
+fn a_restore_from_retained_backups_uses_their_window_archive_and_timelines() {
+    use hanul_proto::v1::DbTimeline;
+    let snaps = [
+        auto("gone-a", MIDNIGHT, SNAPSHOT_AVAILABLE),
+        auto("gone-b", MIDNIGHT + DAY, SNAPSHOT_AVAILABLE),
+    ];
+    let status = DbClusterStatus {
+        earliest_restorable_time: Some(ts(MIDNIGHT + 60)),
+        latest_restorable_time: Some(ts(MIDNIGHT + DAY + 2 * H)),
+        timelines: vec![DbTimeline {
+            timeline: 3,
+            since: Some(ts(MIDNIGHT - H)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let record = SourceCluster {
+        name: "gone",
+        uid: "uid-1",
+        status: &status,
+        snapshots: &snaps,
+        master_username: "admin",
+        backup_encrypted: false,
+    };
+    let at = |t: Option<i64>| {
+        let mut spec = source_spec(DbClusterSource {
+            automated_backup: "gone-uid1".into(),
+            restore_time: t.map(ts),
+            use_latest_restorable_time: t.is_none(),
+            ..Default::default()
+        });
+        spec.master_username = "admin".into();
+        resolve_restore(&spec, None, Some(&record))
+    };
+    let r = at(Some(MIDNIGHT + DAY + H));
+    assert_eq!(r.error, "");
+    assert_eq!(r.snapshot, "gone-b");
+    assert_eq!(r.snapshot_path, "snapshots/gone-b-x");
+    assert_eq!(r.wal_path, "wal/gone-uid-1");
+    assert_eq!(r.timeline, 3);
+    assert_eq!(r.source_cluster, "gone");
+    assert_eq!(r.automated_backup, "gone-uid1");
+    assert_eq!(at(Some(MIDNIGHT + 2 * H)).snapshot, "gone-a");
+    assert_eq!(at(None).target_time, Some(ts(MIDNIGHT + DAY + 2 * H)));
+    let r = at(Some(MIDNIGHT + DAY + 3 * H));
+    assert!(
+        r.error.contains(
+            "after the latest restorable time of the retained automated backups gone-uid1"
+        ),
+        "{}",
+        r.error
+    );
+    let r = at(Some(MIDNIGHT));
+    assert!(
+        r.error.contains("before the earliest restorable time"),
+        "{}",
+        r.error
+    );
+    // The record gone (expired): said so.
+    let spec = source_spec(DbClusterSource {
+        automated_backup: "gone-uid1".into(),
+        use_latest_restorable_time: true,
+        ..Default::default()
+    });
+    let r = resolve_restore(&spec, None, None);
+    assert!(
+        r.error
+            .contains("DB cluster automated backup gone-uid1 not found"),
+        "{}",
+        r.error
     );
 }
