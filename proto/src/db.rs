@@ -68,6 +68,16 @@
 //! 3. The controller notes the new timeline in `status.timelines` (since the backtrack's
 //!    start, with the time it rewound to), clears `backtrack`, and the cluster is available.
 //!
+//! A failed attempt counts in the writer's `backtrackFailures` (its error in `message`); the
+//! controller copies them to `backtrack.failures`/`error` with a `BacktrackFailed` event.
+//! `hanul db backtrack --cancel` writes [`BACKTRACK_CANCEL_ANNOTATION`]: while the writer has
+//! not reported the new epoch, the controller sets `backtrack.cancelRequestedAt`; the
+//! writer's agent, instead of another attempt, stops what the attempt left, puts the data
+//! directory from before back in place and reports `backtrackCancelled = E + 1`; the
+//! controller then drops `backtrack` (no timeline noted), names the same writer in epoch
+//! E + 2, which starts the old data in place, and the other members rejoin it on the old
+//! history. An attempt that completes first wins: the cancel is refused as too late.
+//!
 //! The WAL archive keeps every timeline's files, so a later backtrack may go forward again
 //! to a time between the target and the backtrack's start: the data as of wall time T is the
 //! history of the timeline live at T.
@@ -160,6 +170,9 @@ pub const REBOOT_ANNOTATION: &str = "db.hanul.dev/reboot-requested";
 /// Annotation the CLI writes to ask for a backtrack (`hanul db backtrack`): the time to
 /// rewind to (RFC 3339), `@`, a request id.
 pub const BACKTRACK_ANNOTATION: &str = "db.hanul.dev/backtrack-requested";
+/// Annotation the CLI writes to cancel the backtrack under way (`hanul db backtrack --cancel`):
+/// a request id. The controller acts on each once (`status.backtrackCancelHandled`).
+pub const BACKTRACK_CANCEL_ANNOTATION: &str = "db.hanul.dev/backtrack-cancel-requested";
 /// `spec.backtrackWindow`: Aurora's limit, 72 hours in seconds.
 pub const MAX_BACKTRACK_WINDOW_SECONDS: u32 = 72 * 60 * 60;
 

@@ -1057,6 +1057,235 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
     assert!(events.stdout.contains("Backtrack to"), "{}", events.stdout);
 }
 
+/// Removes `PG_VERSION` from the top of every snapshot under `dir`: a restore from one fails
+/// (`not a base backup`) while the snapshot still looks available to the controller.
+fn break_snapshots(dir: &std::path::Path) -> usize {
+    let mut broken = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        if p.join("PG_VERSION").is_file() && p.join("base").is_dir() {
+            std::fs::remove_file(p.join("PG_VERSION")).unwrap();
+            broken += 1;
+        } else {
+            broken += break_snapshots(&p);
+        }
+    }
+    broken
+}
+
+/// A backtrack whose restore keeps failing (its snapshot's files damaged) says so in a
+/// `BacktrackFailed` event and in `status.backtrack`; `hanul db backtrack --cancel` puts the
+/// writer's data from before back: the cluster is available in a new epoch with all its rows,
+/// nothing noted as backtracked, and the standby acknowledges commits again.
+#[test]
+fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with("btc", &["az-a", "az-b"], args);
+    let port = free_port_pair();
+    let yaml = manifest("bc", "multiAZInstance", 0, port, &["az-a", "az-b"])
+        .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
+    lab.apply("bc.yaml", &yaml);
+    let status = lab.wait_available("bc", 1, 2, 1);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
+    poll(WAIT, "the first automated snapshot", || {
+        let s = &lab.cluster("bc")["status"];
+        Ok(s["earliestBacktrackTime"].as_str().map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t1 = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
+        .unwrap();
+    poll(
+        WAIT,
+        "the latest restorable time past the second batch",
+        || {
+            let s = &lab.cluster("bc")["status"];
+            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+            if latest > t1 + 1.0 {
+                Ok(Some(()))
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
+    // Nothing to cancel yet: refused up front.
+    let out = lab.server.cli(&["db", "backtrack", "bc", "--cancel"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("no backtrack is under way"),
+        "{}",
+        out.stderr
+    );
+
+    assert!(break_snapshots(backups.path()) > 0, "no snapshot found");
+    let epoch_before = epoch_of(&lab.cluster("bc"));
+    let out = lab
+        .server
+        .cli(&["db", "backtrack", "bc", "--to", &rfc3339(t1)]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // It fails, and says so.
+    poll(WAIT, "the backtrack's failure in its status", || {
+        let s = lab.cluster("bc")["status"].clone();
+        let b = &s["backtrack"];
+        if b["failures"].as_u64().unwrap_or(0) >= 1 && b["error"].as_str().is_some() {
+            Ok(Some(()))
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    poll(WAIT, "a BacktrackFailed event", || {
+        let events = lab.server.cli(&["events"]).stdout;
+        Ok(events.contains("BacktrackFailed").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(lab.cluster("bc")["status"]["phase"], "backtracking");
+    let described = lab.server.cli(&["describe", "db", "bc"]).stdout;
+    assert!(
+        described.contains("failed attempts") && described.contains("--cancel"),
+        "{described}"
+    );
+
+    let out = lab.server.cli(&[
+        "db",
+        "backtrack",
+        "bc",
+        "--cancel",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        lab.logs()
+    );
+    let status = lab.wait_available("bc", epoch_before + 2, 2, 1);
+    assert!(status["backtrack"].is_null(), "{status}");
+    assert!(status["backtrackedTo"].is_null(), "{status}");
+    assert_eq!(
+        status["timelines"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(status["endpoints"]["writer"], writer.as_str());
+    assert_eq!(lab.rows_of_t(&writer), "100/100", "{}", lab.logs());
+    // The standby rejoined on the same history and acknowledges commits again
+    // (dataDurability: required: the insert returns once it has it).
+    lab.sql(&writer, "INSERT INTO t VALUES (101)").unwrap();
+    assert_eq!(lab.rows_of_t(&writer), "101/101");
+    let events = lab.server.cli(&["events"]).stdout;
+    assert!(events.contains("BacktrackCancelled"), "{events}");
+}
+
+/// A member whose instance class fits on no node of its zone is not created: the cluster says
+/// why (`MembersPlaced=False`, `InsufficientDBInstanceCapacity`, a `FailedScheduling` event)
+/// until a node with room joins that zone, where it is then placed.
+#[test]
+fn a_member_that_fits_nowhere_waits_for_room_and_is_placed_once_it_appears() {
+    let lab = Lab::start("cap", &["az-a"]);
+    // az-b's only node is too small for db.t3.micro (2 vCPUs, 1 GiB).
+    let small = format!("{}-small", lab.node("az-b"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _small_agent =
+        AgentProcess::start_with(&lab.server, &small, "az-b", 1, 512, dir, &[]).unwrap();
+    lab.server.wait_node_ready(&small, WAIT);
+    let port = free_port_pair();
+    lab.apply(
+        "db.yaml",
+        &manifest("cap", "multiAZInstance", 0, port, &["az-a", "az-b"]),
+    );
+    let placed = |c: &Value| -> Option<(String, String, String)> {
+        c["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|x| x["type"] == "MembersPlaced")
+            .map(|x| {
+                let s = |k: &str| x[k].as_str().unwrap_or_default().to_owned();
+                (s("status"), s("reason"), s("message"))
+            })
+    };
+    let (_, _, message) = poll(WAIT, "MembersPlaced=False", || {
+        let c = lab.cluster("cap");
+        match placed(&c) {
+            Some((s, r, m)) if s == "False" && r == "InsufficientDBInstanceCapacity" => {
+                Ok(Some((s, r, m)))
+            }
+            _ => Err(c["status"].to_string()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert!(
+        message.contains("cap-2") && message.contains("db.t3.micro"),
+        "{message}"
+    );
+    let events = poll(WAIT, "a FailedScheduling event", || {
+        let events = lab.server.cli(&["events"]).stdout;
+        Ok(events.contains("FailedScheduling").then_some(events))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert!(events.contains("cap-2"), "{events}");
+    // The writer runs in az-a meanwhile; the standby was never created.
+    let status = lab.wait_available("cap", 1, 1, 0);
+    assert!(lab.server.get_json("dbinstance/cap-2").is_err(), "{status}");
+    let described = lab.server.cli(&["describe", "db", "cap"]).stdout;
+    assert!(
+        described.contains("InsufficientDBInstanceCapacity"),
+        "{described}"
+    );
+
+    // Room appears in az-b: the standby is placed there and joins the synchronous set.
+    let big = format!("{}-big", lab.node("az-b"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _big_agent =
+        AgentProcess::start_with(&lab.server, &big, "az-b", 16, 16384, dir, &[]).unwrap();
+    lab.server.wait_node_ready(&big, WAIT);
+    let status = lab.wait_available("cap", 1, 2, 1);
+    let standby = lab.member("cap-2");
+    assert_eq!(standby["spec"]["node"], big.as_str(), "{status}");
+    let c = lab.cluster("cap");
+    assert_eq!(
+        placed(&c).map(|(s, r, _)| (s, r)),
+        Some(("True".to_string(), "MembersPlaced".to_string())),
+        "{}",
+        c["status"]
+    );
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+}
+
 /// The master password from a Secret: the members and the endpoint use it, and no `get`,
 /// `describe` or `diff` prints it.
 #[test]

@@ -79,6 +79,8 @@ pub(super) async fn run(ctx: Arc<Context>, name: String, wake: Arc<Notify>, shut
         params: None,
         pending_reported: Vec::new(),
         archive: Arc::default(),
+        backtrack_failures: (0, 0),
+        settling: None,
     };
     let mut streak = 0;
     loop {
@@ -151,6 +153,11 @@ struct MemberLoop {
     /// The writer's WAL archiving, for its status: looked at by a task of its own (see
     /// [`Archive`]), never in the member's loop, which must stay quick for the lease.
     archive: Arc<std::sync::Mutex<Archive>>,
+    /// A backtracking writer's failed attempts: the backtrack's epoch and how many.
+    backtrack_failures: (u64, u32),
+    /// Until when a standby that just started or repointed looks at [`SETTLE_TICK`]'s pace,
+    /// while it does not stream yet.
+    settling: Option<Instant>,
 }
 
 /// How far the writer's WAL archive reaches. Every `archive_interval`, a writer that wrote
@@ -815,13 +822,22 @@ impl MemberLoop {
                         source = s.source();
                     }
                     let message = format!("backtracking to {to} failed ({why}); trying again");
+                    // Counted for the cluster (`backtrackFailures`), which says so in an event.
+                    let failures = match self.backtrack_failures {
+                        (e, n) if e == epoch => n + 1,
+                        _ => 1,
+                    };
+                    self.backtrack_failures = (epoch, failures);
                     let _ = self.set_state(c, STATE_BACKTRACKING, &message).await;
-                    self.emit(
-                        c,
-                        WARNING,
-                        "DBInstanceBacktrackFailed",
-                        format!("DB instance {}: {message}", self.name),
-                    );
+                    // Not on every retry: on the 1st, 2nd, 4th, 8th... failure.
+                    if failures.is_power_of_two() {
+                        self.emit(
+                            c,
+                            WARNING,
+                            "DBInstanceBacktrackFailed",
+                            format!("DB instance {} (attempt {failures}): {message}", self.name),
+                        );
+                    }
                     return Err(e);
                 }
                 let local = self.as_writer_of(epoch);
@@ -842,6 +858,34 @@ impl MemberLoop {
                     format!(
                         "DB instance {} backtracked to {to} from snapshot {} (epoch {epoch})",
                         self.name, b.snapshot
+                    ),
+                );
+                Ok(Next::Now)
+            }
+            Step::CancelBacktrack { epoch } => {
+                // What an attempt left (or the writer of before, if none began) stops first.
+                self.stop(&member, StopMode::Fast, Duration::from_secs(70))
+                    .await;
+                self.put_back_before_backtrack(&member, epoch).await?;
+                let mut local = self.local_ref().clone();
+                local.backtrack_cancelled = epoch;
+                self.save(local)?;
+                self.observed = None;
+                self.set_state(
+                    c,
+                    STATE_STOPPED,
+                    "the backtrack was cancelled: the data directory from before it is back in \
+                     place; waiting to be started again as the writer",
+                )
+                .await?;
+                self.emit(
+                    c,
+                    NORMAL,
+                    "DBInstanceBacktrackCancelled",
+                    format!(
+                        "DB instance {}: the backtrack of epoch {epoch} was cancelled; its data \
+                         from before the backtrack is back in place",
+                        self.name
                     ),
                 );
                 Ok(Next::Now)
@@ -1070,6 +1114,39 @@ impl MemberLoop {
         self.start(c, member).await?;
         self.finish_recovery(member, "the restore").await?;
         member.query("postgres", "checkpoint").await?;
+        Ok(())
+    }
+
+    /// A cancelled backtrack of `epoch`: the data directory from before it (aside since the
+    /// first attempt) goes back in place of whatever an attempt restored. Idempotent: with
+    /// nothing aside, the data directory was never moved (an attempt moves it aside before it
+    /// restores anything, and a completed one is never cancelled).
+    async fn put_back_before_backtrack(&self, member: &Member, epoch: u64) -> Result<()> {
+        let aside = self.root.join(format!("{BEFORE_BACKTRACK}-{epoch}"));
+        if !aside.exists() {
+            if member.data_dir.exists() {
+                return Ok(());
+            }
+            return Err(Error::Other(format!(
+                "cannot cancel the backtrack: neither {} nor {} exists",
+                member.data_dir.display(),
+                aside.display()
+            )));
+        }
+        if member.data_dir.exists() {
+            remove(&member.data_dir).await.map_err(|e| {
+                Error::Other(format!("removing the cancelled backtrack's restore: {e}"))
+            })?;
+        }
+        std::fs::rename(&aside, &member.data_dir)
+            .and_then(|()| std::fs::File::open(&self.root)?.sync_all())
+            .map_err(|e| {
+                Error::Other(format!(
+                    "putting {} back as {}: {e}",
+                    aside.display(),
+                    member.data_dir.display()
+                ))
+            })?;
         Ok(())
     }
 
@@ -1573,6 +1650,19 @@ impl MemberLoop {
         let address = format!("{}:{}", self.ctx.address, local.port);
         let writer_flush = c.writer_flush;
         let timeout = self.budget();
+        // Only for the backtrack under way.
+        let backtrack_failures = match self.backtrack_failures {
+            (epoch, n)
+                if c.cluster
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.backtrack.as_ref())
+                    .is_some_and(|b| b.epoch == epoch) =>
+            {
+                n
+            }
+            _ => 0,
+        };
         let archive = {
             let a = self.archive.lock().unwrap_or_else(PoisonError::into_inner);
             (a.latest, a.last_archived_wal.clone(), a.error.clone())
@@ -1640,6 +1730,8 @@ impl MemberLoop {
             }
             s.last_archived_wal = archive.1.clone();
             s.archive_error = archive.2.clone();
+            s.backtrack_cancelled = local.backtrack_cancelled;
+            s.backtrack_failures = backtrack_failures;
             change(s);
             if s.state != before {
                 s.state_time = Some(now());

@@ -18,6 +18,7 @@
 //!  standby(E) ──another writer at E', not voted──▶ StopToRejoin ─▶ Rejoin ─▶ standby(E')
 //!  standby(E) ──PostgreSQL exited──▶ StartStandby
 //!  writer(E)  ──backtrack named at E' > E──▶ Backtrack (stop, data aside, restore, promote) ─▶ writer(E')
+//!            └─ cancel asked, not restored yet──▶ CancelBacktrack (stop, data back) ─▶ stopped ─▶ RecoverInPlace(E'')
 //!  any(E)     ──a backtrack at E' > E, another writer──▶ StopToRejoin ─▶ Clone (rebuild) ─▶ standby(E'')
 //! ```
 //!
@@ -59,6 +60,9 @@ pub struct Local {
     /// The data directory must not be started as it is (a rewind or a clone did not finish):
     /// it is rebuilt from a base backup.
     pub unfit: bool,
+    /// The epoch of the backtrack it cancelled: its data directory from before that backtrack
+    /// is back in place (reported as `backtrackCancelled`).
+    pub backtrack_cancelled: u64,
 }
 
 impl Local {
@@ -158,6 +162,10 @@ pub enum Step {
     /// move the data directory aside, restore the snapshot to the target on its timeline,
     /// promote, and only then remove the old directory.
     Backtrack { epoch: u64 },
+    /// The backtrack of `epoch` was cancelled before this writer completed it: stop what an
+    /// attempt left and put the data directory from before it back in place. The cluster then
+    /// names it writer in a newer epoch, and it starts in place (`RecoverInPlace`).
+    CancelBacktrack { epoch: u64 },
 }
 
 /// The epoch of the cluster's last backtrack (under way or done), 0 if none: a member that
@@ -263,7 +271,17 @@ pub fn decide(v: &View<'_>, f: &Facts) -> Step {
         && newer
         && local.role == ROLE_WRITER
     {
-        return Step::Backtrack { epoch };
+        if b.cancel_requested_at.is_none() {
+            return Step::Backtrack { epoch };
+        }
+        if local.backtrack_cancelled == epoch {
+            return Step::Wait(
+                "the backtrack was cancelled and the data from before it is back in place; \
+                 waiting for the cluster to start it again as the writer"
+                    .into(),
+            );
+        }
+        return Step::CancelBacktrack { epoch };
     }
     // Any other member that acted before the cluster was backtracked holds the old history:
     // rebuilt from the rewound writer (a rewind would do, but a base backup is sure).
@@ -1004,6 +1022,79 @@ mod tests {
                 epoch: 1
             }
         );
+    }
+
+    #[test]
+    fn a_cancelled_backtrack_puts_the_old_data_back_and_restarts_it_in_a_new_epoch() {
+        use hanul_proto::v1::DbBacktrack;
+        // db-1 was writer of epoch 1; its backtrack in epoch 2 keeps failing and is cancelled.
+        let mut w = world("db-1", 2);
+        w.cs.backtrack = Some(DbBacktrack {
+            epoch: 2,
+            cancel_requested_at: Some(Default::default()),
+            ..Default::default()
+        });
+        w.peers.push(("db-1".into(), writer_status(1)));
+        // Whatever an attempt left (its data aside, nothing running, or a restore running):
+        // the data from before goes back, never another attempt.
+        let mut aside = running_writer(1);
+        aside.initialized = false;
+        aside.running = false;
+        aside.observed = None;
+        assert_eq!(
+            decide_as("db-1", &w, &aside),
+            Step::CancelBacktrack { epoch: 2 }
+        );
+        let mut restoring = running_writer(1);
+        restoring.observed = observed(true);
+        assert_eq!(
+            decide_as("db-1", &w, &restoring),
+            Step::CancelBacktrack { epoch: 2 }
+        );
+        // Put back: it waits, stopped, and is never started as the writer of epoch 2.
+        let mut back = aside.clone();
+        back.initialized = true;
+        back.local.backtrack_cancelled = 2;
+        assert!(matches!(decide_as("db-1", &w, &back), Step::Wait(_)));
+        // The standby stays stopped meanwhile (the writer is not available).
+        let mut stopped = running_standby(1);
+        stopped.running = false;
+        stopped.observed = None;
+        assert!(matches!(decide_as("db-2", &w, &stopped), Step::Wait(_)));
+        // The cluster names it writer of epoch 3: it starts in place on its old data.
+        w.cs.backtrack = None;
+        w.cs.epoch = 3;
+        assert_eq!(
+            decide_as("db-1", &w, &back),
+            Step::RecoverInPlace { epoch: 3 }
+        );
+        // Once it is up in epoch 3, the standby (no backtrack happened: the same history)
+        // rewinds and follows it, not a rebuild from a base backup.
+        w.peers[0].1 = writer_status(3);
+        assert_eq!(
+            decide_as("db-2", &w, &stopped),
+            Step::Rejoin {
+                from: source("db-1"),
+                epoch: 3
+            }
+        );
+        // A standby that never stopped is repointed.
+        assert_eq!(
+            decide_as("db-2", &w, &running_standby(1)),
+            Step::Repoint {
+                to: source("db-1"),
+                epoch: 3
+            }
+        );
+        // A cancel asked too late (the writer reports epoch 2: restored and promoted) is no
+        // step for it.
+        let mut late = world("db-1", 2);
+        late.cs.backtrack = Some(DbBacktrack {
+            epoch: 2,
+            cancel_requested_at: Some(Default::default()),
+            ..Default::default()
+        });
+        assert_eq!(decide_as("db-1", &late, &running_writer(2)), Step::Idle);
     }
 
     #[test]

@@ -597,6 +597,111 @@ async fn a_backtrack_restores_the_writer_in_place_and_a_failed_one_never_serves_
     h.stop_loop().await;
 }
 
+/// A backtrack that keeps failing (its snapshot is missing) counts its failures in the
+/// member's status; once cancelled, the writer puts its data directory from before back
+/// (`backtrackCancelled`), stays stopped in its old epoch until the cluster names it again,
+/// then starts in place in that new epoch with every row it had, on the same timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_backtrack_puts_the_old_data_back_and_it_serves_again_as_root() {
+    if !nix::unistd::Uid::effective().is_root() || Binaries::locate().is_err() {
+        eprintln!("SKIPPED: needs root and PostgreSQL 15");
+        return;
+    }
+    let mut h = Harness::start("db-test-d", "47250-47299").await;
+    let port = free_port();
+    create_cluster(&h, hanul_proto::db::SINGLE_AZ, port).await;
+    h.set_cluster_status(|s| {
+        s.epoch = 1;
+        s.writer = "db-1".into();
+        s.endpoints = Some(DbEndpoints {
+            node: h.node.into(),
+            ..Default::default()
+        });
+    })
+    .await;
+    h.client
+        .create(instance(h.node, "db-1", ROLE_WRITER, true).into())
+        .await
+        .unwrap();
+    h.until("db-1", "writer of epoch 1", |s| {
+        s.role == ROLE_WRITER && s.epoch == 1 && s.state == STATE_AVAILABLE
+    })
+    .await;
+    until_sql(port, "select 1", "1").await;
+    psql(
+        port,
+        "create table t (v int); insert into t select generate_series(1, 20)",
+    )
+    .await
+    .unwrap();
+
+    let mut b = hanul_proto::v1::DbBacktrack {
+        epoch: 2,
+        target_time: Some(pbjson_types::Timestamp {
+            seconds: 1_704_067_200,
+            nanos: 0,
+        }),
+        snapshot: "s1".into(),
+        snapshot_path: "snapshots/missing".into(),
+        wal_path: "wal/missing".into(),
+        timeline: 1,
+        request: "test".into(),
+        ..Default::default()
+    };
+    let started = b.clone();
+    h.set_cluster_status(|s| {
+        s.epoch = 2;
+        s.backtrack = Some(started.clone());
+    })
+    .await;
+    h.until("db-1", "two failed attempts, counted", |s| {
+        s.state == hanul_proto::db::STATE_BACKTRACKING && s.backtrack_failures >= 2
+    })
+    .await;
+    let root = h.dir.path().join("agent/db/db-1");
+    let aside = root.join("pgdata.before-backtrack-2");
+    assert!(aside.join("PG_VERSION").is_file());
+
+    b.cancel_requested_at = Some(pbjson_types::Timestamp::default());
+    let cancelled = b.clone();
+    h.set_cluster_status(|s| s.backtrack = Some(cancelled.clone()))
+        .await;
+    h.until("db-1", "the data from before put back", |s| {
+        s.backtrack_cancelled == 2 && s.state == STATE_STOPPED
+    })
+    .await;
+    assert!(!aside.exists());
+    for _ in 0..3 {
+        let s = h.member("db-1").await.unwrap().status.unwrap();
+        assert_eq!((s.role.as_str(), s.epoch, s.pid), ("", 1, 0), "{s:?}");
+        assert!(psql(port, "select 1").await.is_err());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    // The cluster names it writer of epoch 3: its old data, on its old timeline.
+    h.set_cluster_status(|s| {
+        s.backtrack = None;
+        s.epoch = 3;
+    })
+    .await;
+    h.until("db-1", "writer of epoch 3", |s| {
+        s.role == ROLE_WRITER && s.epoch == 3 && s.state == STATE_AVAILABLE
+    })
+    .await;
+    until_sql(port, "select count(*) || '/' || max(v) from t", "20/20").await;
+    let s = h.member("db-1").await.unwrap().status.unwrap();
+    assert_eq!((s.timeline, s.backtrack_failures), (1, 0), "{s:?}");
+    psql(port, "insert into t values (21)").await.unwrap();
+
+    h.client.delete(Kind::DbInstance, "db-1").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.member("db-1").await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "member not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop_loop().await;
+}
+
 #[test]
 fn members_hold_their_instance_class_on_their_node_for_the_heartbeat() {
     use hanul_proto::v1::{DbInstance, DbInstanceSpec, Object, ObjectMeta};

@@ -4,7 +4,8 @@
 //! (DescribeDBClusterSnapshots, with the cluster's restorable window), `restore`
 //! (RestoreDBClusterFromSnapshot and RestoreDBClusterToPointInTime: a new cluster with
 //! `spec.source`), `backtrack` (Aurora's BacktrackDBCluster: the cluster rewound in place to a
-//! time in its window, which a later backtrack may move forward again) and `clone` (Aurora's clone, RDS's restore type copy-on-write: a new cluster
+//! time in its window, which a later backtrack may move forward again; `--cancel` gives up one
+//! that keeps failing) and `clone` (Aurora's clone, RDS's restore type copy-on-write: a new cluster
 //! with a copy of another's data as it is now), and two conveniences: `endpoints` prints where
 //! to connect and `psql` connects.
 //!
@@ -97,9 +98,15 @@ pub struct BacktrackArgs {
     pub cluster: String,
     /// The time to rewind to, in RFC 3339 (2024-05-01T10:00:00Z): between the cluster's
     /// earliestBacktrackTime and its latestRestorableTime.
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
-    pub to: Timestamp,
-    /// Wait until the backtrack has completed (an error if the cluster refuses it).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time,
+          required_unless_present = "cancel", conflicts_with = "cancel")]
+    pub to: Option<Timestamp>,
+    /// Cancel the backtrack under way (one that keeps failing): the writer starts again on
+    /// its data from before the backtrack. Too late once the writer has restored its data.
+    #[arg(long)]
+    pub cancel: bool,
+    /// Wait until the backtrack (or its cancel) has completed (an error if the cluster
+    /// refuses it).
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits.
@@ -461,11 +468,7 @@ fn seconds_of(t: &Timestamp) -> f64 {
 /// is on, nothing else is under way, and `to` is in the window as far as the status tells.
 /// The controller checks again (against the snapshots too) and refuses in an event.
 pub fn check_backtrack(cluster: &DbCluster, to: &Timestamp, now: f64) -> Result<()> {
-    let name = cluster
-        .metadata
-        .as_ref()
-        .map(|m| m.name.as_str())
-        .unwrap_or("");
+    let name = name_in(cluster.metadata.as_ref());
     let spec = cluster.spec.clone().unwrap_or_default();
     let status = cluster.status.clone().unwrap_or_default();
     let show = hanul_proto::time::rfc3339;
@@ -528,7 +531,8 @@ pub fn check_backtrack(cluster: &DbCluster, to: &Timestamp, now: f64) -> Result<
 }
 
 /// Whether the backtrack asked with annotation value `request` is done: true once the
-/// controller acted on it and the cluster is available again; an error when it refused it.
+/// controller acted on it and the cluster is available again; an error when it refused it or
+/// it was cancelled (no timeline notes it).
 pub fn backtrack_done(o: &Object, request: &str) -> Result<bool> {
     let status = cluster_of(o)?.status.clone().unwrap_or_default();
     if status.backtrack_handled != request {
@@ -541,23 +545,102 @@ pub fn backtrack_done(o: &Object, request: &str) -> Result<bool> {
             status.backtrack_refused
         );
     }
+    if status.backtrack.is_some() || status.phase != PHASE_AVAILABLE {
+        return Ok(false);
+    }
+    let to = hanul_proto::db::parse_backtrack_request(request)
+        .map_err(|e| anyhow!(e))?
+        .0;
+    if !status
+        .timelines
+        .iter()
+        .any(|t| t.backtracked_to.as_ref() == Some(&to))
+    {
+        bail!(
+            "{}: the backtrack was cancelled; the cluster runs on its data from before it",
+            key(o.name())
+        );
+    }
+    Ok(true)
+}
+
+/// Whether the backtrack under way of `cluster` may be cancelled: its epoch. The controller
+/// refuses it (in an event) when the writer completed it first.
+pub fn check_backtrack_cancel(cluster: &DbCluster) -> Result<u64> {
+    let name = name_in(cluster.metadata.as_ref());
+    let status = cluster.status.clone().unwrap_or_default();
+    let Some(b) = &status.backtrack else {
+        bail!(
+            "{}: no backtrack is under way to cancel (phase {:?})",
+            key(name),
+            status.phase
+        );
+    };
+    Ok(b.epoch)
+}
+
+/// Whether the cancel asked with annotation value `request` of the backtrack of `epoch` is
+/// done: true once the controller acted on it and the cluster is available again on its data
+/// from before; an error when the backtrack completed instead.
+pub fn backtrack_cancel_done(o: &Object, request: &str, epoch: u64) -> Result<bool> {
+    let status = cluster_of(o)?.status.clone().unwrap_or_default();
+    if status.backtrack_cancel_handled != request {
+        return Ok(false);
+    }
+    let completed = status
+        .timelines
+        .iter()
+        .any(|t| t.epoch == epoch && t.backtracked_to.is_some());
+    if completed {
+        bail!(
+            "{}: the backtrack completed before it could be cancelled (see `hanul events`)",
+            key(o.name())
+        );
+    }
     Ok(status.backtrack.is_none() && status.phase == PHASE_AVAILABLE)
 }
 
-async fn backtrack(global: &crate::GlobalArgs, args: BacktrackArgs) -> Result<ExitCode> {
+async fn backtrack_cancel(global: &crate::GlobalArgs, args: BacktrackArgs) -> Result<ExitCode> {
     let name = name_of_kind(&args.cluster, Kind::DbCluster)?;
     let client = global.connect().await?;
-    let value = hanul_proto::db::backtrack_request(&args.to, &request_stamp());
+    let value = request_stamp();
+    let mut epoch = 0;
+    update_retrying(&client, Kind::DbCluster, name, |o| {
+        epoch = check_backtrack_cancel(cluster_of(o)?)?;
+        o.metadata_mut()
+            .annotations
+            .insert(BACKTRACK_CANCEL_ANNOTATION.to_string(), value.clone());
+        Ok(())
+    })
+    .await?;
+    emit(&format!("{} backtrack cancel requested\n", key(name)))?;
+    if args.wait {
+        wait_until(&client, Kind::DbCluster, name, args.timeout, |o| {
+            backtrack_cancel_done(o, &value, epoch)
+        })
+        .await?;
+        emit(&format!("{} backtrack cancelled\n", key(name)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backtrack(global: &crate::GlobalArgs, args: BacktrackArgs) -> Result<ExitCode> {
+    let Some(to) = args.to else {
+        return backtrack_cancel(global, args).await;
+    };
+    let name = name_of_kind(&args.cluster, Kind::DbCluster)?;
+    let client = global.connect().await?;
+    let value = hanul_proto::db::backtrack_request(&to, &request_stamp());
     let now = now_secs() as f64;
     update_retrying(&client, Kind::DbCluster, name, |o| {
-        check_backtrack(cluster_of(o)?, &args.to, now)?;
+        check_backtrack(cluster_of(o)?, &to, now)?;
         o.metadata_mut()
             .annotations
             .insert(BACKTRACK_ANNOTATION.to_string(), value.clone());
         Ok(())
     })
     .await?;
-    let to = hanul_proto::time::rfc3339(&args.to);
+    let to = hanul_proto::time::rfc3339(&to);
     emit(&format!("{} backtrack to {to} requested\n", key(name)))?;
     if args.wait {
         wait_until(&client, Kind::DbCluster, name, args.timeout, |o| {
@@ -1604,7 +1687,28 @@ mod tests {
         .unwrap() else {
             panic!("not backtrack");
         };
-        assert_eq!((a.to.seconds, a.wait), (1_795_773_600, true));
+        assert_eq!(
+            (a.to.map(|t| t.seconds), a.cancel, a.wait),
+            (Some(1_795_773_600), false, true)
+        );
+        let Command::Backtrack(a) =
+            parse(&["hanul", "db", "backtrack", "orders", "--cancel", "--wait"]).unwrap()
+        else {
+            panic!("not backtrack");
+        };
+        assert_eq!((a.to, a.cancel, a.wait), (None, true, true));
+        assert!(
+            parse(&[
+                "hanul",
+                "db",
+                "backtrack",
+                "orders",
+                "--cancel",
+                "--to",
+                "2026-11-27T10:00:00Z"
+            ])
+            .is_err()
+        );
         let err = parse(&["hanul", "db", "backtrack", "orders", "--to", "an hour ago"])
             .unwrap_err()
             .to_string();
@@ -1642,22 +1746,82 @@ mod tests {
     }
 
     #[test]
-    fn a_backtrack_waited_on_is_done_once_handled_and_available_or_fails_when_refused() {
+    fn a_backtrack_waited_on_is_done_once_noted_and_available_or_fails_when_refused_or_cancelled() {
         let mut c = orders();
         let o = |c: &DbCluster| Object::from(c.clone());
-        assert!(!backtrack_done(&o(&c), "t@1").unwrap());
+        let r = "2026-11-27T10:00:00Z@1";
+        assert!(!backtrack_done(&o(&c), r).unwrap());
         let st = c.status.as_mut().unwrap();
-        st.backtrack_handled = "t@1".into();
+        st.backtrack_handled = r.into();
         st.backtrack = Some(Default::default());
         st.phase = db::PHASE_BACKTRACKING.into();
-        assert!(!backtrack_done(&o(&c), "t@1").unwrap());
+        assert!(!backtrack_done(&o(&c), r).unwrap());
+        // Cancelled: available again with no timeline of it.
         let st = c.status.as_mut().unwrap();
         st.backtrack = None;
         st.phase = PHASE_AVAILABLE.into();
-        assert!(backtrack_done(&o(&c), "t@1").unwrap());
+        let err = backtrack_done(&o(&c), r).unwrap_err().to_string();
+        assert!(err.contains("the backtrack was cancelled"), "{err}");
+        c.status
+            .as_mut()
+            .unwrap()
+            .timelines
+            .push(hanul_proto::v1::DbTimeline {
+                timeline: 2,
+                epoch: 2,
+                backtracked_to: Some(Timestamp {
+                    seconds: 1_795_773_600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            });
+        assert!(backtrack_done(&o(&c), r).unwrap());
         c.status.as_mut().unwrap().backtrack_refused = "backtrack time ... is in the future".into();
-        let err = backtrack_done(&o(&c), "t@1").unwrap_err().to_string();
+        let err = backtrack_done(&o(&c), r).unwrap_err().to_string();
         assert!(err.contains("refused: backtrack time"), "{err}");
+    }
+
+    #[test]
+    fn a_backtrack_cancel_needs_one_under_way_and_is_done_once_available_again() {
+        let mut c = orders();
+        let err = check_backtrack_cancel(&c).unwrap_err().to_string();
+        assert!(err.contains("no backtrack is under way to cancel"), "{err}");
+        let st = c.status.as_mut().unwrap();
+        st.backtrack = Some(hanul_proto::v1::DbBacktrack {
+            epoch: 4,
+            ..Default::default()
+        });
+        st.phase = db::PHASE_BACKTRACKING.into();
+        assert_eq!(check_backtrack_cancel(&c).unwrap(), 4);
+        let o = |c: &DbCluster| Object::from(c.clone());
+        assert!(!backtrack_cancel_done(&o(&c), "r1", 4).unwrap());
+        c.status.as_mut().unwrap().backtrack_cancel_handled = "r1".into();
+        assert!(!backtrack_cancel_done(&o(&c), "r1", 4).unwrap());
+        // Cancelled: no backtrack, restarting, then available with no timeline of epoch 4.
+        let st = c.status.as_mut().unwrap();
+        st.backtrack = None;
+        st.phase = db::PHASE_REBOOTING.into();
+        assert!(!backtrack_cancel_done(&o(&c), "r1", 4).unwrap());
+        c.status.as_mut().unwrap().phase = PHASE_AVAILABLE.into();
+        assert!(backtrack_cancel_done(&o(&c), "r1", 4).unwrap());
+        // Completed instead: an error.
+        c.status
+            .as_mut()
+            .unwrap()
+            .timelines
+            .push(hanul_proto::v1::DbTimeline {
+                timeline: 3,
+                epoch: 4,
+                backtracked_to: Some(Default::default()),
+                ..Default::default()
+            });
+        let err = backtrack_cancel_done(&o(&c), "r1", 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("completed before it could be cancelled"),
+            "{err}"
+        );
     }
 
     fn instance(name: &str, cluster: &str, role: &str) -> Object {

@@ -664,6 +664,27 @@ fn db_cluster_backups(out: &mut String, c: &hanul_proto::v1::DbCluster, now: i64
         }
         sub_field_lines(out, "Restore", &lines);
     }
+    // A backtrack under way, with its failed attempts: what the user needs to cancel it.
+    if let Some(b) = &st.backtrack {
+        let mut lines = vec![format!(
+            "to {}, started {}",
+            timestamp(b.target_time.as_ref()),
+            time_ago(b.started_at.as_ref(), now)
+        )];
+        if b.failures > 0 {
+            lines.push(format!(
+                "{} failed attempts, the last: {}",
+                b.failures, b.error
+            ));
+        }
+        if b.cancel_requested_at.is_some() {
+            lines.push("cancel requested".into());
+        } else if b.failures > 0 {
+            let name = c.metadata.as_ref().map_or("", |m| m.name.as_str());
+            lines.push(format!("`hanul db backtrack {name} --cancel` gives it up"));
+        }
+        sub_field_lines(out, "Backtrack", &lines);
+    }
 }
 
 /// A DBSnapshot's status, readably: what it is of, where it is, when its data is as of, the
@@ -1392,6 +1413,30 @@ mod tests {
             !page.contains("Source:") && !page.contains("Restore:"),
             "{page}"
         );
+        assert!(!page.contains("Backtrack:"), "{page}");
+    }
+
+    #[test]
+    fn a_db_cluster_page_shows_a_failing_backtrack_and_how_to_cancel_it() {
+        let mut o = orders_cluster();
+        let Some(Resource::DbCluster(c)) = &mut o.resource else {
+            panic!()
+        };
+        c.status.as_mut().unwrap().backtrack = Some(hanul_proto::v1::DbBacktrack {
+            epoch: 3,
+            target_time: ts(7200),
+            started_at: ts(60),
+            failures: 4,
+            error: "backtracking to ... failed (not a base backup); trying again".into(),
+            ..Default::default()
+        });
+        let page = describe(&o, &[], NOW);
+        let want = "  Backtrack:               to 2023-11-14T20:13:20Z, started \
+                    2023-11-14T22:12:20Z (60s ago)\n\
+                    \x20                          4 failed attempts, the last: backtracking to \
+                    ... failed (not a base backup); trying again\n\
+                    \x20                          `hanul db backtrack orders --cancel` gives it up\n";
+        assert!(page.contains(want), "missing {want:?} in:\n{page}");
     }
 
     #[test]

@@ -150,8 +150,41 @@ fn member_of(o: &Object, ctx: &Context) -> Option<(String, Member)> {
             vote: status.vote.map(|v| (v.epoch, v.lsn, v.timeline)),
             parameter_apply_status: status.parameter_apply_status,
             latest_restorable_time: status.latest_restorable_time,
+            message: status.message,
+            backtrack_failures: status.backtrack_failures,
+            backtrack_cancelled: status.backtrack_cancelled,
         },
     ))
+}
+
+/// For a clone with no data yet: the nodes that run an available member of its source (see
+/// [`NodeInfo::clone_source`]).
+fn clone_source_nodes(
+    ctx: &Context,
+    spec: &hanul_proto::v1::DbClusterSpec,
+    members: &BTreeMap<String, Member>,
+) -> Vec<String> {
+    let Some(source) = spec.source.as_ref().filter(|s| s.clone) else {
+        return Vec::new();
+    };
+    if members.values().any(|m| !m.role.is_empty() || m.epoch > 0) {
+        return Vec::new();
+    }
+    match ctx
+        .clusters
+        .get(Kind::DbCluster, &source.cluster)
+        .and_then(|o| o.resource.clone())
+    {
+        Some(Resource::DbCluster(c)) => c
+            .status
+            .unwrap_or_default()
+            .members
+            .into_iter()
+            .filter(|m| m.state == hanul_proto::db::STATE_AVAILABLE && !m.node.is_empty())
+            .map(|m| m.node)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The nodes, each with what is free on it as the scheduler counts it: instances and DB
@@ -287,6 +320,10 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
                 .map(String::as_str),
             reboot: meta.annotations.get(REBOOT_ANNOTATION).map(String::as_str),
             backtrack,
+            backtrack_cancel: meta
+                .annotations
+                .get(BACKTRACK_CANCEL_ANNOTATION)
+                .map(String::as_str),
             now,
         };
         let plan = plan::plan(&input);

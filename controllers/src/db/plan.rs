@@ -23,7 +23,9 @@
 //! - a backtrack is a new epoch of the same writer, started only while that writer is up
 //!   and no failover is under way; no failover starts while it runs, the synchronous set
 //!   starts empty (the standbys are rebuilt from the rewound writer before they count), and
-//!   it ends once the writer reports the new epoch.
+//!   it ends once the writer reports the new epoch; or, cancelled, once the writer reports
+//!   its data from before back in place (never having run in the backtrack's epoch): then
+//!   the same writer is named in a newer epoch still, and nothing notes the backtrack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -77,6 +79,13 @@ pub struct Member {
     pub parameter_apply_status: String,
     /// The writer's agent: the newest time whose WAL is archived.
     pub latest_restorable_time: Option<pbjson_types::Timestamp>,
+    /// What its agent last said (a failed backtrack attempt's error among others).
+    pub message: String,
+    /// A backtracking writer: its failed attempts at the backtrack of the cluster's epoch.
+    pub backtrack_failures: u32,
+    /// A writer whose backtrack was cancelled: that backtrack's epoch, once its data from
+    /// before is back in place.
+    pub backtrack_cancelled: u64,
 }
 
 impl Member {
@@ -107,6 +116,12 @@ pub const REASON_INSUFFICIENT_CAPACITY: &str = "InsufficientDBInstanceCapacity";
 pub const REASON_MEMBERS_PLACED: &str = "MembersPlaced";
 /// The Warning event of a member that fits on no node, as Kubernetes' scheduler names it.
 pub const EVENT_FAILED_SCHEDULING: &str = "FailedScheduling";
+/// The writer's backtrack attempt failed (said again on the 2nd, 4th, 8th... failure).
+pub const EVENT_BACKTRACK_FAILED: &str = "BacktrackFailed";
+/// A cancel of the backtrack under way was asked for / carried out / refused.
+pub const EVENT_BACKTRACK_CANCELLING: &str = "BacktrackCancelling";
+pub const EVENT_BACKTRACK_CANCELLED: &str = "BacktrackCancelled";
+pub const EVENT_BACKTRACK_CANCEL_REFUSED: &str = "BacktrackCancelRefused";
 
 #[derive(Debug)]
 pub struct Input<'a> {
@@ -125,6 +140,8 @@ pub struct Input<'a> {
     /// [`super::backtrack::resolve`] made of it: the backtrack to start (epoch and start time
     /// unset) or why it cannot be.
     pub backtrack: Option<(&'a str, Result<DbBacktrack, String>)>,
+    /// The backtrack cancel annotation's value, if any.
+    pub backtrack_cancel: Option<&'a str>,
     pub now: SystemTime,
 }
 
@@ -490,6 +507,13 @@ pub fn plan(input: &Input) -> Plan {
                 }
             }
         }
+        // A cancel of the backtrack under way the user asked for.
+        if let Some(request) = input.backtrack_cancel
+            && request != st.backtrack_cancel_handled
+        {
+            st.backtrack_cancel_handled = request.to_owned();
+            request_cancel(input, &mut st, &mut events);
+        }
         match (st.backtrack.clone(), st.failover.clone()) {
             (Some(b), _) => backtracking(input, &mut st, b, &mut events),
             (None, Some(f)) => failing_over(input, &mut st, f, lease, &mut events, &mut wake),
@@ -755,19 +779,72 @@ fn start_backtrack(
 }
 
 /// A backtrack under way: done once the writer reports the new epoch (its data restored,
-/// promoted onto a new timeline). Nothing else starts meanwhile: a writer down during its
-/// restore is the restore's business, not a failover's.
-fn backtracking(input: &Input, st: &mut DbClusterStatus, b: DbBacktrack, events: &mut Vec<Event>) {
+/// promoted onto a new timeline), or cancelled once it reports its data from before back in
+/// place. Nothing else starts meanwhile: a writer down during its restore is the restore's
+/// business, not a failover's. The writer's failed attempts are copied into the status.
+fn backtracking(
+    input: &Input,
+    st: &mut DbClusterStatus,
+    mut b: DbBacktrack,
+    events: &mut Vec<Event>,
+) {
     st.phase = PHASE_BACKTRACKING.into();
     let Some(w) = input.members.get(&st.writer) else {
         return;
     };
+    let to = b
+        .target_time
+        .as_ref()
+        .map(hanul_proto::time::rfc3339)
+        .unwrap_or_default();
+    // Failed attempts: said in `backtrack.failures`/`error`, and in an event on the 1st, 2nd,
+    // 4th, 8th... so that a writer retrying every few seconds does not flood the events.
+    if w.backtrack_failures > b.failures && w.epoch < b.epoch {
+        b.failures = w.backtrack_failures;
+        b.error = w.message.clone();
+        if b.failures.is_power_of_two() {
+            events.push(Event {
+                warning: true,
+                reason: EVENT_BACKTRACK_FAILED,
+                message: format!(
+                    "The backtrack to {to} failed on {} ({} attempts so far; it keeps trying, \
+                     `hanul db backtrack {} --cancel` gives it up): {}",
+                    st.writer, b.failures, input.cluster, b.error
+                ),
+            });
+        }
+        st.backtrack = Some(b.clone());
+    }
+    // Cancelled: the writer's data from before is back in place. It starts again as the
+    // writer of a new epoch; the backtrack leaves no trace in the history.
+    if b.cancel_requested_at.is_some() && w.backtrack_cancelled == b.epoch && w.epoch < b.epoch {
+        st.backtrack = None;
+        st.epoch += 1;
+        st.phase = PHASE_REBOOTING.into();
+        if let Some(last) = st.timelines.last_mut() {
+            // Live again: its archive was noted as ending when the backtrack started.
+            last.archived_until = None;
+        }
+        events.push(Event {
+            warning: false,
+            reason: EVENT_BACKTRACK_CANCELLED,
+            message: format!(
+                "The backtrack to {to} was cancelled: {} starts again on its data from before it \
+                 (epoch {}); the other members rejoin it.",
+                st.writer, st.epoch
+            ),
+        });
+        return;
+    }
     // Restored: it reports the new epoch as writer, or it acted on the new epoch and has
     // stopped since (then the backtrack is over and its failure is handled as any writer's;
     // its new timeline is noted once it reports it).
     let writer = w.role == ROLE_WRITER;
     if w.epoch != b.epoch || !(writer || w.reported_down()) {
         return;
+    }
+    if b.cancel_requested_at.is_some() {
+        events.push(cancel_too_late(&to));
     }
     st.timelines.push(DbTimeline {
         timeline: if writer { w.timeline } else { 0 },
@@ -807,6 +884,67 @@ fn backtracking(input: &Input, st: &mut DbClusterStatus, b: DbBacktrack, events:
             took.as_millis()
         ),
     });
+}
+
+/// Whether the writer has completed the backtrack `b`: it reports its epoch (see
+/// [`backtracking`]).
+fn backtrack_done(input: &Input, st: &DbClusterStatus, b: &DbBacktrack) -> bool {
+    input
+        .members
+        .get(&st.writer)
+        .is_some_and(|w| w.epoch == b.epoch && (w.role == ROLE_WRITER || w.reported_down()))
+}
+
+fn cancel_too_late(to: &str) -> Event {
+    Event {
+        warning: true,
+        reason: EVENT_BACKTRACK_CANCEL_REFUSED,
+        message: format!(
+            "The backtrack to {to} was not cancelled: the writer had already restored its data \
+             and promoted it (a new backtrack can go forward again within the window)."
+        ),
+    }
+}
+
+/// A cancel request: noted in the backtrack under way (`cancelRequestedAt`), which the
+/// writer's agent acts on instead of another attempt; refused when there is none or it has
+/// completed.
+fn request_cancel(input: &Input, st: &mut DbClusterStatus, events: &mut Vec<Event>) {
+    let done = st
+        .backtrack
+        .as_ref()
+        .is_some_and(|b| backtrack_done(input, st, b));
+    let Some(b) = st.backtrack.as_mut() else {
+        events.push(Event {
+            warning: true,
+            reason: EVENT_BACKTRACK_CANCEL_REFUSED,
+            message: "The backtrack was not cancelled: no backtrack is under way.".into(),
+        });
+        return;
+    };
+    let to = b
+        .target_time
+        .as_ref()
+        .map(hanul_proto::time::rfc3339)
+        .unwrap_or_default();
+    if done {
+        // Completed in this very pass (see `backtracking`).
+        events.push(cancel_too_late(&to));
+        b.cancel_requested_at = None;
+        return;
+    }
+    if b.cancel_requested_at.is_none() {
+        b.cancel_requested_at = Some(timestamp(input.now));
+        events.push(Event {
+            warning: false,
+            reason: EVENT_BACKTRACK_CANCELLING,
+            message: format!(
+                "Cancelling the backtrack to {to}: {} puts its data from before the backtrack \
+                 back in place, unless the attempt under way completes first.",
+                st.writer
+            ),
+        });
+    }
 }
 
 /// Notes a new timeline of the writer (its first, or a failover's promotion) in

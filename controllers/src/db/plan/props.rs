@@ -1,7 +1,7 @@
 //! A simulation of a DB cluster with the real planner as its controller. PostgreSQL members and
 //! their agents follow the protocol of `hanul_proto::db`, driven by random steps (commits,
-//! replication, crashes, agents that die and come back, time, switchovers, backtracks,
-//! controller restarts),
+//! replication, crashes, agents that die and come back, time, switchovers, backtracks and
+//! their cancels, controller restarts),
 //! and after every step the promises of the planner are checked:
 //!
 //! 1. no acknowledged commit is lost (but those a backtrack rewinds past, as the user asked):
@@ -13,7 +13,9 @@
 //! 3. a new epoch is never written while the old writer's agent lives, its PostgreSQL runs as
 //!    writer and its lease is fresh, unless it reported itself down, or the new epoch is a
 //!    backtrack of that same writer (which its agent stops before it restores), started only
-//!    while the writer is up;
+//!    while the writer is up; a backtrack that ends with no timeline of its own was cancelled,
+//!    and leaves no trace (`backtrackedTo`, `lastBacktrackTime`, the live timeline's archive
+//!    end unchanged) and restarts the same writer in a newer epoch;
 //! 4. liveness: once the faults stop, every agent runs and the steps are fair, the cluster is
 //!    `available` within a bound, with every other member in the synchronous set, and a new
 //!    commit is acknowledged.
@@ -120,6 +122,8 @@ struct Server {
     waiting: Vec<usize>,
     /// Its DBInstance as the controller reads it, and its `leaseRenewals`.
     reported: (Member, u64),
+    /// The epoch of the backtrack it cancelled (its data from before put back).
+    cancelled: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +142,8 @@ enum Step {
     Switchover(Option<usize>),
     /// The user asks for a backtrack to the first n records of the writer's WAL.
     Backtrack(usize),
+    /// The user asks to cancel the backtrack under way.
+    CancelBacktrack,
 }
 
 struct World {
@@ -151,6 +157,9 @@ struct World {
     backtrack: Option<String>,
     backtracks: u32,
     backtrack_keep: usize,
+    /// The backtrack cancel annotation.
+    cancel: Option<String>,
+    cancels: u32,
     now: u64,
     seq: u64,
     /// Every acknowledged commit: its position and record.
@@ -198,6 +207,8 @@ impl World {
             backtrack: None,
             backtracks: 0,
             backtrack_keep: 0,
+            cancel: None,
+            cancels: 0,
             now: 0,
             seq: 0,
             acked: Vec::new(),
@@ -327,6 +338,7 @@ impl World {
         m.streaming = s.upstream.is_some();
         m.lease_epoch = s.lease_epoch;
         m.vote = s.vote;
+        m.backtrack_cancelled = s.cancelled;
         s.reported.1 = s.renewals;
     }
 
@@ -377,6 +389,10 @@ impl World {
                 self.backtracks += 1;
                 self.backtrack = Some(format!("t@{}", self.backtracks));
                 self.backtrack_keep = keep;
+            }
+            Step::CancelBacktrack => {
+                self.cancels += 1;
+                self.cancel = Some(format!("c@{}", self.cancels));
             }
             _ => {}
         }
@@ -461,6 +477,24 @@ impl World {
             s.upstream = None;
             s.vote = Some((f.epoch, s.wal.len() as u64, timeline(&s.wal)));
             return format!("votes {:?}", s.vote.unwrap());
+        }
+
+        // The writer of a backtrack cancelled before it restored: stopped, its data from before
+        // back in place, untouched; it waits to be named writer in a newer epoch.
+        if let Some(b) = &st.backtrack
+            && b.cancel_requested_at.is_some()
+            && b.epoch == st.epoch
+            && st.writer == name
+            && st.epoch > self.servers[i].epoch
+        {
+            if pg.is_some() {
+                self.stop(i, STATE_STOPPED, true);
+            }
+            self.servers[i].cancelled = b.epoch;
+            return format!(
+                "puts its data from before the backtrack of epoch {} back",
+                b.epoch
+            );
         }
 
         // The writer of a backtrack: stopped, its data restored to a prefix of its history
@@ -663,6 +697,7 @@ impl World {
             switchover: self.annotation.as_deref(),
             reboot: None,
             backtrack,
+            backtrack_cancel: self.cancel.as_deref(),
             now: at(self.now),
         });
         let new = p.status;
@@ -678,6 +713,37 @@ impl World {
         // A backtrack is a new epoch of the same writer, which its own agent stops first; it
         // starts only while that writer is up.
         let backtrack_started = old.backtrack.is_none() && new.backtrack.is_some();
+        // A cancelled backtrack (ended with no timeline of its own) leaves no trace: nothing
+        // claims it happened, and the old history is live again.
+        if let Some(b) = &old.backtrack
+            && new.backtrack.is_none()
+            && new.timelines.iter().all(|t| t.epoch != b.epoch)
+        {
+            if b.cancel_requested_at.is_none() {
+                self.violate(format!(
+                    "the backtrack of epoch {} ended uncancelled and unnoted",
+                    b.epoch
+                ));
+            }
+            if new.backtracked_to != old.backtracked_to
+                || new.last_backtrack_time != old.last_backtrack_time
+                || new
+                    .timelines
+                    .last()
+                    .is_some_and(|t| t.archived_until.is_some())
+            {
+                self.violate(format!(
+                    "the cancelled backtrack of epoch {} is noted as done: {:?}",
+                    b.epoch, new.timelines
+                ));
+            }
+            if new.writer != old.writer || new.epoch <= b.epoch {
+                self.violate(format!(
+                    "a cancelled backtrack of epoch {} restarts {} in epoch {}",
+                    b.epoch, new.writer, new.epoch
+                ));
+            }
+        }
         if backtrack_started
             && (new.writer != old.writer
                 || members
@@ -778,6 +844,7 @@ impl World {
                         agent: true,
                         applied: Default::default(),
                         waiting: Vec::new(),
+                        cancelled: 0,
                         reported: (reported, 0),
                     });
                 }
@@ -995,6 +1062,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::ControllerRestart),
         1 => proptest::option::of(0usize..3).prop_map(Step::Switchover),
         1 => (0usize..8).prop_map(Step::Backtrack),
+        1 => Just(Step::CancelBacktrack),
     ]
 }
 

@@ -70,6 +70,7 @@ fn run_rebooting(
         switchover,
         reboot,
         backtrack: None,
+        backtrack_cancel: None,
         now: at(),
     })
 }
@@ -91,6 +92,7 @@ fn run_backtracking(
         switchover: None,
         reboot: None,
         backtrack,
+        backtrack_cancel: None,
         now: at(),
     })
 }
@@ -544,6 +546,7 @@ fn a_member_whose_node_is_gone_is_replaced_but_not_the_writer_nor_during_an_elec
             switchover: None,
             reboot: None,
             backtrack: None,
+            backtrack_cancel: None,
             now: at(),
         })
     };
@@ -722,6 +725,201 @@ fn a_backtrack_is_a_new_epoch_of_the_same_writer_that_ends_when_it_reports_it() 
     assert_eq!(p4.status.timelines.len(), 2);
 }
 
+fn run_cancelling(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    cancel: Option<&str>,
+) -> Plan {
+    let nodes = nodes();
+    plan(&Input {
+        cluster: "db",
+        generation: 1,
+        spec,
+        status,
+        members,
+        nodes: &nodes,
+        switchover: None,
+        reboot: None,
+        backtrack: None,
+        backtrack_cancel: cancel,
+        now: at(),
+    })
+}
+
+/// The cluster of `running()` backtracking in epoch 2: the writer stopped for its restore,
+/// still reporting epoch 1, the standbys stopped.
+fn backtracking_cluster() -> (DbClusterSpec, DbClusterStatus, BTreeMap<String, Member>) {
+    let (spec, mut status, mut members) = running();
+    status.latest_restorable_time = Some(pbjson_types::Timestamp {
+        seconds: 1_704_067_100,
+        nanos: 0,
+    });
+    let status = run(&spec, &status, &members, None).status;
+    let p = run_backtracking(
+        &spec,
+        &status,
+        &members,
+        Some(("2024-01-01T00:00:00Z@r1", Ok(wanted_backtrack()))),
+    );
+    fail_writer(&mut members);
+    let w = members.get_mut("db-1").unwrap();
+    w.state = hanul_proto::db::STATE_BACKTRACKING.into();
+    for s in ["db-2", "db-3"] {
+        let m = members.get_mut(s).unwrap();
+        m.role.clear();
+        m.state = STATE_STOPPED.into();
+        m.streaming = false;
+    }
+    (spec, p.status, members)
+}
+
+#[test]
+fn a_failing_backtrack_says_so_in_its_status_and_in_events_that_do_not_flood() {
+    let (spec, mut status, mut members) = backtracking_cluster();
+    let mut warned = Vec::new();
+    for n in 1..=9u32 {
+        let w = members.get_mut("db-1").unwrap();
+        w.backtrack_failures = n;
+        w.message = format!("backtracking to ... failed (attempt {n}: WAL missing); trying again");
+        let p = run(&spec, &status, &members, None);
+        let b = p.status.backtrack.clone().unwrap();
+        assert_eq!((b.failures, b.epoch), (n, 2));
+        assert!(b.error.contains(&format!("attempt {n}")), "{}", b.error);
+        assert_eq!(p.status.phase, PHASE_BACKTRACKING);
+        for e in &p.events {
+            assert_eq!(e.reason, "BacktrackFailed");
+            assert!(e.warning);
+            assert!(e.message.contains("--cancel"), "{}", e.message);
+            warned.push(n);
+        }
+        // The same report again says nothing new.
+        let again = run(&spec, &p.status, &members, None);
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        assert_eq!(again.status, p.status);
+        status = p.status;
+    }
+    assert_eq!(warned, [1, 2, 4, 8]);
+    // An agent restarted counts from 1 again: nothing goes back.
+    members.get_mut("db-1").unwrap().backtrack_failures = 1;
+    let p = run(&spec, &status, &members, None);
+    assert_eq!(p.status.backtrack.unwrap().failures, 9);
+}
+
+#[test]
+fn a_cancelled_backtrack_restarts_the_same_writer_in_a_new_epoch_and_leaves_no_trace() {
+    let (spec, status, mut members) = backtracking_cluster();
+    let before = status.clone();
+    // Asked: noted once in the backtrack, which goes on until the writer's agent says its
+    // data from before is back.
+    let p = run_cancelling(&spec, &status, &members, Some("c1"));
+    let st = &p.status;
+    assert_eq!(st.backtrack_cancel_handled, "c1");
+    let b = st.backtrack.clone().unwrap();
+    assert_eq!(b.cancel_requested_at, Some(timestamp(at())));
+    assert_eq!((st.epoch, st.phase.as_str()), (2, PHASE_BACKTRACKING));
+    assert_eq!(
+        p.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["BacktrackCancelling"]
+    );
+    let again = run_cancelling(&spec, &p.status, &members, Some("c1"));
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    // The writer put its data back: epoch 3, the same writer, the old timeline live again.
+    let w = members.get_mut("db-1").unwrap();
+    w.backtrack_cancelled = 2;
+    w.state = STATE_STOPPED.into();
+    let p = run_cancelling(&spec, &p.status, &members, Some("c1"));
+    let st = &p.status;
+    assert!(st.backtrack.is_none());
+    assert_eq!(
+        (st.epoch, st.writer.as_str(), st.phase.as_str()),
+        (3, "db-1", PHASE_REBOOTING)
+    );
+    assert_eq!(
+        p.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["BacktrackCancelled"]
+    );
+    assert_eq!(st.timelines.len(), 1);
+    assert_eq!(st.timelines[0].archived_until, None);
+    assert_eq!((st.backtracked_to, st.last_backtrack_time), (None, None));
+    assert!(st.failover.is_none());
+    // Restarting: no failover, no "restarted in place" of its old epoch, meanwhile.
+    let p = run(&spec, &p.status, &members, None);
+    assert_eq!(
+        (p.status.epoch, p.status.phase.as_str()),
+        (3, PHASE_REBOOTING)
+    );
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    // Up in epoch 3 on its old timeline: available, nothing noted as backtracked; the
+    // standbys that rejoin it join the synchronous set again.
+    let w = members.get_mut("db-1").unwrap();
+    w.role = ROLE_WRITER.into();
+    w.state = STATE_AVAILABLE.into();
+    w.epoch = 3;
+    w.lease_epoch = 3;
+    for s in ["db-2", "db-3"] {
+        let m = members.get_mut(s).unwrap();
+        m.role = ROLE_STANDBY.into();
+        m.state = STATE_AVAILABLE.into();
+        m.streaming = true;
+        m.epoch = 3;
+        m.receive_lsn = 1000;
+    }
+    let p = run(&spec, &p.status, &members, None);
+    let st = &p.status;
+    assert_eq!(st.phase, PHASE_AVAILABLE);
+    assert_eq!(st.timelines, {
+        let mut t = before.timelines.clone();
+        t[0].archived_until = None;
+        t
+    });
+    assert_eq!(st.sync_standbys, ["db-2", "db-3"]);
+    assert_eq!(st.backtracked_to, None);
+}
+
+#[test]
+fn a_cancel_is_refused_without_a_backtrack_or_once_the_writer_has_restored() {
+    let (spec, status, members) = running();
+    let p = run_cancelling(&spec, &status, &members, Some("c1"));
+    assert_eq!(p.status.backtrack_cancel_handled, "c1");
+    assert_eq!(p.status.epoch, 1);
+    assert_eq!(
+        p.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["BacktrackCancelRefused"]
+    );
+    assert!(p.events[0].message.contains("no backtrack is under way"));
+
+    // Restored and promoted before the cancel is read: the backtrack completes, the cancel
+    // is refused as too late.
+    let (spec, status, mut members) = backtracking_cluster();
+    let w = members.get_mut("db-1").unwrap();
+    w.role = ROLE_WRITER.into();
+    w.state = STATE_AVAILABLE.into();
+    w.epoch = 2;
+    w.timeline = 3;
+    let p = run_cancelling(&spec, &status, &members, Some("c1"));
+    assert!(p.status.backtrack.is_none());
+    assert_eq!(p.status.epoch, 2);
+    assert!(p.status.backtracked_to.is_some());
+    let reasons: Vec<_> = p.events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["BacktrackCancelRefused", "BacktrackCompleted"]);
+    assert!(p.events[0].message.contains("already restored"));
+
+    // Asked while an attempt was under way that then completed: completed, and said too late.
+    let (spec, status, mut members) = backtracking_cluster();
+    let p = run_cancelling(&spec, &status, &members, Some("c1"));
+    let w = members.get_mut("db-1").unwrap();
+    w.role = ROLE_WRITER.into();
+    w.state = STATE_AVAILABLE.into();
+    w.epoch = 2;
+    w.timeline = 3;
+    let p = run_cancelling(&spec, &p.status, &members, Some("c1"));
+    assert!(p.status.backtrack.is_none());
+    assert_eq!(p.status.epoch, 2);
+    let reasons: Vec<_> = p.events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["BacktrackCancelRefused", "BacktrackCompleted"]);
+}
+
 #[test]
 fn a_backtrack_is_refused_once_with_a_warning_when_it_cannot_be_done() {
     let (spec, status, mut members) = running();
@@ -836,6 +1034,7 @@ fn plan_on(
         switchover: None,
         reboot: None,
         backtrack: None,
+        backtrack_cancel: None,
         now: at(),
     })
 }
