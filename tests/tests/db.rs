@@ -863,6 +863,15 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     let copy = lab.wait_available("copy", 1, 1, 0);
     let copy_writer = copy["endpoints"]["writer"].as_str().unwrap().to_owned();
     assert_eq!(lab.rows_of_t(&copy_writer), "110/110", "{}", lab.logs());
+    // Its writer went beside the source's member (the only node of az-a) and copied it on
+    // the node, not over the network (copy-on-write where the file system can).
+    let events = lab.server.cli(&["events"]).stdout;
+    assert!(
+        events.lines().any(|l| l.contains("DBInstanceRestored")
+            && l.contains("copy-")
+            && (l.contains("(copy-on-write on node") || l.contains("(full copy on node"))),
+        "{events}"
+    );
     lab.sql(&copy_writer, "INSERT INTO t VALUES (2000)")
         .unwrap();
     assert_eq!(lab.query(&writer, "SELECT count(*) FROM t").unwrap(), "110");

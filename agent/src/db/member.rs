@@ -472,7 +472,7 @@ impl MemberLoop {
                     .await?;
                 let mut local = self.local_ref().clone();
                 member.synchronous_standby_names.clear();
-                self.restore(c, &mut member, &restore).await?;
+                let copied = self.restore(c, &mut member, &restore).await?;
                 if !cluster.database_name.is_empty() {
                     member.create_database(&cluster.database_name).await?;
                 }
@@ -485,12 +485,15 @@ impl MemberLoop {
                     .as_ref()
                     .map(|t| format!(" as of {}", hanul_proto::time::rfc3339(t)))
                     .unwrap_or_default();
+                let how = copied
+                    .map(|m| format!(" ({} on node {})", m.as_str(), self.ctx.node))
+                    .unwrap_or_default();
                 self.emit(
                     c,
                     NORMAL,
                     "DBInstanceRestored",
                     format!(
-                        "DB instance {} restored from {from}{to} as the writer of epoch {epoch}",
+                        "DB instance {} restored from {from}{to}{how} as the writer of epoch {epoch}",
                         self.name
                     ),
                 );
@@ -988,7 +991,7 @@ impl MemberLoop {
         c: &StepCtx<'_>,
         member: &mut Member,
         restore: &hanul_proto::v1::DbRestore,
-    ) -> Result<()> {
+    ) -> Result<Option<CopyMethod>> {
         let snapshot = self.ctx.backup_dir.join(&restore.snapshot_path);
         let target = match &restore.target_time {
             Some(t) if !restore.wal_path.is_empty() => RestoreTarget::Time {
@@ -1003,13 +1006,15 @@ impl MemberLoop {
                 .await
                 .map_err(|e| Error::Other(format!("removing a failed restore's files: {e}")))?;
         }
+        let mut copied = None;
         if restore.clone_address.is_empty() {
             member.restore_key = self.snapshot_key(&snapshot, c)?;
             member.restore_from(&snapshot, target).await?;
             self.start(c, member).await?;
         } else {
-            // A clone: a base backup of the source's member, started as its standby, then
-            // promoted into a cluster of its own (a new timeline).
+            // A clone: the source's member copied on this node when it runs here (Aurora's
+            // copy-on-write clone), else a base backup of it over the network, started as its
+            // standby; either way then promoted into a cluster of its own (a new timeline).
             let source = match self
                 .ctx
                 .clusters
@@ -1031,20 +1036,26 @@ impl MemberLoop {
                     restore.source_cluster
                 )));
             }
-            let (host, port) = split_address(&restore.clone_address).ok_or_else(|| {
-                Error::Other(format!("bad source address {:?}", restore.clone_address))
-            })?;
-            member
-                .clone_from(Upstream {
-                    host,
-                    port,
-                    user: superuser(&source),
-                    password: self.ctx.master_password(&source)?,
-                    application_name: self.name.clone(),
-                })
-                .await?;
-            self.start(c, member).await?;
-            member.promote().await?;
+            copied = self.copy_here(member, restore).await;
+            if copied.is_some() {
+                // Recovers to the end of the copy and promotes itself, like a snapshot.
+                self.start(c, member).await?;
+            } else {
+                let (host, port) = split_address(&restore.clone_address).ok_or_else(|| {
+                    Error::Other(format!("bad source address {:?}", restore.clone_address))
+                })?;
+                member
+                    .clone_from(Upstream {
+                        host,
+                        port,
+                        user: superuser(&source),
+                        password: self.ctx.master_password(&source)?,
+                        application_name: self.name.clone(),
+                    })
+                    .await?;
+                self.start(c, member).await?;
+                member.promote().await?;
+            }
         }
         self.finish_recovery(member, "the restored member").await?;
         let spec = c.cluster.spec.clone().unwrap_or_default();
@@ -1058,7 +1069,50 @@ impl MemberLoop {
                 ),
             )
             .await?;
-        Ok(())
+        Ok(copied)
+    }
+
+    /// A clone's data copied from a member of the source that this node runs
+    /// ([`Member::copy_running`]; the controller places a clone's writer beside one where it
+    /// can): the member the restore names if it runs here, else an available one of the
+    /// source's that does (a standby first). How, or None when none runs here or the copy
+    /// failed (logged; the caller takes a base backup of the named member over the network
+    /// instead, into the emptied data directory).
+    async fn copy_here(
+        &self,
+        member: &mut Member,
+        restore: &hanul_proto::v1::DbRestore,
+    ) -> Option<CopyMethod> {
+        let status = match self
+            .ctx
+            .clusters
+            .get(Kind::DbCluster, &restore.source_cluster)
+            .and_then(|o| o.resource.clone())
+        {
+            Some(Resource::DbCluster(s)) => s.status.unwrap_or_default(),
+            _ => return None,
+        };
+        let mut here: Vec<&hanul_proto::v1::DbClusterMember> = status
+            .members
+            .iter()
+            .filter(|m| m.node == self.ctx.node && m.state == STATE_AVAILABLE)
+            .collect();
+        here.sort_by_key(|m| (m.name != restore.clone_member, m.role == MEMBER_WRITER));
+        let from = here.first()?;
+        let (source, _) = self
+            .ctx
+            .member_here(&from.name, &restore.source_cluster)
+            .ok()?;
+        match member.copy_running(&source).await {
+            Ok(method) => {
+                info!(member = %self.name, source = %from.name, method = method.as_str(), "Copied the clone's source on this node.");
+                Some(method)
+            }
+            Err(e) => {
+                warn!(member = %self.name, source = %from.name, error = %e, "Could not copy the clone's source on this node; taking a base backup over the network instead.");
+                None
+            }
+        }
     }
 
     /// The writer's data rewound in place (see [`Step::Backtrack`]): PostgreSQL stopped, its

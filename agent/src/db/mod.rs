@@ -50,9 +50,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hanul_controllers::runtime::{Cache, Shutdown};
-use hanul_db::Binaries;
+use hanul_db::{Binaries, Member};
 use hanul_lb::DataPlane;
 use hanul_proto::events::Recorder;
+use hanul_proto::v1::SecretKeyRef;
 use hanul_proto::v1::object::Resource;
 use hanul_proto::{Client, Kind};
 use tokio::sync::Notify;

@@ -16,7 +16,6 @@
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
 
-use hanul_db::Member;
 use hanul_proto::Kind;
 use hanul_proto::db::{
     SNAPSHOT_AUTOMATED, SNAPSHOT_AVAILABLE, SNAPSHOT_CREATING, SNAPSHOT_FAILED, SNAPSHOT_FINALIZER,
@@ -147,7 +146,7 @@ async fn take(ctx: &Context, name: &str) -> Result<()> {
         s.message = format!("copying the data of {}", status.member);
     })
     .await?;
-    let (member, key_ref) = member(ctx, &status.member, &spec.db_cluster)?;
+    let (member, key_ref) = ctx.member_here(&status.member, &spec.db_cluster)?;
     let dest = ctx.backup_dir.join(&status.path);
     info!(snapshot = %name, member = %status.member, dest = %dest.display(), "Taking a DB snapshot.");
     let taken = match member.base_backup(&dest).await {

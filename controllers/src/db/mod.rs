@@ -206,6 +206,7 @@ fn nodes(ctx: &Context) -> Vec<NodeInfo> {
                     ready: !spec.unschedulable
                         && conditions::is_true(&status.conditions, CONDITION_READY),
                     free: free.get(o.name()).copied().unwrap_or_default(),
+                    clone_source: false,
                 })
             }
             _ => None,
@@ -300,6 +301,11 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             ctx.members.get(Kind::DbInstance, member).is_none() && at.elapsed() < PLACING_TTL
         });
         let mut nodes = nodes(&ctx);
+        for node in clone_source_nodes(&ctx, &spec, &members) {
+            if let Some(n) = nodes.iter_mut().find(|n| n.name == node) {
+                n.clone_source = true;
+            }
+        }
         for ((of, _), (node, size, _)) in placing.iter() {
             if *of != meta.name
                 && let Some(n) = nodes.iter_mut().find(|n| n.name == *node)

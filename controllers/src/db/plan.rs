@@ -106,6 +106,11 @@ pub struct NodeInfo {
     /// Its allocatable less what the instances and DB members (of every cluster) placed on it
     /// hold, as the scheduler counts it ([`crate::scheduler::free_on_nodes`]).
     pub free: Free,
+    /// Runs an available member of the cluster this one is a clone of (before the clone has
+    /// its data): the clone's writer goes to such a node of its zone when it fits there, so
+    /// that its agent copies the source on the node (copy-on-write where the file system
+    /// allows) instead of over the network.
+    pub clone_source: bool,
 }
 
 /// The cluster condition that says whether every member the spec asks for has a node.
@@ -260,10 +265,12 @@ pub fn layout(cluster: &str, spec: &DbClusterSpec, nodes: &[NodeInfo]) -> Vec<Wa
 }
 
 /// The Ready node of `zone` where a member of `size` fits beside what is there (`free`, less
-/// what this plan has placed), with the fewest members of this cluster (then by name). Else
-/// why there is none, for [`refusal`].
+/// what this plan has placed), with the fewest members of this cluster (then by name); for a
+/// clone's writer (`near_source`), one running a member of its source first. Else why there
+/// is none, for [`refusal`].
 fn place<'n>(
     zone: &str,
+    near_source: bool,
     size: Size,
     nodes: &'n [NodeInfo],
     members: &BTreeMap<String, Member>,
@@ -286,7 +293,7 @@ fn place<'n>(
         .min_by_key(|(n, _)| {
             let here = members.values().filter(|m| m.node == n.name).count()
                 + placed.iter().filter(|(p, _)| *p == n.name).count();
-            (here, n.name.clone())
+            (!(near_source && n.clone_source), here, n.name.clone())
         })
         .map(|(n, _)| n.name.clone())
         .ok_or(in_zone)
@@ -419,7 +426,8 @@ pub fn plan(input: &Input) -> Plan {
             ));
             continue;
         };
-        match place(&w.zone, size, input.nodes, members, &placed) {
+        let near_source = w.role == ROLE_WRITER;
+        match place(&w.zone, near_source, size, input.nodes, members, &placed) {
             Ok(node) => {
                 placed.push((node.clone(), size));
                 effects.push(Effect::Create {

@@ -188,6 +188,7 @@ impl World {
                     cpu: 64_000,
                     mem: 256 * 1024,
                 },
+                clone_source: false,
             })
             .collect();
         World {

@@ -39,6 +39,7 @@ fn nodes() -> Vec<NodeInfo> {
             address: "127.0.0.1".into(),
             ready: true,
             free: ROOMY,
+            clone_source: false,
         })
         .collect()
 }
@@ -1015,6 +1016,7 @@ fn node_with(name: &str, zone: &str, cpu: i64, mem_mib: i64) -> NodeInfo {
         address: "127.0.0.1".into(),
         ready: true,
         free: Free { cpu, mem: mem_mib },
+        clone_source: false,
     }
 }
 
@@ -1231,4 +1233,38 @@ fn free_room_is_shown_in_whole_or_fractional_units() {
     assert_eq!(memory(8192), "8 GiB");
     assert_eq!(memory(1536), "1.5 GiB");
     assert_eq!(memory(-5), "0 MiB");
+}
+
+#[test]
+fn a_clones_writer_goes_beside_a_member_of_its_source_where_it_fits() {
+    let source_here = |mut n: NodeInfo| {
+        n.clone_source = true;
+        n
+    };
+    // az-a: a1 would win by name; a2 runs a member of the source; a3 too but has no room.
+    let nodes = vec![
+        node_with("node-a1", "az-a", 4000, 16384),
+        source_here(node_with("node-a2", "az-a", 4000, 16384)),
+        source_here(node_with("node-a3", "az-a", 1000, 2048)),
+        node_with("node-b1", "az-b", 4000, 16384),
+        source_here(node_with("node-b2", "az-b", 4000, 16384)),
+    ];
+    let spec = DbClusterSpec {
+        zones: vec!["az-a".into(), "az-b".into()],
+        ..large(MULTI_AZ_INSTANCE, 0)
+    };
+    let p = plan_on(&spec, &DbClusterStatus::default(), &BTreeMap::new(), &nodes);
+    assert_eq!(
+        created(&p),
+        vec![
+            // The writer beside the source, so that its agent copies it on the node.
+            ("db-1".into(), "node-a2".into()),
+            // A standby copies the writer over the network anyway: no preference.
+            ("db-2".into(), "node-b1".into()),
+        ]
+    );
+    // Where no source member runs in the zone, the usual choice.
+    let nodes: Vec<NodeInfo> = nodes.into_iter().filter(|n| n.name != "node-a2").collect();
+    let p = plan_on(&spec, &DbClusterStatus::default(), &BTreeMap::new(), &nodes);
+    assert_eq!(created(&p)[0], ("db-1".into(), "node-a1".into()));
 }
