@@ -218,13 +218,14 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         if !killed.success() {
             bail!("could not kill the writer's postgres (pid {pid})");
         }
-        let dt = first_ack(&writer, t0, port).await?;
-        wait_healthy(&client, status.epoch + 1).await?;
+        let (dt, phases) = first_ack_in_phases(&client, &writer, t0, port, status.epoch).await?;
+        let after = wait_healthy(&client, status.epoch + 1).await?;
         println!(
-            "postgres kill {}: {} (pid {pid}) → first commit after {:.0} ms",
+            "postgres kill {}: {} (pid {pid}) → first commit after {:.0} ms ({phases}); {}",
             i + 1,
             status.writer,
-            dt.as_secs_f64() * 1000.0
+            dt.as_secs_f64() * 1000.0,
+            moves(&client, &status, &after).await
         );
         crash.push(dt);
     }
@@ -233,18 +234,19 @@ async fn measure(args: &DbArgs, cluster: &mut Cluster) -> anyhow::Result<()> {
         let node = member_node(&client, &status.writer).await?;
         let port = member_port(&client, &status.writer).await?;
         let bin = args.hanul_bin.clone();
-        let dt = cluster
+        let (dt, phases) = cluster
             .kill_agent_while(&bin, &node, async |_| {
                 let t0 = Instant::now();
-                first_ack(&writer, t0, port).await
+                first_ack_in_phases(&client, &writer, t0, port, status.epoch).await
             })
             .await?;
-        wait_healthy(&client, status.epoch + 1).await?;
+        let after = wait_healthy(&client, status.epoch + 1).await?;
         println!(
-            "agent kill {}: {} on {node} → first commit after {:.0} ms",
+            "agent kill {}: {} on {node} → first commit after {:.0} ms ({phases}); {}",
             i + 1,
             status.writer,
-            dt.as_secs_f64() * 1000.0
+            dt.as_secs_f64() * 1000.0,
+            moves(&client, &status, &after).await
         );
         lost_agent.push(dt);
     }
@@ -344,6 +346,24 @@ async fn cluster_status(client: &Client) -> anyhow::Result<DbClusterStatus> {
 
 /// Waits until the cluster is available (in an epoch of at least `epoch`), every member is
 /// available and both standbys are synchronous again.
+/// Where the writer and the endpoints went in a failover: `writer node-a → node-b,
+/// endpoints node-b → node-c` (a failover that moves the endpoints too may take longer).
+async fn moves(client: &Client, before: &DbClusterStatus, after: &DbClusterStatus) -> String {
+    let node_of = async |s: &DbClusterStatus| {
+        member_node(client, &s.writer)
+            .await
+            .unwrap_or_else(|_| "?".into())
+    };
+    let ep = |s: &DbClusterStatus| s.endpoints.clone().unwrap_or_default().node;
+    format!(
+        "writer {} → {}, endpoints {} → {}",
+        node_of(before).await,
+        node_of(after).await,
+        ep(before),
+        ep(after)
+    )
+}
+
 async fn wait_healthy(client: &Client, epoch: u64) -> anyhow::Result<DbClusterStatus> {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -395,6 +415,62 @@ async fn member_port(client: &Client, name: &str) -> anyhow::Result<u16> {
 /// How long after `t0` the first commit was acknowledged by another server than the killed
 /// writer (listening on `old_port`): the old writer's backends may still finish a commit in
 /// flight, and a writer whose agent is lost keeps committing until its standbys leave it.
+/// The failover's phases as the cluster's status shows them, polled every 10 ms from `t0`
+/// (the kill) until the first commit: when a failover past `epoch` appeared (the writer's
+/// loss detected) and when the new writer was named.
+#[derive(Debug, Default)]
+struct Phases {
+    detected: Option<Duration>,
+    named: Option<Duration>,
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Option<Duration>| {
+            d.map_or("?".into(), |d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+        };
+        write!(
+            f,
+            "detected at {} ms, writer named at {} ms",
+            ms(self.detected),
+            ms(self.named)
+        )
+    }
+}
+
+/// [`first_ack`], with the [`Phases`] seen meanwhile.
+async fn first_ack_in_phases(
+    client: &Client,
+    writer: &AckedWriter,
+    t0: Instant,
+    old_port: u16,
+    epoch: u64,
+) -> anyhow::Result<(Duration, Phases)> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let watch = async {
+        let mut p = Phases::default();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) && p.named.is_none() {
+            if let Ok(s) = cluster_status(client).await {
+                if p.detected.is_none() && (s.failover.is_some() || s.epoch > epoch) {
+                    p.detected = Some(t0.elapsed());
+                }
+                if s.epoch > epoch {
+                    p.named = Some(t0.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p
+    };
+    let ack = async {
+        let r = first_ack(writer, t0, old_port).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    };
+    let (r, p) = tokio::join!(ack, watch);
+    Ok((r?, p))
+}
+
 async fn first_ack(writer: &AckedWriter, t0: Instant, old_port: u16) -> anyhow::Result<Duration> {
     let deadline = t0 + Duration::from_secs(60);
     loop {

@@ -822,6 +822,16 @@ impl Member {
         c
     }
 
+    /// Commits a transaction with an xid on the writer without waiting for a synchronous
+    /// standby, so that every streaming standby receives WAL and answers at once: a commit
+    /// that waits when the synchronous set changes is released by the first answer of a
+    /// standby now in it, not at that standby's next status interval (up to a second).
+    pub async fn nudge_standbys(&self) -> Result<()> {
+        self.query("postgres", "select txid_current()")
+            .await
+            .map(drop)
+    }
+
     /// Stops the running member (`pg_ctl stop`) and waits until it is down (at most a minute).
     pub async fn stop(&self, mode: StopMode) -> Result<()> {
         let mut c = self.command("pg_ctl");

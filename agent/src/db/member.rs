@@ -45,6 +45,12 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_secs(1);
 /// An observation is reused for this long (the writer's loop runs faster, for its lease).
 const OBSERVE_EVERY: Duration = Duration::from_millis(900);
+/// A standby just started or repointed looks this often until it streams (at most
+/// [`SETTLE_FOR`]): the writer counts it in its synchronous set only once it reports streaming,
+/// and after a failover the first commit waits for that (`hanul-bench db` measured up to a
+/// second more at the [`TICK`]'s pace).
+const SETTLE_TICK: Duration = Duration::from_millis(100);
+const SETTLE_FOR: Duration = Duration::from_secs(10);
 /// After a failed step.
 const RETRY: Duration = Duration::from_secs(2);
 /// The member's file of what the node remembers.
@@ -215,9 +221,21 @@ impl MemberLoop {
             .unwrap_or(Duration::from_secs(3));
         if self.local.as_ref().is_some_and(|l| l.role == ROLE_WRITER) {
             lease_renew_interval(lease).min(TICK) / 2
+        } else if self.settling() {
+            SETTLE_TICK
         } else {
             TICK
         }
+    }
+
+    /// Whether a standby that just started or repointed is still waiting to stream (see
+    /// [`SETTLE_TICK`]).
+    fn settling(&self) -> bool {
+        let streaming = self
+            .observed
+            .as_ref()
+            .is_some_and(|(_, o)| o.in_recovery && o.streaming());
+        self.settling.is_some_and(|until| Instant::now() < until) && !streaming
     }
 
     /// How long an API call or a query may take: a writer's must end before its fence
@@ -620,6 +638,11 @@ impl MemberLoop {
                 );
                 member.set_synchronous_standby_names(&names).await?;
                 self.observed = None;
+                if !names.is_empty()
+                    && let Err(e) = member.nudge_standbys().await
+                {
+                    debug!(member = %self.name, error = %e, "Could not nudge the standbys.");
+                }
                 // `preferred` durability: the writer going alone, and back, is said (RDS's
                 // words are for the cluster; the event is on the writer that does it).
                 let preferred = cluster
@@ -771,6 +794,7 @@ impl MemberLoop {
                 local.follow(&to, epoch);
                 self.save(local)?;
                 self.observed = None;
+                self.settling = Some(Instant::now() + SETTLE_FOR);
                 info!(member = %self.name, writer = %to.name, epoch, "Following the new writer.");
                 Ok(Next::Now)
             }
@@ -1305,6 +1329,9 @@ impl MemberLoop {
 
     /// Starts postgres as a workload and waits until it accepts connections.
     async fn start(&mut self, c: &StepCtx<'_>, member: &mut Member) -> Result<()> {
+        if member.upstream.is_some() {
+            self.settling = Some(Instant::now() + SETTLE_FOR);
+        }
         if !crate::instances::ports::host_port_is_free(member.port, "tcp") {
             // Taken while PostgreSQL was down (the range is shared with instances): move.
             let port = self
@@ -1391,8 +1418,13 @@ impl MemberLoop {
     }
 
     async fn observe(&mut self, member: &Member) -> Option<Observation> {
+        let reuse = if self.settling() {
+            SETTLE_TICK
+        } else {
+            OBSERVE_EVERY
+        };
         if let Some((at, o)) = &self.observed
-            && at.elapsed() < OBSERVE_EVERY
+            && at.elapsed() < reuse
         {
             return Some(o.clone());
         }

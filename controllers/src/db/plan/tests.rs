@@ -382,17 +382,28 @@ fn a_lost_single_az_writer_leaves_the_cluster_inaccessible_without_a_new_epoch()
 }
 
 #[test]
-fn endpoints_avoid_the_writers_node_and_stay_put_otherwise() {
+fn endpoints_start_off_the_writers_node_and_stay_put_while_their_node_is_ready() {
     let (spec, status, members) = running();
     let p = run(&spec, &status, &members, None);
     let e = p.status.endpoints.clone().unwrap();
     assert_ne!(e.node, "node-a");
     assert_eq!(e.members.len(), 3);
-    // Once chosen it stays while its node is Ready and the writer is elsewhere.
+    // Once chosen they stay while their node is Ready.
     let mut st = p.status.clone();
     st.endpoints.as_mut().unwrap().node = "node-c".into();
     let p = run(&spec, &st, &members, None);
     assert_eq!(p.status.endpoints.unwrap().node, "node-c");
+    // Also when the writer comes to their node (a failover): moving them would change their
+    // address in the middle of it.
+    st.endpoints.as_mut().unwrap().node = "node-a".into();
+    let p = run(&spec, &st, &members, None);
+    assert_eq!(p.status.endpoints.unwrap().node, "node-a");
+    // Their node not Ready: a Ready node without the writer.
+    let mut down = nodes();
+    down[2].ready = false;
+    st.endpoints.as_mut().unwrap().node = "node-c".into();
+    let e = endpoints(&spec, &st, &members, &down, LEASE);
+    assert_eq!(e.node, "node-b");
 }
 
 #[test]
@@ -600,7 +611,7 @@ fn endpoints_avoid_the_node_of_a_writer_whose_lease_ran_out() {
     old.lease_silence = LEASE * 3;
     status.writer = "db-2".into();
     status.endpoints = Some(DbEndpoints {
-        node: "node-b".into(),
+        node: "node-a".into(),
         ..Default::default()
     });
     let e = endpoints(&spec, &status, &members, &nodes(), LEASE);
