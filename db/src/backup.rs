@@ -898,7 +898,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::tests::{Fixture, free_port, poll, start, stop, upstream};
+    use crate::postgres::tests::{Fixture, free_port, log, poll, start, stop};
     use std::time::Duration;
 
     #[test]
@@ -1208,10 +1208,6 @@ mod tests {
         assert!(!key.exists());
     }
 
-    fn log(m: &Member) -> String {
-        std::fs::read_to_string(m.root.join("postgres.log")).unwrap_or_default()
-    }
-
     async fn rows(m: &Member) -> String {
         m.query("postgres", "select count(*), max(v) from t")
             .await
@@ -1446,21 +1442,17 @@ mod tests {
         let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let (p1, p2) = (free_port(), free_port());
-        let m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
-        m1.init("pw").await.unwrap();
-        let w = start(&m1);
-        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
-        m1.query(
-            "postgres",
-            "create table t (v int); insert into t select generate_series(1, 50)",
-        )
-        .await
-        .unwrap();
-        let mut m2 = Member::new(bin.clone(), &dir.path().join("m2"), p2, "master").unwrap();
-        m2.clone_from(upstream(p1, "m2")).await.unwrap();
-        let s = start(&m2);
-        assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
+        let f = Fixture { bin, dir };
+        let p1 = free_port();
+        let (m1, w) = f
+            .writer(
+                "m1",
+                p1,
+                "create table t (v int); insert into t select generate_series(1, 50)",
+            )
+            .await;
+        let (m2, s) = f.standby("m2", free_port(), p1).await;
+        let (bin, dir) = (f.bin.clone(), &f.dir);
         m1.query("postgres", "insert into t values (51)")
             .await
             .unwrap();

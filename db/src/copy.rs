@@ -218,14 +218,10 @@ fn unhex(hex: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::postgres::Binaries;
-    use crate::postgres::tests::{Fixture, free_port, poll, start, stop, upstream};
+    use crate::postgres::tests::{Fixture, free_port, log, poll, start, stop};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::time::Duration;
-
-    fn log(m: &Member) -> String {
-        std::fs::read_to_string(m.root.join("postgres.log")).unwrap_or_default()
-    }
 
     async fn count_and_max(m: &Member) -> (u32, u32) {
         let out = m
@@ -313,21 +309,17 @@ mod tests {
         let Some(Fixture { bin, dir }) = Fixture::new() else {
             return;
         };
-        let (p1, p2) = (free_port(), free_port());
-        let m1 = Member::new(bin.clone(), &dir.path().join("m1"), p1, "master").unwrap();
-        m1.init("pw").await.unwrap();
-        let w = start(&m1);
-        assert!(m1.wait_ready(Duration::from_secs(30)).await, "{}", log(&m1));
-        m1.query(
-            "postgres",
-            "create table t (v int primary key); insert into t select generate_series(1, 5000)",
-        )
-        .await
-        .unwrap();
-        let mut m2 = Member::new(bin.clone(), &dir.path().join("m2"), p2, "master").unwrap();
-        m2.clone_from(upstream(p1, "m2")).await.unwrap();
-        let s = start(&m2);
-        assert!(m2.wait_ready(Duration::from_secs(30)).await, "{}", log(&m2));
+        let f = Fixture { bin, dir };
+        let p1 = free_port();
+        let (m1, w) = f
+            .writer(
+                "m1",
+                p1,
+                "create table t (v int primary key); insert into t select generate_series(1, 5000)",
+            )
+            .await;
+        let (m2, s) = f.standby("m2", free_port(), p1).await;
+        let (bin, dir) = (&f.bin, &f.dir);
         poll("the standby has the rows", async || {
             (count_and_max(&m2).await.0 == 5000).then_some(())
         })
@@ -347,13 +339,14 @@ mod tests {
         } else {
             CopyMethod::FullCopy
         };
-        let method = copy_under_load(&bin, &m1, &m1, &dir.path().join("c1")).await;
+        let method = copy_under_load(bin, &m1, &m1, &dir.path().join("c1")).await;
         assert_eq!(method, expected);
-        let method = copy_under_load(&bin, &m1, &m2, &dir.path().join("c2")).await;
+        let method = copy_under_load(bin, &m1, &m2, &dir.path().join("c2")).await;
         assert_eq!(method, expected);
 
         // Not over a cluster.
-        let mut again = Member::new(bin, &dir.path().join("c1"), free_port(), "master").unwrap();
+        let mut again =
+            Member::new(bin.clone(), &dir.path().join("c1"), free_port(), "master").unwrap();
         assert!(matches!(
             again.copy_running(&m1).await,
             Err(Error::RestoreTargetNotEmpty(_))

@@ -947,6 +947,53 @@ pub(crate) mod tests {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
             Some(Fixture { bin, dir })
         }
+
+        /// A writer `name` on `port` (master user "master", password "pw"), running, with
+        /// `sql` run on it.
+        pub(crate) async fn writer(
+            &self,
+            name: &str,
+            port: u16,
+            sql: &str,
+        ) -> (Member, tokio::process::Child) {
+            let m = Member::new(
+                self.bin.clone(),
+                &self.dir.path().join(name),
+                port,
+                "master",
+            )
+            .unwrap();
+            m.init("pw").await.unwrap();
+            let child = start(&m);
+            assert!(m.wait_ready(Duration::from_secs(30)).await, "{}", log(&m));
+            m.query("postgres", sql).await.unwrap();
+            (m, child)
+        }
+
+        /// A standby `name` on `port`, cloned from the writer on `writer_port`, running.
+        pub(crate) async fn standby(
+            &self,
+            name: &str,
+            port: u16,
+            writer_port: u16,
+        ) -> (Member, tokio::process::Child) {
+            let mut m = Member::new(
+                self.bin.clone(),
+                &self.dir.path().join(name),
+                port,
+                "master",
+            )
+            .unwrap();
+            m.clone_from(upstream(writer_port, name)).await.unwrap();
+            let child = start(&m);
+            assert!(m.wait_ready(Duration::from_secs(30)).await, "{}", log(&m));
+            (m, child)
+        }
+    }
+
+    /// The member's PostgreSQL log (what [`start`] sends there), for a failure's message.
+    pub(crate) fn log(m: &Member) -> String {
+        std::fs::read_to_string(m.root.join("postgres.log")).unwrap_or_default()
     }
 
     /// The upstream of a test standby named `name`: the writer on this host's `port`, as the

@@ -417,16 +417,23 @@ fn check_automated_backup_source(s: &DbClusterSource, errs: &mut Errors) {
             );
         }
     }
+    check_restore_time(
+        s,
+        "required with spec.source.automatedBackup: the time to restore to (or \
+         useLatestRestorableTime: true)",
+        errs,
+    );
+}
+
+/// A point in time to restore to: `restoreTime` or `useLatestRestorableTime`, one of them
+/// (`required` says what is missing otherwise).
+fn check_restore_time(s: &DbClusterSource, required: &str, errs: &mut Errors) {
     match (&s.restore_time, s.use_latest_restorable_time) {
         (Some(_), true) => errs.add(
             "spec.source",
             "restoreTime and useLatestRestorableTime exclude each other; give one",
         ),
-        (None, false) => errs.add(
-            "spec.source.restoreTime",
-            "required with spec.source.automatedBackup: the time to restore to (or \
-             useLatestRestorableTime: true)",
-        ),
+        (None, false) => errs.add("spec.source.restoreTime", required),
         (Some(t), false) if t.seconds <= 0 => errs.add(
             "spec.source.restoreTime",
             "is not a time after 1970-01-01T00:00:00Z",
@@ -520,22 +527,12 @@ fn check_source(name: &str, s: &DbClusterSource, errs: &mut Errors) {
         // The times were refused above.
         return;
     }
-    match (&s.restore_time, s.use_latest_restorable_time) {
-        (Some(_), true) => errs.add(
-            "spec.source",
-            "restoreTime and useLatestRestorableTime exclude each other; give one",
-        ),
-        (None, false) => errs.add(
-            "spec.source.restoreTime",
-            "required with spec.source.cluster: the time to restore to (or \
-             useLatestRestorableTime: true, or clone: true for a copy as it is now)",
-        ),
-        (Some(t), false) if t.seconds <= 0 => errs.add(
-            "spec.source.restoreTime",
-            "is not a time after 1970-01-01T00:00:00Z",
-        ),
-        _ => {}
-    }
+    check_restore_time(
+        s,
+        "required with spec.source.cluster: the time to restore to (or \
+         useLatestRestorableTime: true, or clone: true for a copy as it is now)",
+        errs,
+    );
 }
 
 fn check_instance_class(field: &str, class: &str, errs: &mut Errors) {

@@ -2,7 +2,7 @@
 //! cluster): the cluster it is of, by name and uid, both fixed once it exists. The DB
 //! controller creates it while the cluster's deletion waits; the rest is its status.
 
-use super::{Errors, is_dns_name};
+use super::Errors;
 use hanul_proto::v1::DbClusterAutomatedBackup;
 
 pub(crate) fn validate(
@@ -13,20 +13,11 @@ pub(crate) fn validate(
     let Some(spec) = &r.spec else {
         return errs.add("spec", "required");
     };
-    if spec.db_cluster.is_empty() {
-        errs.add(
-            "spec.dbCluster",
-            "required: the deleted DBCluster whose automated backups it keeps",
-        );
-    } else if !is_dns_name(&spec.db_cluster, 63) {
-        errs.add(
-            "spec.dbCluster",
-            format!(
-                "{:?} is not a DBCluster name (lowercase letters, digits, '-' and '.')",
-                spec.db_cluster
-            ),
-        );
-    }
+    super::db_snapshot::check_db_cluster(
+        &spec.db_cluster,
+        "required: the deleted DBCluster whose automated backups it keeps",
+        errs,
+    );
     if spec.db_cluster_resource_id.is_empty() {
         errs.add(
             "spec.dbClusterResourceId",

@@ -15,24 +15,27 @@ pub(crate) fn default(spec: &mut DbSnapshotSpec) {
     }
 }
 
+/// `spec.dbCluster`: a DBCluster's name (`required` says what is missing when it is empty).
+pub(super) fn check_db_cluster(name: &str, required: &str, errs: &mut Errors) {
+    if name.is_empty() {
+        errs.add("spec.dbCluster", required);
+    } else if !is_dns_name(name, 63) {
+        errs.add(
+            "spec.dbCluster",
+            format!("{name:?} is not a DBCluster name (lowercase letters, digits, '-' and '.')"),
+        );
+    }
+}
+
 pub(crate) fn validate(s: &DbSnapshot, old: Option<&DbSnapshot>, errs: &mut Errors) {
     let Some(spec) = &s.spec else {
         return errs.add("spec", "required");
     };
-    if spec.db_cluster.is_empty() {
-        errs.add(
-            "spec.dbCluster",
-            "required: the DBCluster to take a snapshot of",
-        );
-    } else if !is_dns_name(&spec.db_cluster, 63) {
-        errs.add(
-            "spec.dbCluster",
-            format!(
-                "{:?} is not a DBCluster name (lowercase letters, digits, '-' and '.')",
-                spec.db_cluster
-            ),
-        );
-    }
+    check_db_cluster(
+        &spec.db_cluster,
+        "required: the DBCluster to take a snapshot of",
+        errs,
+    );
     errs.one_of("spec.type", &spec.r#type, SNAPSHOT_TYPES);
     if let Some(old) = old.and_then(|o| o.spec.as_ref()) {
         errs.immutable("spec.dbCluster", &old.db_cluster, &spec.db_cluster);

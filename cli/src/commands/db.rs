@@ -1155,23 +1155,40 @@ pub fn check_restore_time(c: &DbCluster, time: Option<&Timestamp>) -> Result<()>
     let Some(latest) = latest else {
         bail!("point-in-time restore of {source} is not available yet: it has no archived WAL yet");
     };
+    in_window(
+        &source,
+        time,
+        &earliest,
+        &latest,
+        "its WAL is archived up to then",
+    )
+}
+
+/// Refuses `time` (`None`: the latest restorable time, always in) outside `earliest..=latest`,
+/// the restorable window of `source`; `why_latest` says where the window ends.
+fn in_window(
+    source: &str,
+    time: Option<&Timestamp>,
+    earliest: &Timestamp,
+    latest: &Timestamp,
+    why_latest: &str,
+) -> Result<()> {
     let Some(t) = time else {
         return Ok(());
     };
     let at = |t: &Timestamp| (t.seconds, t.nanos);
-    if at(t) < at(&earliest) {
+    if at(t) < at(earliest) {
         bail!(
             "--time {} is before the earliest restorable time {} of {source}",
             timestamp(Some(t)),
-            timestamp(Some(&earliest))
+            timestamp(Some(earliest))
         );
     }
-    if at(t) > at(&latest) {
+    if at(t) > at(latest) {
         bail!(
-            "--time {} is after the latest restorable time {} of {source} (its WAL is archived \
-             up to then)",
+            "--time {} is after the latest restorable time {} of {source} ({why_latest})",
             timestamp(Some(t)),
-            timestamp(Some(&latest))
+            timestamp(Some(latest))
         );
     }
     Ok(())
@@ -1193,26 +1210,13 @@ pub fn check_record_time(r: &DbClusterAutomatedBackup, time: Option<&Timestamp>)
             "point-in-time restore of {source} is not available: it has no snapshot or no archived WAL"
         );
     };
-    let Some(t) = time else {
-        return Ok(());
-    };
-    let at = |t: &Timestamp| (t.seconds, t.nanos);
-    if at(t) < at(&earliest) {
-        bail!(
-            "--time {} is before the earliest restorable time {} of {source}",
-            timestamp(Some(t)),
-            timestamp(Some(&earliest))
-        );
-    }
-    if at(t) > at(&latest) {
-        bail!(
-            "--time {} is after the latest restorable time {} of {source} (its cluster's WAL \
-             was archived up to then when it was deleted)",
-            timestamp(Some(t)),
-            timestamp(Some(&latest))
-        );
-    }
-    Ok(())
+    in_window(
+        &source,
+        time,
+        &earliest,
+        &latest,
+        "its cluster's WAL was archived up to then when it was deleted",
+    )
 }
 
 /// Refuses a clone of `c` when none of its members is available to copy the data from.

@@ -766,11 +766,7 @@ fn start_backtrack(
     if let Some(last) = st.timelines.last_mut() {
         last.archived_until = st.latest_restorable_time;
     }
-    let to = b
-        .target_time
-        .as_ref()
-        .map(hanul_proto::time::rfc3339)
-        .unwrap_or_default();
+    let to = target_of(&b);
     events.push(Event {
         warning: false,
         reason: "BacktrackStarted",
@@ -800,11 +796,7 @@ fn backtracking(
     let Some(w) = input.members.get(&st.writer) else {
         return;
     };
-    let to = b
-        .target_time
-        .as_ref()
-        .map(hanul_proto::time::rfc3339)
-        .unwrap_or_default();
+    let to = target_of(&b);
     // Failed attempts: said in `backtrack.failures`/`error`, and in an event on the 1st, 2nd,
     // 4th, 8th... so that a writer retrying every few seconds does not flood the events.
     if w.backtrack_failures > b.failures && w.epoch < b.epoch {
@@ -903,6 +895,14 @@ fn backtrack_done(input: &Input, st: &DbClusterStatus, b: &DbBacktrack) -> bool 
         .is_some_and(|w| w.epoch == b.epoch && (w.role == ROLE_WRITER || w.reported_down()))
 }
 
+/// A backtrack's target time, as events say it.
+fn target_of(b: &DbBacktrack) -> String {
+    b.target_time
+        .as_ref()
+        .map(hanul_proto::time::rfc3339)
+        .unwrap_or_default()
+}
+
 fn cancel_too_late(to: &str) -> Event {
     Event {
         warning: true,
@@ -930,11 +930,7 @@ fn request_cancel(input: &Input, st: &mut DbClusterStatus, events: &mut Vec<Even
         });
         return;
     };
-    let to = b
-        .target_time
-        .as_ref()
-        .map(hanul_proto::time::rfc3339)
-        .unwrap_or_default();
+    let to = target_of(b);
     if done {
         // Completed in this very pass (see `backtracking`).
         events.push(cancel_too_late(&to));
