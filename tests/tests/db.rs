@@ -700,6 +700,29 @@ fn seconds_of(v: &Value) -> Option<f64> {
     Some(t.seconds as f64 + f64::from(t.nanos) / 1e9)
 }
 
+/// A lab whose agents share a backup directory (returned: it must outlive the lab) and close
+/// the writer's WAL file every second, so that the restorable window follows the commits.
+fn backup_lab(prefix: &str, zones: &[&str]) -> (tempfile::TempDir, Lab) {
+    let backups = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--backup-dir".to_string(),
+        backups.path().display().to_string(),
+        "--db-archive-interval".into(),
+        "1s".into(),
+    ];
+    let lab = Lab::start_with(prefix, zones, args);
+    (backups, lab)
+}
+
+/// A time (seconds since the epoch) more than a second after the commits made so far and
+/// more than a second before the next ones: a restore to it tells them apart.
+fn a_moment_between_commits() -> f64 {
+    std::thread::sleep(Duration::from_millis(1200));
+    let t = unix_now();
+    std::thread::sleep(Duration::from_millis(1200));
+    t
+}
+
 #[allow(clippy::disallowed_methods)] // The test compares with times the server stamps.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -722,14 +745,7 @@ fn rfc3339(t: f64) -> String {
 /// deletion of its cluster and restores.
 #[test]
 fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
-    let backups = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--backup-dir".to_string(),
-        backups.path().display().to_string(),
-        "--db-archive-interval".into(),
-        "1s".into(),
-    ];
-    let lab = Lab::start_with("bak", &["az-a", "az-b"], args);
+    let (_backups, lab) = backup_lab("bak", &["az-a", "az-b"]);
     let port = free_port_pair();
     lab.apply("src.yaml", &manifest("src", "singleAZ", 0, port, &["az-a"]));
     let status = lab.wait_available("src", 1, 1, 0);
@@ -745,9 +761,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
 
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    let target = unix_now();
-    std::thread::sleep(Duration::from_millis(1200));
+    let target = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
     poll(
@@ -926,14 +940,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
 /// a time outside the window is refused before anything is asked.
 #[test]
 fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
-    let backups = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--backup-dir".to_string(),
-        backups.path().display().to_string(),
-        "--db-archive-interval".into(),
-        "1s".into(),
-    ];
-    let lab = Lab::start_with("btk", &["az-a", "az-b"], args);
+    let (_backups, lab) = backup_lab("btk", &["az-a", "az-b"]);
     let port = free_port_pair();
     let yaml = manifest("bt", "multiAZInstance", 0, port, &["az-a", "az-b"])
         .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
@@ -949,14 +956,10 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
 
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    let t1 = unix_now();
-    std::thread::sleep(Duration::from_millis(1200));
+    let t1 = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    let t2 = unix_now();
-    std::thread::sleep(Duration::from_millis(1200));
+    let t2 = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(101, 150)")
         .unwrap();
     poll(
@@ -1094,14 +1097,7 @@ fn break_snapshots(dir: &std::path::Path) -> usize {
 /// nothing noted as backtracked, and the standby acknowledges commits again.
 #[test]
 fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() {
-    let backups = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--backup-dir".to_string(),
-        backups.path().display().to_string(),
-        "--db-archive-interval".into(),
-        "1s".into(),
-    ];
-    let lab = Lab::start_with("btc", &["az-a", "az-b"], args);
+    let (backups, lab) = backup_lab("btc", &["az-a", "az-b"]);
     let port = free_port_pair();
     let yaml = manifest("bc", "multiAZInstance", 0, port, &["az-a", "az-b"])
         .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
@@ -1116,9 +1112,7 @@ fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() 
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    let t1 = unix_now();
-    std::thread::sleep(Duration::from_millis(1200));
+    let t1 = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
     poll(
@@ -1587,14 +1581,7 @@ fn files_holding(dir: &std::path::Path, marker: &str) -> Vec<String> {
 /// when it is deleted, restores into a new encrypted cluster with every row.
 #[test]
 fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing_is_plain() {
-    let backups = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--backup-dir".to_string(),
-        backups.path().display().to_string(),
-        "--db-archive-interval".into(),
-        "1s".into(),
-    ];
-    let lab = Lab::start_with("enc", &["az-a"], args);
+    let (backups, lab) = backup_lab("enc", &["az-a"]);
     let key = "e2e-backup-key-material-31c9";
     lab.apply(
         "key.yaml",
@@ -1712,14 +1699,7 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
 /// the record removes the snapshots and the WAL archive from the backup directory.
 #[test]
 fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
-    let backups = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--backup-dir".to_string(),
-        backups.path().display().to_string(),
-        "--db-archive-interval".into(),
-        "1s".into(),
-    ];
-    let lab = Lab::start_with("ret", &["az-a"], args);
+    let (backups, lab) = backup_lab("ret", &["az-a"]);
     let port = free_port_pair();
     lab.apply(
         "gone.yaml",
@@ -1744,9 +1724,7 @@ fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
 
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    let target = unix_now();
-    std::thread::sleep(Duration::from_millis(1200));
+    let target = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
     poll(
