@@ -228,14 +228,35 @@ impl MemberLoop {
         }
     }
 
-    /// Whether a standby that just started or repointed is still waiting to stream (see
-    /// [`SETTLE_TICK`]).
+    /// Whether a standby that just started or repointed is still on its way into the
+    /// writer's synchronous set (see [`SETTLE_TICK`]): not streaming yet, or streaming but
+    /// short of what the writer last reported flushed, the controller's rule for joining. A
+    /// standby that had less WAL than the standby promoted streams the rest of the old
+    /// timeline first, then the new one.
     fn settling(&self) -> bool {
-        let streaming = self
-            .observed
-            .as_ref()
-            .is_some_and(|(_, o)| o.in_recovery && o.streaming());
-        self.settling.is_some_and(|until| Instant::now() < until) && !streaming
+        if self.settling.is_none_or(|until| Instant::now() >= until) {
+            return false;
+        }
+        let Some((_, o)) = &self.observed else {
+            return true;
+        };
+        if !(o.in_recovery && o.streaming()) {
+            return true;
+        }
+        let writer_flush = self.cluster().and_then(|c| {
+            let writer = c.status?.writer;
+            match self
+                .ctx
+                .instances
+                .get(Kind::DbInstance, &writer)?
+                .resource
+                .as_ref()?
+            {
+                Resource::DbInstance(w) => w.status.as_ref().map(|s| s.flush_lsn),
+                _ => None,
+            }
+        });
+        writer_flush.is_some_and(|w| o.receive_lsn.unwrap_or(0) < w)
     }
 
     /// How long an API call or a query may take: a writer's must end before its fence
