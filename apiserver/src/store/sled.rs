@@ -68,13 +68,7 @@ impl SledStore {
             path: path.to_owned(),
             source,
         };
-        // No periodic flush of sled's own: a checkpoint flushes it when it has written, and
-        // nothing else writes to sled.
-        let db = ::sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_error)?;
+        let db = open_sled(path).map_err(open_error)?;
         let tree = db.open_tree(TREE).map_err(open_error)?;
         let log_path = path.join(LOG_FILE);
         let log = File::open(&log_path).map_err(|source| Error::OpenLog {
@@ -151,6 +145,29 @@ impl SledStore {
 }
 
 delegate_store!(SledStore);
+
+/// How long an opening waits for the directory lock of a store closed just before in this
+/// process: sled frees its last handles lazily (epoch-based reclamation), so its file lock can
+/// outlive the drop of the store by a moment. Another process holding the lock still fails the
+/// opening, after this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// sled's database in `path`, waiting up to [`LOCK_WAIT`] for its lock. No periodic flush of
+/// sled's own: a checkpoint flushes it when it has written, and nothing else writes to sled.
+fn open_sled(path: &Path) -> std::result::Result<Db, ::sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match ::sled::Config::new().path(path).flush_every_ms(None).open() {
+            Err(::sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
 
 struct SledBackend {
     index: Index,
@@ -397,6 +414,31 @@ mod tests {
 
     use super::*;
     use crate::store::{Precondition, Store};
+
+    /// Reopening right after a close succeeds (sled's lock, released lazily, is waited for);
+    /// a directory another open store holds is refused, after the wait.
+    #[tokio::test]
+    async fn an_opening_waits_for_the_lock_of_a_closed_store_and_refuses_an_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .put(b"/registry/Image/a", vec![1], Precondition::None)
+                .await
+                .unwrap();
+            drop(store);
+        }
+        let held = SledStore::open(dir.path()).unwrap();
+        let started = Instant::now();
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(Error::Open { .. })
+        ));
+        assert!(started.elapsed() >= LOCK_WAIT);
+        drop(held);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.list(b"").await.unwrap().0.len(), 1);
+    }
 
     #[test]
     fn a_record_round_trips_through_its_encoding() {
