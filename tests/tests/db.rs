@@ -78,6 +78,25 @@ impl Lab {
         self.server.get_json(&format!("dbinstance/{name}")).unwrap()
     }
 
+    /// Waits until `cluster`'s latest restorable time (how far its WAL archive reaches) is
+    /// past `t` (seconds since the epoch).
+    fn wait_restorable_past(&self, cluster: &str, t: f64) {
+        poll(
+            WAIT,
+            &format!("the latest restorable time of {cluster} past {t}"),
+            || {
+                let s = &self.cluster(cluster)["status"];
+                let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
+                if latest > t {
+                    Ok(Some(()))
+                } else {
+                    Err(s.to_string())
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
     /// Waits until the cluster is available in an epoch of at least `epoch`, with `members`
     /// members available and `sync` synchronous standbys; returns its status.
     fn wait_available(&self, name: &str, epoch: u64, members: usize, sync: usize) -> Value {
@@ -714,6 +733,29 @@ fn backup_lab(prefix: &str, zones: &[&str]) -> (tempfile::TempDir, Lab) {
     (backups, lab)
 }
 
+/// A multiAZInstance cluster `name` in az-a and az-b with a backtrack window of an hour and a
+/// table `t`, once its first automated snapshot makes it backtrackable; its writer endpoint.
+fn backtrackable(lab: &Lab, name: &str) -> String {
+    let yaml = manifest(
+        name,
+        "multiAZInstance",
+        0,
+        free_port_pair(),
+        &["az-a", "az-b"],
+    )
+    .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
+    lab.apply(&format!("{name}.yaml"), &yaml);
+    let status = lab.wait_available(name, 1, 2, 1);
+    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
+    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
+    poll(WAIT, "the first automated snapshot", || {
+        let s = &lab.cluster(name)["status"];
+        Ok(s["earliestBacktrackTime"].as_str().map(str::to_owned))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    writer
+}
+
 /// A time (seconds since the epoch) more than a second after the commits made so far and
 /// more than a second before the next ones: a restore to it tells them apart.
 fn a_moment_between_commits() -> f64 {
@@ -764,20 +806,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     let target = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
-    poll(
-        WAIT,
-        "the latest restorable time past the second batch",
-        || {
-            let s = &lab.cluster("src")["status"];
-            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
-            if latest > target + 1.0 {
-                Ok(Some(()))
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_restorable_past("src", target + 1.0);
 
     // A manual snapshot through the CLI, with all 100 rows; 10 more after it.
     let out = lab.server.cli(&[
@@ -941,18 +970,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
 #[test]
 fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
     let (_backups, lab) = backup_lab("btk", &["az-a", "az-b"]);
-    let port = free_port_pair();
-    let yaml = manifest("bt", "multiAZInstance", 0, port, &["az-a", "az-b"])
-        .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
-    lab.apply("bt.yaml", &yaml);
-    let status = lab.wait_available("bt", 1, 2, 1);
-    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
-    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
-    poll(WAIT, "the first automated snapshot", || {
-        let s = &lab.cluster("bt")["status"];
-        Ok(s["earliestBacktrackTime"].as_str().map(str::to_owned))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let writer = backtrackable(&lab, "bt");
 
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
@@ -962,20 +980,7 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
     let t2 = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(101, 150)")
         .unwrap();
-    poll(
-        WAIT,
-        "the latest restorable time past the third batch",
-        || {
-            let s = &lab.cluster("bt")["status"];
-            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
-            if latest > t2 + 1.0 {
-                Ok(Some(()))
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_restorable_past("bt", t2 + 1.0);
 
     // Outside the window: refused up front.
     let out = lab
@@ -1098,37 +1103,13 @@ fn break_snapshots(dir: &std::path::Path) -> usize {
 #[test]
 fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() {
     let (backups, lab) = backup_lab("btc", &["az-a", "az-b"]);
-    let port = free_port_pair();
-    let yaml = manifest("bc", "multiAZInstance", 0, port, &["az-a", "az-b"])
-        .replace("  failover:", "  backtrackWindow: 3600\n  failover:");
-    lab.apply("bc.yaml", &yaml);
-    let status = lab.wait_available("bc", 1, 2, 1);
-    let writer = status["endpoints"]["writer"].as_str().unwrap().to_owned();
-    lab.sql_eventually(&writer, "CREATE TABLE t (n int primary key)");
-    poll(WAIT, "the first automated snapshot", || {
-        let s = &lab.cluster("bc")["status"];
-        Ok(s["earliestBacktrackTime"].as_str().map(str::to_owned))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let writer = backtrackable(&lab, "bc");
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(1, 50)")
         .unwrap();
     let t1 = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
-    poll(
-        WAIT,
-        "the latest restorable time past the second batch",
-        || {
-            let s = &lab.cluster("bc")["status"];
-            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
-            if latest > t1 + 1.0 {
-                Ok(Some(()))
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_restorable_past("bc", t1 + 1.0);
 
     // Nothing to cancel yet: refused up front.
     let out = lab.server.cli(&["db", "backtrack", "bc", "--cancel"]);
@@ -1632,16 +1613,7 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
         .unwrap();
     // The marker's WAL is archived once a commit after it is.
     let after = unix_now();
-    poll(WAIT, "the latest restorable time past the marker", || {
-        let s = &lab.cluster("vault")["status"];
-        let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
-        if latest > after {
-            Ok(Some(()))
-        } else {
-            Err(s.to_string())
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_restorable_past("vault", after);
     for secret in [marker, key] {
         assert_eq!(
             files_holding(backups.path(), secret),
@@ -1727,20 +1699,7 @@ fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
     let target = a_moment_between_commits();
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(51, 100)")
         .unwrap();
-    poll(
-        WAIT,
-        "the latest restorable time past the second batch",
-        || {
-            let s = &lab.cluster("gone")["status"];
-            let latest = seconds_of(&s["latestRestorableTime"]).unwrap_or(0.0);
-            if latest > target + 1.0 {
-                Ok(Some(()))
-            } else {
-                Err(s.to_string())
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.wait_restorable_past("gone", target + 1.0);
     poll(WAIT, "the finalizer that retains the backups", || {
         let c = lab.cluster("gone");
         Ok(c["metadata"]["finalizers"]
