@@ -1450,7 +1450,15 @@ fn preferred_durability_commits_alone_while_the_standby_is_down_and_says_so() {
             .map(|e| e["count"].as_u64().unwrap_or(1).max(1))
             .sum::<u64>()
     };
-    // Joining the set counts as resuming: the writer started alone.
+    // Joining the set counts as resuming: the writer started alone. Its agent records events
+    // in the background, so the count is taken once that first one is in (taken before, the
+    // late first event would pass for the one after the standby's return).
+    poll(
+        Duration::from_secs(30),
+        "the first SynchronousReplicationResumed event",
+        || Ok((resumed() > 0).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     let resumed_before = resumed();
 
     // The standby goes away: its agent is frozen (SIGSTOP, so that it stays the parent that
@@ -1518,7 +1526,7 @@ fn preferred_durability_commits_alone_while_the_standby_is_down_and_says_so() {
                  FROM pg_stat_replication WHERE application_name = '{standby_name}'"
             ),
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     assert_eq!(synced, "sync:true", "{}", lab.logs());
 }
 
