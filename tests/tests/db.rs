@@ -1072,6 +1072,14 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     let events = lab.server.cli(&["events"]);
     assert!(events.stdout.contains("Backtrack to"), "{}", events.stdout);
+    // With no backtrack under way, a cancel is refused up front.
+    let out = lab.server.cli(&["db", "backtrack", "bt", "--cancel"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("no backtrack is under way to cancel"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Removes `PG_VERSION` from the top of every snapshot under `dir`: a restore from one fails
@@ -1670,6 +1678,21 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
     assert_ne!(refused["status"]["phase"], "available", "{refused}");
     let member = lab.server.get_json("dbinstance/plain-1").unwrap();
     assert_eq!(member["status"]["state"], "creating", "{member}");
+    // The controller says why, naming the fields to set.
+    poll(WAIT, "the refusal in status.restore.error", || {
+        let refused = lab.cluster("plain");
+        let error = refused["status"]["restore"]["error"]
+            .as_str()
+            .unwrap_or_default();
+        if error.contains("DB snapshot vault-final is encrypted")
+            && error.contains("spec.backupEncrypted: true")
+        {
+            Ok(Some(()))
+        } else {
+            Err(refused.to_string())
+        }
+    })
+    .unwrap();
 }
 
 /// Retained automated backups end to end (RDS's `--no-delete-automated-backups`): a cluster
