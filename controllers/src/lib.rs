@@ -64,6 +64,9 @@ pub async fn run_all(
     shutdown: Shutdown,
     config: Config,
 ) -> Result<()> {
+    // The scheduler and the DB cluster controller both place things on nodes: they share the
+    // ledger of placements their caches do not show yet.
+    let assumed = Arc::new(scheduler::Assumed::default());
     let controllers = [
         (
             gc::CONTROLLER_NAME,
@@ -77,6 +80,7 @@ pub async fn run_all(
                 shutdown.clone(),
                 Arc::new(SystemClock),
                 config.scheduler,
+                assumed.clone(),
             )),
         ),
         (
@@ -118,6 +122,7 @@ pub async fn run_all(
                 metrics.clone(),
                 shutdown.clone(),
                 Arc::new(SystemClock),
+                assumed.clone(),
             )),
         ),
         (

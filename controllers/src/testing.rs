@@ -59,6 +59,23 @@ impl TestServer {
     }
 }
 
+/// Registers `node` (from [`node`]) and reports it Ready, as its agent would; returns it as
+/// stored.
+pub(crate) async fn ready_node(client: &Client, node: Object) -> Object {
+    let mut o = client.create(node).await.unwrap();
+    if let Some(hanul_proto::v1::object::Resource::Node(n)) = &mut o.resource {
+        n.status = Some(hanul_proto::v1::NodeStatus {
+            conditions: vec![hanul_proto::v1::Condition {
+                r#type: crate::scheduler::CONDITION_READY.into(),
+                status: crate::scheduler::conditions::TRUE.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    client.update_status(o).await.unwrap()
+}
+
 /// A valid Image named `name`, owned by `owners`.
 pub(crate) fn image(name: &str, owners: &[&Object]) -> Object {
     Image {

@@ -30,7 +30,11 @@ use crate::{
         Action, Cache, CacheEvent, Clock, Controller, KeyMapper, Metrics, ObjectKey, Shutdown,
         default_error_policy,
     },
-    scheduler::{self, CONDITION_READY, conditions},
+    scheduler::{
+        self, Assumed, CONDITION_READY,
+        assumed::{Holder, Placement},
+        conditions,
+    },
 };
 use hanul_proto::{
     Client, Kind,
@@ -57,6 +61,14 @@ use tracing::{info, warn};
 
 pub const CONTROLLER_NAME: &str = "db-clusters";
 
+/// How a member is named in the placement ledger it shares with the scheduler.
+fn member_holder(cluster: &str, name: &str) -> Holder {
+    Holder::DbMember {
+        cluster: cluster.into(),
+        name: name.into(),
+    }
+}
+
 /// The label that names a member's cluster.
 pub const CLUSTER_LABEL: &str = "db.hanul.dev/cluster";
 
@@ -79,17 +91,10 @@ pub struct Context {
     pub automated_backups: Cache,
     /// member → (leaseEpoch, leaseRenewals, when this process saw them change).
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
-    /// Members this process decided to create that the members cache does not show yet
-    /// (Kubernetes' scheduler "assumes" pods likewise).
-    placing: Mutex<HashMap<(String, String), Placing>>,
+    /// Placements this controller and the scheduler decided that the caches may not show
+    /// yet: members being created, instances being bound.
+    assumed: Arc<Assumed>,
 }
-
-/// A member being created, keyed by (cluster, member): where, its size, and since when.
-type Placing = (String, scheduler::plan::Size, Instant);
-
-/// How long a placement not seen in the cache keeps its room: its create failed, or its
-/// cluster's status write lost a race and the next plan decides again.
-const PLACING_TTL: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,24 +298,22 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
             (request.as_str(), resolved)
         });
     let mut plan = {
-        // Plans of clusters reconciled at the same time must not give the same room twice: the
-        // placements of the others that their caches do not show yet count against their nodes,
-        // and this plan's are noted before the lock goes.
-        let mut placing = ctx.placing.lock().unwrap_or_else(|e| e.into_inner());
-        placing.retain(|(_, member), (_, _, at)| {
-            ctx.members.get(Kind::DbInstance, member).is_none() && at.elapsed() < PLACING_TTL
-        });
+        // Plans of clusters reconciled at the same time, and the scheduler's passes, must not
+        // give the same room twice: the placements of the others that the caches do not show
+        // yet count against their nodes, and this plan's are noted before the lock goes.
+        let mut ledger = ctx.assumed.lock();
+        let unseen = ledger.unseen(ctx.instances.revision(), ctx.members.revision());
         let mut nodes = nodes(&ctx);
         for node in clone_source_nodes(&ctx, &spec, &members) {
             if let Some(n) = nodes.iter_mut().find(|n| n.name == node) {
                 n.clone_source = true;
             }
         }
-        for ((of, _), (node, size, _)) in placing.iter() {
-            if *of != meta.name
-                && let Some(n) = nodes.iter_mut().find(|n| n.name == *node)
-            {
-                n.free = n.free.minus(*size);
+        for (holder, placed) in &unseen {
+            // This cluster's own are the plan's to decide again.
+            let own = matches!(holder, Holder::DbMember { cluster, .. } if *cluster == meta.name);
+            if !own && let Some(n) = nodes.iter_mut().find(|n| n.name == placed.node) {
+                n.free = n.free.minus(placed.size);
             }
         }
         let input = Input {
@@ -335,10 +338,18 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
         let plan = plan::plan(&input);
         let size = plan::class_size(&spec).1.unwrap_or_default();
         for e in &plan.effects {
-            if let Effect::Create { name, node, .. } = e {
-                placing.insert(
-                    (meta.name.clone(), name.clone()),
-                    (node.clone(), size, Instant::now()),
+            if let Effect::Create {
+                name, node, zone, ..
+            } = e
+            {
+                ledger.assume(
+                    member_holder(&meta.name, name),
+                    Placement {
+                        node: node.clone(),
+                        zone: zone.clone(),
+                        class: spec.instance_class.clone(),
+                        size,
+                    },
                 );
             }
         }
@@ -397,10 +408,18 @@ pub async fn reconcile(object: Arc<Object>, ctx: Arc<Context>) -> Result<Action>
                     }),
                     status: None,
                 };
+                let holder = member_holder(&meta.name, name);
                 match ctx.client.create(Object::from(member)).await {
-                    Ok(_) => info!(cluster = %meta.name, member = %name, %node, "Created member."),
+                    Ok(created) => {
+                        ctx.assumed.written(&holder, created.resource_version());
+                        info!(cluster = %meta.name, member = %name, %node, "Created member.")
+                    }
+                    // Decided again before the cache showed it: its first create's note stands.
                     Err(s) if s.code() == Code::AlreadyExists => {}
-                    Err(s) => return Err(Error::api("create", format!("DBInstance/{name}"), s)),
+                    Err(s) => {
+                        ctx.assumed.forget(&holder);
+                        return Err(Error::api("create", format!("DBInstance/{name}"), s));
+                    }
                 }
             }
             Effect::Replace { name } => {
@@ -884,7 +903,15 @@ async fn apply_backups(
     Ok(())
 }
 
-pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, clock: Arc<dyn Clock>) {
+/// Runs the DB cluster controller until `shutdown`. `assumed` is the ledger it shares with the
+/// scheduler of the same process.
+pub async fn run_with(
+    client: Client,
+    metrics: Metrics,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+    assumed: Arc<Assumed>,
+) {
     let controller = Controller::new(client.clone(), Kind::DbCluster)
         .named(CONTROLLER_NAME)
         .metrics(metrics)
@@ -949,7 +976,7 @@ pub async fn run_with(client: Client, metrics: Metrics, shutdown: Shutdown, cloc
         clusters,
         automated_backups,
         leases: Mutex::new(HashMap::new()),
-        placing: Mutex::new(HashMap::new()),
+        assumed,
     });
     controller
         .run(reconcile, default_error_policy, ctx, 4)
@@ -1069,5 +1096,133 @@ mod tests {
                 mem: 65_536 - 16_384,
             }
         );
+    }
+}
+
+/// The controller against an in-process API server, with the placement ledger it shares with
+/// the scheduler: the test plays the scheduler by noting a binding in it.
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use crate::runtime::{ShutdownTrigger, SystemClock};
+    use crate::testing::{TestServer, eventually};
+    use hanul_proto::v1::{DbCluster, DbClusterSpec};
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    fn cluster(name: &str) -> Object {
+        DbCluster {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spec: Some(DbClusterSpec {
+                engine: ENGINE.into(),
+                engine_version: ENGINE_VERSION.into(),
+                deployment: hanul_proto::db::SINGLE_AZ.into(),
+                instance_class: "db.t3.micro".into(),
+                zones: vec!["az-a".into()],
+                master_username: "postgres".into(),
+                master_password: "secret-password".into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into()
+    }
+
+    async fn members(client: &Client) -> Vec<DbInstance> {
+        let (items, _) = client.list(Some(Kind::DbInstance), "").await.unwrap();
+        items
+            .into_iter()
+            .filter_map(|o| match o.resource {
+                Some(Resource::DbInstance(d)) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The scheduler of the same process has just bound an instance that takes all of node-a
+    /// (noted in the ledger, its write not yet seen): the cluster's member is not placed there
+    /// and the cluster says why; once the binding is dropped, the member is placed.
+    #[tokio::test]
+    async fn a_binding_the_cache_does_not_show_yet_holds_its_room() {
+        let t = TestServer::start().await;
+        let c = &t.client;
+        crate::testing::ready_node(c, crate::testing::node("node-a", "az-a", 2000, 2048)).await;
+        let assumed = Arc::new(Assumed::default());
+        let web = Holder::Instance("web-1".into());
+        assumed.lock().assume(
+            web.clone(),
+            Placement {
+                node: "node-a".into(),
+                zone: "az-a".into(),
+                class: "m1.small".into(),
+                size: scheduler::plan::Size::new(2000, 2048),
+            },
+        );
+        let (trigger, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::new();
+        let task = tokio::spawn(run_with(
+            c.clone(),
+            Metrics::default(),
+            shutdown,
+            Arc::new(SystemClock),
+            assumed.clone(),
+        ));
+        c.create(cluster("orders")).await.unwrap();
+        eventually("the cluster waiting for room", WITHIN, || async {
+            let o = c
+                .get(Kind::DbCluster, "orders")
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(Resource::DbCluster(d)) = o.resource else {
+                return Err("not a cluster".into());
+            };
+            let status = d.status.unwrap_or_default();
+            let waiting = conditions::find(&status.conditions, plan::CONDITION_MEMBERS_PLACED)
+                .is_some_and(|c| {
+                    c.status == conditions::FALSE && c.reason == plan::REASON_INSUFFICIENT_CAPACITY
+                });
+            if waiting {
+                Ok(())
+            } else {
+                Err(format!("{status:?}"))
+            }
+        })
+        .await;
+        assert!(members(c).await.is_empty());
+
+        assumed.forget(&web);
+        let placed = eventually("the member placed", WITHIN, || async {
+            members(c)
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no member".to_string())
+        })
+        .await;
+        assert_eq!(placed.spec.unwrap().node, "node-a");
+        // Its create is noted, with the revision of its write: a cache from before the write
+        // does not show it, a cache past every write does.
+        let name = placed.metadata.unwrap().name;
+        let unseen = assumed.lock().unseen(0, 0);
+        assert!(
+            unseen
+                .iter()
+                .any(|(h, p)| *h == member_holder("orders", &name) && p.node == "node-a"),
+            "{unseen:?}"
+        );
+        eventually("the create's revision noted", WITHIN, || async {
+            let unseen = assumed.lock().unseen(0, u64::MAX);
+            if unseen.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{unseen:?}"))
+            }
+        })
+        .await;
+        trigger.trigger();
+        task.await.unwrap();
+        t.stop().await;
     }
 }

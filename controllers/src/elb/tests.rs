@@ -229,22 +229,11 @@ fn unknown_or_mismatched_target_groups_fail_with_the_listener() {
 async fn the_controller_writes_the_plan_and_follows_target_groups() {
     let server = TestServer::start().await;
     let client = server.client.clone();
-    let mut n1 = client
-        .create(crate::testing::node("n1", "az-a", 2000, 2048))
-        .await
-        .unwrap();
+    let mut n1 = crate::testing::node("n1", "az-a", 2000, 2048);
     if let Some(Resource::Node(n)) = &mut n1.resource {
         n.spec.as_mut().unwrap().address = "10.0.0.1".into();
-        n.status = Some(hanul_proto::v1::NodeStatus {
-            conditions: vec![hanul_proto::v1::Condition {
-                r#type: CONDITION_READY.into(),
-                status: conditions::TRUE.into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
     }
-    client.update_status(n1).await.unwrap();
+    crate::testing::ready_node(&client, n1).await;
     let mut b = lb(&[], &[(8080, "web")]);
     b.metadata.as_mut().unwrap().generation = 0;
     client.create(Object::from(b)).await.unwrap();

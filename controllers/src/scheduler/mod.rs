@@ -30,7 +30,12 @@
 //! Kubernetes' scheduler "assumes" pods) until the cache catches up, counts those bindings
 //! against their nodes, and does not act on an instance whose cached copy is older than its own
 //! last write. A write that loses a race (a stale resourceVersion) retries the pass soon.
+//!
+//! The DB cluster controller places DB members on the same nodes from its own caches: the two
+//! share an [`Assumed`] ledger of placements decided but not yet shown, so that neither gives
+//! away room the other has just taken.
 
+pub mod assumed;
 pub mod conditions;
 pub mod plan;
 
@@ -41,6 +46,8 @@ use crate::{
         default_error_policy,
     },
 };
+pub use assumed::Assumed;
+use assumed::{Holder, Placement};
 use futures::{FutureExt, StreamExt};
 use hanul_proto::{
     Client, Kind,
@@ -115,6 +122,9 @@ pub struct Context {
     /// The DB members (`DBInstance`s): each holds its instance class's CPU and memory on its
     /// node, as an instance does.
     pub db_members: Cache,
+    /// Placements decided by this scheduler and the DB cluster controller that the caches may
+    /// not show yet.
+    pub assumed: Arc<Assumed>,
     pub clock: Arc<dyn Clock>,
     pub recorder: Recorder,
     pub config: Config,
@@ -132,9 +142,9 @@ impl std::fmt::Debug for Context {
 /// What passes remember between runs.
 #[derive(Debug, Default)]
 struct PassState {
-    /// The cache revisions (instances, nodes, types) of the last pass that completed with
+    /// The cache revisions (instances, nodes, types, DB members) of the last pass that completed with
     /// nothing left to retry.
-    clean_at: Option<(u64, u64, u64)>,
+    clean_at: Option<(u64, u64, u64, u64)>,
     /// When the next pass must run even if nothing changes (a notice runs out, a retry).
     wakeup: Option<SystemTime>,
     /// Instances written by a pass whose cached copy is older than the write.
@@ -164,6 +174,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
         ctx.instances.revision(),
         ctx.nodes.revision(),
         ctx.types.revision(),
+        ctx.db_members.revision(),
     );
     if state.clean_at == Some(revisions) && state.wakeup.is_none_or(|w| now < w) {
         // Nothing to do yet. Running the pass key took its timed requeue off the queue, so
@@ -211,7 +222,41 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
     }
     bound.extend(db_member_views(&ctx.db_members));
 
-    let decisions = plan::plan(&pending, &nodes, &bound, &types, now);
+    // Decided under the ledger's lock: the DB members placed but not shown yet hold their room,
+    // and the bindings decided here are noted before the DB cluster controller looks.
+    let decisions = {
+        let mut ledger = ctx.assumed.lock();
+        let unseen = ledger.unseen(ctx.instances.revision(), ctx.db_members.revision());
+        // This pass's own bindings are counted from `state.written`.
+        bound.extend(
+            unseen
+                .into_iter()
+                .filter(|(h, _)| matches!(h, Holder::DbMember { .. }))
+                .map(|(h, p)| assumed_view(&h, p)),
+        );
+        let decisions = plan::plan(&pending, &nodes, &bound, &types, now);
+        for d in &decisions {
+            if let Decision::Bind {
+                instance,
+                node,
+                zone,
+            } = d
+                && !stale.contains(instance)
+                && let Some(view) = pending.iter().find(|p| p.name == *instance)
+            {
+                ledger.assume(
+                    Holder::Instance(instance.clone()),
+                    Placement {
+                        node: node.clone(),
+                        zone: zone.clone(),
+                        class: view.instance_type.clone(),
+                        size: types.get(&view.instance_type).copied().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        decisions
+    };
     debug!(
         pending = pending.len(),
         nodes = nodes.len(),
@@ -227,6 +272,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
         .filter(|&t| t > now)
         .collect();
     let mut writes = Vec::new();
+    let mut binding = Vec::new();
     for d in decisions {
         match d {
             Decision::Bind {
@@ -238,6 +284,7 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
                     skipped = true;
                     continue;
                 }
+                binding.push(instance.clone());
                 if let Some(o) = objects.get(&instance) {
                     writes.push(exec_bind(&ctx, o.clone(), node, zone, now).boxed());
                 }
@@ -296,6 +343,11 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
     for o in outcomes {
         match o {
             Outcome::Wrote(name, w) => {
+                if w.binding.is_some() {
+                    let holder = Holder::Instance(name.clone());
+                    ctx.assumed.written(&holder, w.rv);
+                    binding.retain(|b| *b != name);
+                }
                 state.written.insert(name, w);
             }
             Outcome::Nothing => {}
@@ -304,6 +356,10 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
                 failure.get_or_insert(e);
             }
         }
+    }
+    // Bindings that were not written hold no room.
+    for name in binding {
+        ctx.assumed.forget(&Holder::Instance(name));
     }
     let wakeup = wakeups.into_iter().min();
     state.wakeup = wakeup;
@@ -711,13 +767,35 @@ fn db_member_views(cache: &Cache) -> Vec<InstanceView> {
         .collect()
 }
 
-/// The scheduler, ready to run, and its context.
+/// The view of a placement noted in the ledger, as a bound instance (a DB member is named
+/// `DBInstance/<name>`, as in [`db_member_views`]).
+fn assumed_view(holder: &Holder, p: Placement) -> InstanceView {
+    InstanceView {
+        name: match holder {
+            Holder::Instance(name) => name.clone(),
+            Holder::DbMember { name, .. } => format!("DBInstance/{name}"),
+        },
+        created: std::time::UNIX_EPOCH,
+        group: None,
+        instance_type: p.class,
+        zone: p.zone,
+        node_name: p.node.clone(),
+        market: Market::OnDemand,
+        node: p.node,
+        interruption: None,
+        deleting: false,
+    }
+}
+
+/// The scheduler, ready to run, and its context. `assumed` is the ledger it shares with the DB
+/// cluster controller of the same process.
 pub fn controller(
     client: Client,
     metrics: Metrics,
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
     config: Config,
+    assumed: Arc<Assumed>,
 ) -> (Controller, Arc<Context>) {
     let nodes = Cache::new(Some(Kind::Node));
     let types = Cache::new(Some(Kind::InstanceType));
@@ -740,6 +818,7 @@ pub fn controller(
         nodes,
         types,
         db_members,
+        assumed,
         clock,
         config,
         pass: Default::default(),
@@ -754,8 +833,9 @@ pub async fn run_with(
     shutdown: Shutdown,
     clock: Arc<dyn Clock>,
     config: Config,
+    assumed: Arc<Assumed>,
 ) {
-    let (controller, ctx) = controller(client, metrics, shutdown, clock, config);
+    let (controller, ctx) = controller(client, metrics, shutdown, clock, config, assumed);
     // One pass at a time: see the module doc.
     controller
         .run(reconcile, default_error_policy, ctx, 1)

@@ -18,6 +18,8 @@ const WITHIN: Duration = Duration::from_secs(10);
 struct Harness {
     t: TestServer,
     metrics: Metrics,
+    /// The placement ledger, as the DB cluster controller of the process would share it.
+    assumed: Arc<Assumed>,
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<()>,
 }
@@ -36,16 +38,19 @@ impl Harness {
         let t = TestServer::start().await;
         let metrics = Metrics::default();
         let (trigger, shutdown) = Shutdown::new();
+        let assumed = Arc::new(Assumed::default());
         let task = tokio::spawn(run_with(
             t.client.clone(),
             metrics.clone(),
             shutdown,
             Arc::new(SystemClock),
             config,
+            assumed.clone(),
         ));
         Harness {
             t,
             metrics,
+            assumed,
             trigger,
             task,
         }
@@ -169,6 +174,22 @@ impl Harness {
             }
         })
         .await
+    }
+
+    /// With n1 (4 vCPU, 4 GiB) half held by a DB member and instance type `big` (2 vCPU,
+    /// 2 GiB): `first` takes the other half, `second` waits for room, and is bound to n1 once
+    /// `free` has freed the member's half.
+    async fn fill_n1_then_free(&self, free: impl std::future::Future<Output = ()>) {
+        self.create(instance("first", "big")).await;
+        assert_eq!(self.bound("first").await.0, "n1");
+        self.create(instance("second", "big")).await;
+        let message = self.unschedulable("second").await;
+        assert!(
+            message.contains("n1 (az-a): 0 vCPU, 0 MiB free"),
+            "{message}"
+        );
+        free.await;
+        assert_eq!(self.bound("second").await.0, "n1");
     }
 
     async fn events_about(&self, name: &str, reason: &str) -> Vec<Event> {
@@ -365,7 +386,12 @@ async fn an_instance_that_fits_nowhere_stays_pending_with_the_reason_until_room_
 
 #[tokio::test]
 async fn a_db_member_holds_its_instance_class_on_its_node() {
-    let h = Harness::start().await;
+    // No timed retry within the test: the member's deletion itself wakes the scheduler.
+    let h = Harness::start_with(Config {
+        unschedulable_retry: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
     h.instance_type("big", 2, 2048).await;
     h.node("n1", "az-a", 4, 4096, true).await;
     // db.t3.small: 2 vCPU, 2048 MiB, placed on n1 by the DB controller.
@@ -387,20 +413,74 @@ async fn a_db_member_holds_its_instance_class_on_its_node() {
         }))
         .await
         .unwrap();
+    // The member goes: its room is free again.
+    h.fill_n1_then_free(async {
+        h.t.client
+            .delete(Kind::DbInstance, "orders-1")
+            .await
+            .unwrap();
+    })
+    .await;
+    h.stop().await;
+}
+
+/// The DB cluster controller of the same process has just placed a member on n1 (noted in the
+/// shared ledger, its create not yet seen): an instance is not given that room; once the
+/// placement is dropped (its create failed), it is.
+#[tokio::test]
+async fn a_db_member_being_created_holds_its_room_before_the_cache_shows_it() {
+    let h = Harness::start().await;
+    h.instance_type("big", 2, 2048).await;
+    h.node("n1", "az-a", 4, 4096, true).await;
+    let member = Holder::DbMember {
+        cluster: "orders".into(),
+        name: "orders-1".into(),
+    };
+    h.assumed.lock().assume(
+        member.clone(),
+        Placement {
+            node: "n1".into(),
+            zone: "az-a".into(),
+            class: "db.t3.small".into(),
+            size: Size::new(2000, 2048),
+        },
+    );
+    h.fill_n1_then_free(async { h.assumed.forget(&member) })
+        .await;
+    h.stop().await;
+}
+
+/// A binding is noted in the ledger when it is decided, with the revision of its write, so that
+/// the DB cluster controller counts it until its own cache shows it.
+#[tokio::test]
+async fn a_binding_is_noted_in_the_shared_ledger_with_its_write() {
+    let h = Harness::start().await;
+    h.instance_type("big", 2, 2048).await;
+    h.node("n1", "az-a", 4, 4096, true).await;
     h.create(instance("first", "big")).await;
     assert_eq!(h.bound("first").await.0, "n1");
-    h.create(instance("second", "big")).await;
-    let message = h.unschedulable("second").await;
-    assert!(
-        message.contains("n1 (az-a): 0 vCPU, 0 MiB free"),
-        "{message}"
-    );
-    // The member goes: its room is free again.
-    h.t.client
-        .delete(Kind::DbInstance, "orders-1")
+    let written = h
+        .get("first")
         .await
-        .unwrap();
-    assert_eq!(h.bound("second").await.0, "n1");
+        .unwrap()
+        .metadata
+        .unwrap()
+        .resource_version;
+    // A cache from before the write does not show it; one at the write does.
+    let unseen = h.assumed.lock().unseen(written - 1, 0);
+    assert_eq!(
+        unseen,
+        vec![(
+            Holder::Instance("first".into()),
+            Placement {
+                node: "n1".into(),
+                zone: "az-a".into(),
+                class: "big".into(),
+                size: Size::new(2000, 2048),
+            }
+        )]
+    );
+    assert!(h.assumed.lock().unseen(written, 0).is_empty());
     h.stop().await;
 }
 
