@@ -10,7 +10,9 @@
 //! `instances` measures apply → running on real agents ([`instances`]); `asg` how fast an Auto
 //! Scaling group scales out and replaces a killed instance on the same kind of cluster
 //! ([`asg`]); `lb` measures hanul's application load balancer against nginx as the same reverse
-//! proxy ([`lb`]).
+//! proxy ([`lb`]); `db` a DB cluster's failovers and its endpoint against pgbench direct
+//! ([`db`]); `wal-archive` what archiving a WAL segment costs, plain and encrypted
+//! ([`wal_archive`]).
 
 pub mod asg;
 mod cluster;
@@ -23,6 +25,7 @@ pub mod payload;
 pub mod process;
 pub mod report;
 pub mod stats;
+pub mod wal_archive;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -54,6 +57,9 @@ pub enum Command {
     /// its agent is killed, lost acknowledged commits, and pgbench through the writer endpoint
     /// against direct.
     Db(db::DbArgs),
+    /// Archiving real WAL segments with hanul's archive script, plain and encrypted, beside
+    /// the PostgreSQL docs' `cp`, against the WAL rate of a pgbench load.
+    WalArchive(wal_archive::WalArchiveArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lb(args) => lb::run(args).await,
         Command::Asg(args) => asg::run(args).await,
         Command::Db(args) => db::run(args).await,
+        Command::WalArchive(args) => wal_archive::run(args).await,
     }
 }
 

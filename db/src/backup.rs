@@ -167,6 +167,11 @@ else
 fi
 "#;
 
+/// The archive script's text (the benchmark runs it as members do).
+pub fn archive_script() -> &'static str {
+    SCRIPT
+}
+
 /// The file an encrypted base backup is: pg_basebackup's tar of the data directory (with its
 /// `backup_manifest` and the WAL it needs), encrypted like the archive.
 pub const ENCRYPTED_BASE: &str = "base.tar.gpg";
