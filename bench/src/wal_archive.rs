@@ -69,6 +69,12 @@ pub async fn run(args: WalArchiveArgs) -> anyhow::Result<()> {
     let pg = Postgres::start(&args.pg_bin, &root.path().join("pg"))?;
     let result = load_and_archive(&args, &pg, root.path());
     pg.stop();
+    // The gpg-agent the encrypted pushes started in the key's gpg home.
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(root.path().join("keys/gnupg"))
+        .args(["--kill", "gpg-agent"])
+        .output();
     result
 }
 
