@@ -363,7 +363,9 @@ fn an_agent_killed_and_restarted_re_adopts_its_processes_and_stops_deleted_ones(
             )
         })
         .collect::<String>()
-        + "---\napiVersion: hanul/v1\nkind: Instance\nmetadata: {name: doomed}\nspec: {image: web, instanceType: e2e.small, zone: az-a}\n";
+        // With a port, as the image's server needs one (without, it exits at once: its stop
+        // after the deletion would prove nothing).
+        + "---\napiVersion: hanul/v1\nkind: Instance\nmetadata: {name: doomed}\nspec: {image: web, instanceType: e2e.small, zone: az-a, ports: [{name: http}]}\n";
     c.apply("i.yaml", &instances);
     let mut before = Vec::new();
     for n in 1..=3 {
@@ -380,6 +382,7 @@ fn an_agent_killed_and_restarted_re_adopts_its_processes_and_stops_deleted_ones(
     // While the agent is away, the processes run on; one instance is deleted (its finalizer
     // holds it until the agent is back).
     assert_eq!(c.pids("keep-1").len(), 1);
+    assert_eq!(c.pids("doomed"), doomed);
     c.server.cli(&["delete", "instance", "doomed"]).ok();
 
     c.agents[0] = Some(AgentProcess::start_in(&c.server, &name, "az-a", 4, 4096, dir).unwrap());
