@@ -142,8 +142,8 @@ impl std::fmt::Debug for Context {
 /// What passes remember between runs.
 #[derive(Debug, Default)]
 struct PassState {
-    /// The cache revisions (instances, nodes, types, DB members) of the last pass that completed with
-    /// nothing left to retry.
+    /// The cache revisions (instances, nodes, types, DB members) of the last pass that
+    /// completed with nothing left to retry.
     clean_at: Option<(u64, u64, u64, u64)>,
     /// When the next pass must run even if nothing changes (a notice runs out, a retry).
     wakeup: Option<SystemTime>,
