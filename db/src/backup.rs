@@ -1444,10 +1444,9 @@ mod tests {
     /// the rows the writer had before the backup and none after, and is a writer.
     #[tokio::test]
     async fn a_standbys_snapshot_restores_into_a_new_writer() {
-        let Some(Fixture { bin, dir }) = Fixture::new() else {
+        let Some(f) = Fixture::new() else {
             return;
         };
-        let f = Fixture { bin, dir };
         let p1 = free_port();
         let (m1, w) = f
             .writer(

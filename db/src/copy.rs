@@ -306,10 +306,9 @@ mod tests {
     /// --reflink=always` says it can do.
     #[tokio::test]
     async fn a_running_writer_and_a_running_standby_copy_into_new_writers() {
-        let Some(Fixture { bin, dir }) = Fixture::new() else {
+        let Some(f) = Fixture::new() else {
             return;
         };
-        let f = Fixture { bin, dir };
         let p1 = free_port();
         let (m1, w) = f
             .writer(

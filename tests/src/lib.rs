@@ -284,13 +284,18 @@ impl AgentProcess {
         cpus: u32,
         memory_mib: u64,
     ) -> anyhow::Result<AgentProcess> {
+        Self::start_in(server, name, zone, cpus, memory_mib, Self::data_dir()?)
+    }
+
+    /// A fresh data directory for an agent. Instances run as `nobody` and DB members as
+    /// `postgres`: their directories under it must be reachable.
+    pub fn data_dir() -> anyhow::Result<tempfile::TempDir> {
         let data_dir = tempfile::tempdir()?;
-        // Instances run as `nobody`: their directories must be reachable.
         std::fs::set_permissions(
             data_dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
-        Self::start_in(server, name, zone, cpus, memory_mib, data_dir)
+        Ok(data_dir)
     }
 
     /// The agent's host port range: 100 ports of its own, so that tests running at once and

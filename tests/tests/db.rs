@@ -45,12 +45,7 @@ impl Lab {
         };
         for z in zones {
             let node = lab.node(z);
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::set_permissions(
-                dir.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )
-            .unwrap();
+            let dir = AgentProcess::data_dir().unwrap();
             let agent =
                 AgentProcess::start_with(&lab.server, &node, z, 16, 16384, dir, &lab.agent_args)
                     .unwrap();
@@ -63,6 +58,35 @@ impl Lab {
 
     fn node(&self, zone: &str) -> String {
         format!("n{}-{}-{zone}", std::process::id(), self.tag)
+    }
+
+    /// Another node in `zone` with `cpus` and `memory_mib` to offer, Ready: its name (the
+    /// zone's node name and `suffix`) and its agent, which runs while it is held.
+    fn extra_node(
+        &self,
+        suffix: &str,
+        zone: &str,
+        cpus: u32,
+        memory_mib: u64,
+    ) -> (String, AgentProcess) {
+        let name = format!("{}-{suffix}", self.node(zone));
+        let agent = AgentProcess::start(&self.server, &name, zone, cpus, memory_mib).unwrap();
+        self.server.wait_node_ready(&name, WAIT);
+        (name, agent)
+    }
+
+    /// Runs `hanul ARGS`, which must succeed (else the test fails with its output and the
+    /// lab's logs).
+    fn cli_ok(&self, args: &[&str]) {
+        let out = self.server.cli(args);
+        assert_eq!(
+            out.code,
+            0,
+            "hanul {args:?}\n{}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            self.logs()
+        );
     }
 
     fn apply(&self, name: &str, yaml: &str) {
@@ -809,7 +833,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     lab.wait_restorable_past("src", target + 1.0);
 
     // A manual snapshot through the CLI, with all 100 rows; 10 more after it.
-    let out = lab.server.cli(&[
+    lab.cli_ok(&[
         "db",
         "snapshot",
         "src",
@@ -818,14 +842,6 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
         "--timeout",
         "120s",
     ]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
     lab.sql(&writer, "INSERT INTO t SELECT generate_series(101, 110)")
         .unwrap();
     let listed = lab.server.cli(&["db", "snapshots", "src"]);
@@ -892,17 +908,7 @@ fn point_in_time_restore_and_snapshots_bring_back_exactly_the_committed_rows() {
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
 
     // A clone (through the CLI) has everything committed so far, and goes its own way.
-    let out = lab
-        .server
-        .cli(&["db", "clone", "src", "copy", "--wait", "--timeout", "120s"]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
+    lab.cli_ok(&["db", "clone", "src", "copy", "--wait", "--timeout", "120s"]);
     let copy = lab.wait_available("copy", 1, 1, 0);
     let copy_writer = copy["endpoints"]["writer"].as_str().unwrap().to_owned();
     assert_eq!(lab.rows_of_t(&copy_writer), "110/110", "{}", lab.logs());
@@ -994,7 +1000,7 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
     );
 
     let backtrack = |to: f64| {
-        let out = lab.server.cli(&[
+        lab.cli_ok(&[
             "db",
             "backtrack",
             "bt",
@@ -1004,14 +1010,6 @@ fn backtrack_rewinds_in_place_and_goes_forward_again_on_the_old_history() {
             "--timeout",
             "180s",
         ]);
-        assert_eq!(
-            out.code,
-            0,
-            "{}\n{}\n{}",
-            out.stdout,
-            out.stderr,
-            lab.logs()
-        );
     };
     let epoch_before = epoch_of(&lab.cluster("bt"));
     backtrack(t1);
@@ -1157,7 +1155,7 @@ fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() 
         "{described}"
     );
 
-    let out = lab.server.cli(&[
+    lab.cli_ok(&[
         "db",
         "backtrack",
         "bc",
@@ -1166,14 +1164,6 @@ fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() 
         "--timeout",
         "180s",
     ]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
     let status = lab.wait_available("bc", epoch_before + 2, 2, 1);
     assert!(status["backtrack"].is_null(), "{status}");
     assert!(status["backtrackedTo"].is_null(), "{status}");
@@ -1199,16 +1189,7 @@ fn a_backtrack_that_keeps_failing_is_cancelled_and_the_cluster_keeps_its_data() 
 fn a_member_that_fits_nowhere_waits_for_room_and_is_placed_once_it_appears() {
     let lab = Lab::start("cap", &["az-a"]);
     // az-b's only node is too small for db.t3.micro (2 vCPUs, 1 GiB).
-    let small = format!("{}-small", lab.node("az-b"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let _small_agent =
-        AgentProcess::start_with(&lab.server, &small, "az-b", 1, 512, dir, &[]).unwrap();
-    lab.server.wait_node_ready(&small, WAIT);
+    let (_small, _small_agent) = lab.extra_node("small", "az-b", 1, 512);
     let port = free_port_pair();
     lab.apply(
         "db.yaml",
@@ -1254,16 +1235,7 @@ fn a_member_that_fits_nowhere_waits_for_room_and_is_placed_once_it_appears() {
     );
 
     // Room appears in az-b: the standby is placed there and joins the synchronous set.
-    let big = format!("{}-big", lab.node("az-b"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let _big_agent =
-        AgentProcess::start_with(&lab.server, &big, "az-b", 16, 16384, dir, &[]).unwrap();
-    lab.server.wait_node_ready(&big, WAIT);
+    let (big, _big_agent) = lab.extra_node("big", "az-b", 16, 16384);
     let status = lab.wait_available("cap", 1, 2, 1);
     let standby = lab.member("cap-2");
     assert_eq!(standby["spec"]["node"], big.as_str(), "{status}");
@@ -1342,16 +1314,7 @@ fn a_master_password_from_a_secret_is_used_and_never_printed() {
 fn a_member_whose_node_is_deleted_is_replaced_in_its_zone() {
     let mut lab = Lab::start("rep", &["az-a", "az-b"]);
     // A second node in az-b, for the replacement.
-    let spare = format!("{}-spare", lab.node("az-b"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let spare_agent =
-        AgentProcess::start_with(&lab.server, &spare, "az-b", 16, 16384, dir, &[]).unwrap();
-    lab.server.wait_node_ready(&spare, WAIT);
+    let (spare, spare_agent) = lab.extra_node("spare", "az-b", 16, 16384);
     let port = free_port_pair();
     lab.apply(
         "db.yaml",
@@ -1603,7 +1566,7 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
              INSERT INTO m VALUES ('{marker}'); INSERT INTO t SELECT generate_series(1, 20)"
         ),
     );
-    let out = lab.server.cli(&[
+    lab.cli_ok(&[
         "db",
         "snapshot",
         "vault",
@@ -1612,14 +1575,6 @@ fn an_encrypted_clusters_final_snapshot_restores_after_it_is_deleted_and_nothing
         "--timeout",
         "120s",
     ]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
     let snap = lab.server.get_json("dbsnapshot/vault-keep").unwrap();
     assert_eq!(
         snap["status"]["encryptionKeySecret"]["name"], "vault-key",
@@ -1783,7 +1738,7 @@ fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
 
     // Restored through the CLI from the record, to the time noted: rows 1..=50 exactly.
     let back_port = free_port_pair().to_string();
-    let out = lab.server.cli(&[
+    lab.cli_ok(&[
         "db",
         "restore",
         "back",
@@ -1799,14 +1754,6 @@ fn retained_automated_backups_restore_a_deleted_cluster_to_a_point_in_time() {
         "--timeout",
         "120s",
     ]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
     let status = lab.wait_available("back", 1, 1, 0);
     assert_eq!(status["restore"]["automatedBackup"], "gone", "{status}");
     let ep = status["endpoints"]["writer"].as_str().unwrap().to_owned();

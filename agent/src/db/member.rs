@@ -1060,13 +1060,13 @@ impl MemberLoop {
             // A clone: the source's member copied on this node when it runs here (Aurora's
             // copy-on-write clone), else a base backup of it over the network, started as its
             // standby; either way then promoted into a cluster of its own (a new timeline).
-            let source = match self
+            let source_cluster = match self
                 .ctx
                 .clusters
                 .get(Kind::DbCluster, &restore.source_cluster)
                 .and_then(|o| o.resource.clone())
             {
-                Some(Resource::DbCluster(s)) => s.spec.unwrap_or_default(),
+                Some(Resource::DbCluster(s)) => s,
                 _ => {
                     return Err(Error::Other(format!(
                         "the clone's source DB cluster {} is gone",
@@ -1074,6 +1074,7 @@ impl MemberLoop {
                     )));
                 }
             };
+            let source = source_cluster.spec.clone().unwrap_or_default();
             if source.backup_encrypted && !spec_of(c).backup_encrypted {
                 return Err(Error::Other(format!(
                     "the source DB cluster {} encrypts its backups: a clone of it must too \
@@ -1081,7 +1082,7 @@ impl MemberLoop {
                     restore.source_cluster
                 )));
             }
-            copied = self.copy_here(member, restore).await;
+            copied = self.copy_here(member, restore, &source_cluster).await;
             if copied.is_some() {
                 // Recovers to the end of the copy and promotes itself, like a snapshot.
                 self.start(c, member).await?;
@@ -1122,21 +1123,14 @@ impl MemberLoop {
     /// can): the member the restore names if it runs here, else an available one of the
     /// source's that does (a standby first). How, or None when none runs here or the copy
     /// failed (logged; the caller takes a base backup of the named member over the network
-    /// instead, into the emptied data directory).
+    /// instead, into the emptied data directory). `source` is the source cluster, as cached.
     async fn copy_here(
         &self,
         member: &mut Member,
         restore: &hanul_proto::v1::DbRestore,
+        source: &DbCluster,
     ) -> Option<CopyMethod> {
-        let status = match self
-            .ctx
-            .clusters
-            .get(Kind::DbCluster, &restore.source_cluster)
-            .and_then(|o| o.resource.clone())
-        {
-            Some(Resource::DbCluster(s)) => s.status.unwrap_or_default(),
-            _ => return None,
-        };
+        let status = source.status.clone().unwrap_or_default();
         let mut here: Vec<&hanul_proto::v1::DbClusterMember> = status
             .members
             .iter()

@@ -142,8 +142,8 @@ impl std::fmt::Debug for Context {
 /// What passes remember between runs.
 #[derive(Debug, Default)]
 struct PassState {
-    /// The cache revisions (instances, nodes, types, DB members) of the last pass that
-    /// completed with nothing left to retry.
+    /// The cache revisions (instances, nodes, types) and the DB members' placements
+    /// ([`placements_key`]) of the last pass that completed with nothing left to retry.
     clean_at: Option<(u64, u64, u64, u64)>,
     /// When the next pass must run even if nothing changes (a notice runs out, a retry).
     wakeup: Option<SystemTime>,
@@ -174,7 +174,9 @@ pub async fn reconcile(instance: Arc<Object>, ctx: Arc<Context>) -> Result<Actio
         ctx.instances.revision(),
         ctx.nodes.revision(),
         ctx.types.revision(),
-        ctx.db_members.revision(),
+        // Where the DB members are, not their revision: members write their status every
+        // second or so, which changes nothing here.
+        placements_key(&db_member_views(&ctx.db_members)),
     );
     if state.clean_at == Some(revisions) && state.wakeup.is_none_or(|w| now < w) {
         // Nothing to do yet. Running the pass key took its timed requeue off the queue, so
@@ -765,6 +767,19 @@ fn db_member_views(cache: &Cache) -> Vec<InstanceView> {
             _ => None,
         })
         .collect()
+}
+
+/// A digest of where the DB members are and what they hold, to tell whether any moved.
+fn placements_key(members: &[InstanceView]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut placed: Vec<(&str, &str, &str)> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.node.as_str(), m.instance_type.as_str()))
+        .collect();
+    placed.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    placed.hash(&mut h);
+    h.finish()
 }
 
 /// The view of a placement noted in the ledger, as a bound instance (a DB member is named

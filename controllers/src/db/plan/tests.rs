@@ -60,20 +60,16 @@ fn run_rebooting(
     switchover: Option<&str>,
     reboot: Option<&str>,
 ) -> Plan {
-    let nodes = nodes();
-    plan(&Input {
-        cluster: "db",
-        generation: 1,
+    run_asked(
         spec,
         status,
         members,
-        nodes: &nodes,
-        switchover,
-        reboot,
-        backtrack: None,
-        backtrack_cancel: None,
-        now: at(),
-    })
+        Asks {
+            switchover,
+            reboot,
+            ..Asks::default()
+        },
+    )
 }
 
 fn run_backtracking(
@@ -82,18 +78,55 @@ fn run_backtracking(
     members: &BTreeMap<String, Member>,
     backtrack: Option<(&str, Result<DbBacktrack, String>)>,
 ) -> Plan {
-    let nodes = nodes();
+    run_asked(
+        spec,
+        status,
+        members,
+        Asks {
+            backtrack,
+            ..Asks::default()
+        },
+    )
+}
+
+/// What the cluster's annotations ask for, in a test's plan.
+#[derive(Default)]
+struct Asks<'a> {
+    switchover: Option<&'a str>,
+    reboot: Option<&'a str>,
+    backtrack: Option<(&'a str, Result<DbBacktrack, String>)>,
+    backtrack_cancel: Option<&'a str>,
+}
+
+/// The plan of cluster "db" on [`nodes`] at [`at`], with what its annotations ask.
+fn run_asked(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    asks: Asks<'_>,
+) -> Plan {
+    plan_asked(spec, status, members, &nodes(), asks)
+}
+
+/// The plan of cluster "db" on `nodes` at [`at`], with what its annotations ask.
+fn plan_asked(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    members: &BTreeMap<String, Member>,
+    nodes: &[NodeInfo],
+    asks: Asks<'_>,
+) -> Plan {
     plan(&Input {
         cluster: "db",
         generation: 1,
         spec,
         status,
         members,
-        nodes: &nodes,
-        switchover: None,
-        reboot: None,
-        backtrack,
-        backtrack_cancel: None,
+        nodes,
+        switchover: asks.switchover,
+        reboot: asks.reboot,
+        backtrack: asks.backtrack,
+        backtrack_cancel: asks.backtrack_cancel,
         now: at(),
     })
 }
@@ -547,21 +580,8 @@ fn a_member_whose_node_is_gone_is_replaced_but_not_the_writer_nor_during_an_elec
     let (spec, mut status, members) = running();
     let without =
         |gone: &str| -> Vec<NodeInfo> { nodes().into_iter().filter(|n| n.name != gone).collect() };
-    let plan_with = |status: &DbClusterStatus, nodes: &[NodeInfo]| {
-        plan(&Input {
-            cluster: "db",
-            generation: 1,
-            spec: &spec,
-            status,
-            members: &members,
-            nodes,
-            switchover: None,
-            reboot: None,
-            backtrack: None,
-            backtrack_cancel: None,
-            now: at(),
-        })
-    };
+    let plan_with =
+        |status: &DbClusterStatus, nodes: &[NodeInfo]| plan_on(&spec, status, &members, nodes);
     let p = plan_with(&status, &without("node-b"));
     assert!(
         p.effects.contains(&Effect::Replace {
@@ -743,20 +763,15 @@ fn run_cancelling(
     members: &BTreeMap<String, Member>,
     cancel: Option<&str>,
 ) -> Plan {
-    let nodes = nodes();
-    plan(&Input {
-        cluster: "db",
-        generation: 1,
+    run_asked(
         spec,
         status,
         members,
-        nodes: &nodes,
-        switchover: None,
-        reboot: None,
-        backtrack: None,
-        backtrack_cancel: cancel,
-        now: at(),
-    })
+        Asks {
+            backtrack_cancel: cancel,
+            ..Asks::default()
+        },
+    )
 }
 
 /// The cluster of `running()` backtracking in epoch 2: the writer stopped for its restore,
@@ -1037,19 +1052,7 @@ fn plan_on(
     members: &BTreeMap<String, Member>,
     nodes: &[NodeInfo],
 ) -> Plan {
-    plan(&Input {
-        cluster: "db",
-        generation: 1,
-        spec,
-        status,
-        members,
-        nodes,
-        switchover: None,
-        reboot: None,
-        backtrack: None,
-        backtrack_cancel: None,
-        now: at(),
-    })
+    plan_asked(spec, status, members, nodes, Asks::default())
 }
 
 fn created(p: &Plan) -> Vec<(String, String)> {
